@@ -1,0 +1,52 @@
+"""Training attacks: PGD and FGSM against a torch model, images in [0, 1].
+
+The evaluation attacks (AutoAttack) live in ``akd_edge.attacks.autoattack``, imported only where used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from akd_edge.attacks._mode import eval_mode
+from akd_edge.attacks.fgsm import fgsm
+from akd_edge.attacks.pgd import LossFn, pgd
+
+if TYPE_CHECKING:
+    from akd_edge.config import AttackConfig
+
+__all__ = ["TrainingAttack", "build_attack", "eval_mode", "fgsm", "pgd"]
+
+
+@dataclass(frozen=True)
+class TrainingAttack:
+    """``attack(model, x, y, loss_fn=None) -> x_adv`` for one :class:`AttackConfig` (pgd or fgsm)."""
+
+    cfg: AttackConfig
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        common = {
+            "eps": cfg.eps,
+            "step_size": cfg.resolved_step_size,
+            "norm": cfg.norm,
+            "random_start": cfg.random_start,
+            "loss_fn": loss_fn,
+        }
+        if cfg.name == "fgsm":
+            return fgsm(model, x, y, **common)
+        return pgd(model, x, y, steps=cfg.steps, **common)
+
+
+def build_attack(cfg: AttackConfig) -> TrainingAttack | None:
+    """The training attack a config describes, or None for ``name = "none"`` (clean training)."""
+    if cfg.name == "none":
+        return None
+    if cfg.name not in ("pgd", "fgsm"):
+        raise ValueError(f"unknown training attack {cfg.name!r}; use pgd, fgsm or none")
+    return TrainingAttack(cfg)

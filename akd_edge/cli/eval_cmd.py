@@ -1,0 +1,254 @@
+"""``akd-edge eval``: clean, PGD and AutoAttack accuracy, eps curve, calibration and sanity checks of a
+run or checkpoint; ``--dynamics`` analyses or compares the training dynamics of runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from akd_edge.cli.common import console, make_progress, out, user_errors
+from akd_edge.errors import UsageError
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _ci(entry: dict[str, Any]) -> str:
+    low, high = entry.get("ci95", [None, None])
+    return "-" if low is None else f"{100 * low:.1f}-{100 * high:.1f}"
+
+
+def _attack_label(name: str, settings: dict[str, Any]) -> str:
+    if name == "pgd":
+        restarts = f", {settings['restarts']} restarts" if settings["restarts"] > 1 else ""
+        return f"PGD-{settings['steps']}{restarts}"
+    label = {"aa-fast": "AutoAttack fast", "aa-standard": "AutoAttack standard", "square": "Square"}[name]
+    if "n_queries" in settings:
+        label += f" ({settings['n_queries']} queries)"
+    return label
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The evaluation as rich tables: accuracies, calibration, eps curve; warnings on stderr."""
+    results = report["results"]
+    threat = report["threat"]
+    title = (
+        f"{report['checkpoint']['arch']} on {report['data']['n_samples']} {report['data']['name']} test images, "
+        f"{threat['norm']} eps {threat['eps']:g}"
+    )
+    table = Table("evaluation", "accuracy %", "95% CI", "correct", "seconds", title=title)
+    clean = results["clean"]
+    table.add_row("clean", _pct(clean["acc"]), _ci(clean), f"{clean['correct']}/{clean['n']}", "")
+    for name, entry in results["attacks"].items():
+        label = _attack_label(name, entry["settings"])
+        table.add_row(
+            label, _pct(entry["acc"]), _ci(entry), f"{entry['correct']}/{entry['n']}", f"{entry['seconds']:.1f}"
+        )
+        for part, acc in entry.get("after", {}).items():
+            table.add_row(f"  after {part}", _pct(acc), "", "", "", style="dim")
+    if len(results["attacks"]) > 1:
+        worst = results["worst_case"]
+        table.add_row(
+            "worst case", _pct(worst["acc"]), _ci(worst), f"{worst['correct']}/{worst['n']}", "", style="bold"
+        )
+    out.print(table)
+    if "calibration" in results:
+        cal = Table("inputs", "ECE %", "NLL", "Brier", "accuracy %", title="calibration (15 bins)")
+        for key, entry in results["calibration"].items():
+            cal.add_row(
+                key, _pct(entry["ece"]), f"{entry['nll']:.4f}", f"{entry['brier']:.4f}", _pct(entry["accuracy"])
+            )
+        out.print(cal)
+    if "eps_curve" in results:
+        settings = results["eps_curve"]["settings"]
+        curve = Table(
+            "eps", "robust accuracy %", "95% CI", title=f"eps curve ({threat['norm']}, PGD-{settings['steps']})"
+        )
+        for point in results["eps_curve"]["points"]:
+            curve.add_row(f"{point['eps']:g}", _pct(point["acc"]), _ci(point))
+        out.print(curve)
+    for warning in results["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    note = report.get("plots", {}).get("note")
+    if note:
+        console.print(f"[yellow]{note}[/]", highlight=False)
+
+
+def print_dynamics(report: dict[str, Any]) -> None:
+    """Per-run summary and, for two runs, the set-by-set comparison."""
+    names = report["names"]
+    summary = Table("", *names, title="training dynamics")
+    summaries = report["summaries"]
+    first = summaries[names[0]]
+    summary.add_row(
+        "epochs / training samples", *[f"{summaries[n]['epochs']} / {summaries[n]['n_train']}" for n in names]
+    )
+    for record in ("clean", "adv"):
+        summary.add_row(f"{record}: final accuracy %", *[_pct(summaries[n][record]["final_accuracy"]) for n in names])
+        summary.add_row(
+            f"{record}: forgetting events / sample",
+            *[f"{summaries[n][record]['forgetting_events_per_sample']:.3f}" for n in names],
+        )
+        for key in first[record]["sets"]:
+            summary.add_row(f"{record}: {key}", *[f"{summaries[n][record]['sets'][key]['count']}" for n in names])
+    out.print(summary)
+    if "rows" in report:
+        a, b = names
+        table = Table("set", a, b, "both", f"only {a}", f"only {b}", "Jaccard", title=f"{a} vs {b}")
+        for row in report["rows"]:
+            jaccard = row["jaccard"]
+            table.add_row(
+                row["set"],
+                str(row[a]),
+                str(row[b]),
+                str(row["both"]),
+                str(row[f"only_{a}"]),
+                str(row[f"only_{b}"]),
+                "-" if jaccard is None or jaccard != jaccard else f"{jaccard:.3f}",
+            )
+        out.print(table)
+    note = report.get("plots", {}).get("note")
+    if note:
+        console.print(f"[yellow]{note}[/]", highlight=False)
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@click.command("eval")
+@click.argument("sources", nargs=-1, required=True, metavar="RUN_OR_CHECKPOINT [RUN_B]")
+@click.option(
+    "--attack",
+    "-a",
+    "attacks",
+    multiple=True,
+    default=("pgd",),
+    show_default=True,
+    help="Attacks, repeatable or comma-separated: pgd, aa-fast (APGD-CE + APGD-T), aa-standard (APGD-CE, "
+    "APGD-T, FAB-T, Square), square. Clean accuracy is always measured.",
+)
+@click.option("--eps", type=float, default=None, help="Attack radius (default: the checkpoint's threat model).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Default: the checkpoint's.")
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="First N test images (0 = all).")
+@click.option("--steps", type=int, default=20, show_default=True, help="PGD steps.")
+@click.option("--restarts", type=int, default=1, show_default=True, help="PGD random restarts.")
+@click.option("--step-size", type=float, default=0.0, show_default=True, help="PGD step size (0 = 2.5*eps/steps).")
+@click.option("--queries", type=int, default=5000, show_default=True, help="Square attack queries.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option(
+    "--eps-curve",
+    default="",
+    help="Comma-separated epsilons, e.g. 0,0.02,0.05,0.1,0.15: robust accuracy (PGD) as a table and eps_curve.png.",
+)
+@click.option("--which", default="best", show_default=True, help="For a run directory: best, last or an epoch.")
+@click.option("--data-dir", default=None, help="Dataset folder (default: the one recorded in the checkpoint).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for eval.json and plots (default: the run directory, or the checkpoint's folder).",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--no-calibration", is_flag=True, help="Skip ECE / NLL / Brier.")
+@click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
+@click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
+@click.option(
+    "--dynamics",
+    is_flag=True,
+    help="Analyse the training dynamics of RUN (dynamics.npz), or compare RUN_A and RUN_B, instead of attacking.",
+)
+@click.option("--names", default=None, help="With --dynamics: labels of the runs, e.g. at,akd.")
+@user_errors
+def eval_cmd(
+    sources: tuple[str, ...],
+    attacks: tuple[str, ...],
+    eps: float | None,
+    norm: str | None,
+    n: int,
+    steps: int,
+    restarts: int,
+    step_size: float,
+    queries: int,
+    seed: int,
+    batch_size: int,
+    eps_curve: str,
+    which: str,
+    data_dir: str | None,
+    out_dir: str | None,
+    device: str,
+    no_calibration: bool,
+    no_checks: bool,
+    no_plots: bool,
+    dynamics: bool,
+    names: str | None,
+) -> None:
+    """Robust accuracy, calibration and sanity checks of RUN_OR_CHECKPOINT on its test split.
+
+    \b
+    Defaults fit a laptop CPU: 1000 test images, clean + PGD-20 (1 restart) at the checkpoint's threat
+    model. AutoAttack is opt-in (--attack aa-fast, or aa-standard for the published ensemble): it costs
+    roughly 50x (fast) to 100x+ (standard) the time of PGD-20. Writes eval.json (every number with its
+    settings and the package versions) into the run directory.
+
+    \b
+    Examples:
+      akd-edge eval runs/fmnist-akd
+      akd-edge eval runs/fmnist-akd --attack pgd,aa-fast --eps-curve 0,0.05,0.1,0.15,0.2
+      akd-edge eval --dynamics runs/fmnist-at runs/fmnist-akd --names at,akd
+    """
+    from akd_edge.evaluate import EvalOptions, evaluate, evaluate_dynamics
+
+    if dynamics:
+        labels = [v.strip() for v in names.split(",")] if names else None
+        if labels is not None and len(labels) != len(sources):
+            raise UsageError(f"--names gives {len(labels)} labels for {len(sources)} runs")
+        report, path = evaluate_dynamics(sources, names=labels, out_dir=out_dir, plots=not no_plots)
+        print_dynamics(report)
+        console.print(f"wrote {path}", highlight=False)
+        return
+    if len(sources) != 1:
+        raise UsageError(f"eval takes one run or checkpoint (got {len(sources)}); two runs only with --dynamics")
+    options = EvalOptions(
+        attacks=attacks,
+        norm=norm,
+        eps=eps,
+        n=n,
+        batch_size=batch_size,
+        steps=steps,
+        restarts=restarts,
+        step_size=step_size,
+        n_queries=queries,
+        seed=seed,
+        eps_curve=tuple(_eps_values(eps_curve)),
+        calibration=not no_calibration,
+        checks=not no_checks,
+        plots=not no_plots,
+        data_dir=data_dir,
+        which=which,
+        device=_device(device),
+    )
+    with make_progress(transient=True) as progress:
+        task = progress.add_task("eval", total=None, info="")
+
+        def update(done: int, total: int, info: str) -> None:
+            progress.update(task, completed=done, total=total, info=info)
+
+        report, path = evaluate(sources[0], options, out_dir=out_dir, progress=update)
+    print_report(report)
+    console.print(f"wrote {path}", highlight=False)
+
+
+def _eps_values(text: str) -> list[float]:
+    from akd_edge.metrics.robust import eps_grid
+
+    return eps_grid(text) if text.strip() else []

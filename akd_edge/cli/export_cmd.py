@@ -1,0 +1,231 @@
+"""``akd-edge export`` and ``akd-edge verify``: deployable files, and their robustness under onnxruntime.
+
+Nothing heavy is imported at module level: ``verify`` must start on a machine with only numpy and
+onnxruntime (plus click and rich) installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from akd_edge.cli.common import console, make_progress, out, user_errors
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _mark(passed: bool) -> str:
+    return "[green]pass[/]" if passed else "[bold red]FAIL[/]"
+
+
+def _print_export(folder: Path, report: dict[str, Any]) -> None:
+    checks = report["checks"]
+    table = Table("check", "result", "detail", title=f"export checks: {folder}")
+    for name, res in checks["onnx_checker"].items():
+        table.add_row(f"onnx.checker (full) {name}", _mark(res["passed"]), res.get("error", ""))
+    parity = checks["parity"]
+    table.add_row(
+        f"torch vs onnxruntime ({parity['n']} images)",
+        _mark(parity["passed"]),
+        f"max |diff| {parity['max_abs_logit_diff']:.2e} <= {parity['max_abs_logit_diff_threshold']:.0e}, "
+        f"argmax {_pct(parity['argmax_agreement'])} >= {_pct(parity['argmax_agreement_threshold'])}",
+    )
+    if "int8_agreement" in checks:
+        agree = checks["int8_agreement"]
+        table.add_row(
+            f"fp32 vs int8 (test split, {agree['n']} images)",
+            _mark(agree["passed"]),
+            f"agreement {_pct(agree['argmax_agreement'])} >= {_pct(agree['threshold'])}; clean fp32 "
+            f"{_pct(agree['fp32_clean_acc'])}, int8 {_pct(agree['int8_clean_acc'])}",
+        )
+    for name, info in report.get("mobile", {}).get("ort", {}).items():
+        par = info["parity"]
+        table.add_row(
+            f"{name} vs {info['from']}", _mark(par["argmax_agreement"] == 1.0), f"max |diff| {par['max_abs_logit_diff']:.2e}"
+        )
+    out.print(table)
+    mobile = Table("graph", "NNAPI", "CoreML NN", "CoreML MLProgram", title="nodes each mobile execution provider runs")
+    for graph, eps in report.get("mobile", {}).get("usability", {}).items():
+        cells = [f"{e['supported_nodes']}/{e['nodes']} ({e['verdict']})" for e in eps.values()]
+        mobile.add_row(graph, *cells)
+    out.print(mobile)
+    files = Table("file", "bytes", title="files")
+    for name, info in report.get("files", {}).items():
+        files.add_row(name, f"{info['bytes']:,}")
+    out.print(files)
+
+
+@click.command("export")
+@click.argument("source", metavar="RUN_OR_CHECKPOINT")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder [default: export/<run name>].")
+@click.option("--which", default="best", show_default=True, help="Checkpoint of a run directory: best, last or an epoch number.")
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Also write the static int8 (QDQ) model.")
+@click.option("--calib", default=512, show_default=True, type=click.IntRange(min=0), help="Training images used to calibrate int8.")
+@click.option("--n", "n_test", default=0, show_default=True, type=click.IntRange(min=0), help="Test images for the fp32-vs-int8 agreement (0 = all).")
+@click.option("--data-dir", default=None, help="Dataset folder [default: the one recorded in the checkpoint].")
+@click.option("--mobile-batch", default=1, show_default=True, type=click.IntRange(min=0), help="Fixed batch of the .ort files (0 = keep dynamic).")
+@click.option("--min-int8-agreement", default=0.98, show_default=True, type=click.FloatRange(0, 1), help="Warn below this fp32-vs-int8 agreement.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
+@user_errors
+def export_cmd(
+    source: str,
+    out_dir: str | None,
+    which: str,
+    int8: bool,
+    calib: int,
+    n_test: int,
+    data_dir: str | None,
+    mobile_batch: int,
+    min_int8_agreement: float,
+    seed: int,
+) -> None:
+    """Export a run or checkpoint to ONNX (fp32 + int8), onnxruntime-mobile .ort, report.json and MODEL_CARD.md.
+
+    The graph takes images float32 NCHW in [0, 1] with a dynamic batch and returns logits (normalisation is
+    inside). Checks: onnx.checker full check, parity with torch, fp32-vs-int8 agreement on the test split, and
+    NNAPI/CoreML coverage. Then run `akd-edge verify` on the folder.
+    """
+    from akd_edge.export import ExportCheckFailed, export_checkpoint
+
+    with console.status("exporting") as status:
+        try:
+            folder, report = export_checkpoint(
+                source,
+                out_dir,
+                which=which,
+                int8=int8,
+                calib=calib,
+                data_dir=data_dir,
+                n_test=n_test,
+                mobile_batch=mobile_batch,
+                min_int8_agreement=min_int8_agreement,
+                seed=seed,
+                on_stage=lambda text: status.update(text),
+            )
+        except ExportCheckFailed as err:
+            console.print(f"[bold red]export failed:[/] {err}", highlight=False)
+            raise click.exceptions.Exit(1) from None
+    _print_export(folder, report)
+    console.print(f"[green]wrote[/] {folder}   next: akd-edge verify {folder}", highlight=False)
+
+
+def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
+    settings = verify["settings"]
+    table = Table(
+        "model",
+        "clean",
+        "transfer",
+        "Square",
+        "robust (worst case)",
+        title=f"{folder}: {verify['n']} images, {settings['norm']} eps={settings['eps']} (onnxruntime)",
+    )
+    for name, res in verify["models"].items():
+        table.add_row(
+            name, _pct(res["clean_acc"]), _pct(res["transfer_acc"]), _pct(res["square_acc"]), f"[bold]{_pct(res['robust_acc'])}[/]"
+        )
+    out.print(table)
+    transfer = settings["transfer"]
+    if transfer.get("skipped"):
+        console.print(f"transfer attack skipped: {transfer['skipped']}", highlight=False)
+    for warning in verify["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    latency = verify.get("latency")
+    if latency:
+        speed = Table("model", "p50 ms (b=1)", "p95 ms (b=1)", "images/s (b=256)", "size", title="speed on this machine")
+        for name, res in latency.items():
+            speed.add_row(
+                name,
+                f"{res['batch1_p50_ms']:.3f}",
+                f"{res['batch1_p95_ms']:.3f}",
+                f"{res['throughput_img_s']:,.0f}" if res.get("throughput_img_s") else "-",
+                f"{res['bytes'] / 1024:.1f} KiB" if res.get("bytes") else "-",
+            )
+        out.print(speed)
+        for note in verify.get("latency_notes", []):
+            console.print(note, highlight=False)
+
+
+@click.command("verify")
+@click.argument("folder", metavar="EXPORT_DIR", type=click.Path())
+@click.option("--data", default=None, help="Dataset name, or an .npz with 'images' and 'labels' [default: the model's dataset].")
+@click.option("--data-dir", default=None, help="Dataset folder [default: the one recorded at export].")
+@click.option("--n", default=500, show_default=True, type=click.IntRange(min=1), help="Test images to verify on.")
+@click.option("--square-queries", default=1000, show_default=True, type=click.IntRange(min=0), help="Queries of the Square attack.")
+@click.option("--p-init", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Square's initial square size.")
+@click.option(
+    "--transfer",
+    type=click.Choice(["fast", "standard", "none"]),
+    default="fast",
+    show_default=True,
+    help="AutoAttack version run on the torch model for transfer (fast = APGD-CE + APGD-T).",
+)
+@click.option("--checkpoint", default=None, help="Torch checkpoint to transfer from [default: the export's source].")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Override the threat model's norm.")
+@click.option("--eps", type=float, default=None, help="Override the threat model's epsilon.")
+@click.option("--margin", default=0.02, show_default=True, type=float, help="Gradient-masking warning threshold (accuracy).")
+@click.option("--latency/--no-latency", default=True, show_default=True, help="Measure latency and throughput.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the verify section as JSON on stdout.")
+@user_errors
+def verify_cmd(
+    folder: str,
+    data: str | None,
+    data_dir: str | None,
+    n: int,
+    square_queries: int,
+    p_init: float,
+    transfer: str,
+    checkpoint: str | None,
+    norm: str | None,
+    eps: float | None,
+    margin: float,
+    latency: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Re-verify an export folder's models under onnxruntime: clean, transferred AutoAttack, Square, worst case.
+
+    Runs with only numpy and onnxruntime when torch is absent (clean + Square); torch is used for the
+    transfer attack and the torch eager timings. Results go into the folder's report.json and MODEL_CARD.md.
+    """
+    from akd_edge.verify.report import verify_export
+
+    with make_progress(transient=True) as progress:
+        tasks: dict[str, Any] = {}
+        stage_task = progress.add_task("verify", total=None, info="")
+
+        def on_stage(text: str) -> None:
+            progress.update(stage_task, description=text)
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"Square {name}", total=total, info="")
+            progress.update(tasks[name], completed=done)
+
+        verify = verify_export(
+            folder,
+            data=data,
+            data_dir=data_dir,
+            n=n,
+            seed=seed,
+            square_queries=square_queries,
+            p_init=p_init,
+            transfer=transfer,
+            checkpoint=checkpoint,
+            norm=norm,
+            eps=eps,
+            margin=margin,
+            latency=latency,
+            on_stage=on_stage,
+            on_progress=on_progress,
+        )
+    if as_json:
+        click.echo(json.dumps(verify, indent=2))
+    else:
+        _print_verify(Path(folder), verify)

@@ -1,0 +1,88 @@
+"""The `akd-edge` command group. Subcommands import their heavy dependencies only when they run."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from akd_edge import __version__
+from akd_edge.cli.common import out, setup_logging, user_errors
+from akd_edge.cli.train_cmd import distill, train_teacher
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="akd-edge")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """akd-edge: distill robust teachers into compact students, compress, export to ONNX, verify robustness.
+
+    \b
+    Typical workflow:
+      akd-edge distill                      # AKD quickstart student from the shipped teacher
+      akd-edge eval runs/fmnist-quickstart  # clean, PGD and AutoAttack accuracy, calibration
+      akd-edge export runs/fmnist-quickstart
+      akd-edge verify export/fmnist-quickstart
+    """
+    setup_logging(verbose)
+
+
+@cli.command("recipes")
+@user_errors
+def recipes_cmd() -> None:
+    """List the shipped recipes."""
+    from akd_edge.config import read_toml, shipped_recipes
+
+    table = Table("recipe", "description")
+    for name, path in shipped_recipes().items():
+        table.add_row(name, read_toml(path).get("description", ""))
+    out.print(table)
+
+
+@cli.command("models")
+@click.option("--input-shape", default="1,28,28", show_default=True, help="C,H,W used to count MACs.")
+@click.option("--num-classes", default=10, show_default=True)
+@user_errors
+def models_cmd(input_shape: str, num_classes: int) -> None:
+    """List the registered architectures with parameter counts and MACs."""
+    from akd_edge.errors import UsageError
+    from akd_edge.models import describe_models
+
+    try:
+        shape = tuple(int(v) for v in input_shape.split(","))
+        assert len(shape) == 3
+    except (ValueError, AssertionError):
+        raise UsageError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32") from None
+    table = Table("model", "role", "params", "MACs", "description", title=f"input {shape}, {num_classes} classes")
+    for row in describe_models(shape, num_classes):
+        table.add_row(row["name"], row["role"], f"{row['params']:,}", f"{row['macs']:,}", row["description"])
+    out.print(table)
+
+
+@cli.command("methods")
+def methods_cmd() -> None:
+    """List the training objectives."""
+    from akd_edge.methods import METHODS
+
+    table = Table("method", "needs teacher", "description")
+    for name in METHODS:
+        table.add_row(name, "yes" if METHODS.get(name).needs_teacher else "no", METHODS.help(name))
+    out.print(table)
+
+
+@cli.command("datasets")
+def datasets_cmd() -> None:
+    """List the dataset names a recipe's data.name accepts."""
+    from akd_edge.data import list_datasets
+
+    table = Table("dataset", "description")
+    for name, description in list_datasets():
+        table.add_row(name, description)
+    out.print(table)
+
+
+cli.add_command(train_teacher)
+cli.add_command(distill)
+
+
+def main() -> None:
+    cli(prog_name="akd-edge")

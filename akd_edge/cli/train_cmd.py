@@ -1,0 +1,169 @@
+"""`akd-edge train-teacher` and `akd-edge distill`: run a recipe through the training loop."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from akd_edge.cli.common import console, make_progress, out, user_errors
+from akd_edge.config import Recipe, load_recipe, read_toml
+from akd_edge.errors import ConfigError
+
+TEACHER_METHODS = ("at", "trades")
+DEFAULT_DISTILL_RECIPE = "fmnist-quickstart"
+DEFAULT_TEACHER_RECIPE = "fmnist-teacher"
+
+
+class RichCallbacks:
+    """Progress bars (epoch and batch), a line per epoch, and nothing else."""
+
+    def __init__(self) -> None:
+        self.progress = make_progress()
+        self.epoch_task: Any = None
+        self.batch_task: Any = None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> RichCallbacks:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_train_start(self, run_dir: Path, info: dict[str, Any]) -> None:
+        console.print(
+            f"run directory [bold]{run_dir}[/]  ({info['params']:,} parameters, {info['macs']:,} MACs; "
+            f"{info['train']:,} training / {info['val']:,} validation images; device {info['device']})"
+        )
+
+    def on_epoch_start(self, epoch: int, epochs: int, total_batches: int, start_batch: int) -> None:
+        if self.epoch_task is None:
+            self.epoch_task = self.progress.add_task("epochs", total=epochs, completed=epoch - 1, info="")
+        if self.batch_task is not None:
+            self.progress.remove_task(self.batch_task)
+        self.batch_task = self.progress.add_task(
+            f"epoch {epoch}/{epochs}", total=total_batches, completed=start_batch, info=""
+        )
+
+    def on_batch(self, batch: int, stats: dict[str, float]) -> None:
+        info = f"loss {stats['loss']:.3f}  acc {stats['acc']:.1%}  {stats['images_per_s']:.0f} img/s"
+        self.progress.update(self.batch_task, completed=batch, info=info)
+
+    def on_validate(self, epoch: int) -> None:
+        self.progress.update(self.batch_task, info="validating (PGD)...")
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        val = record["val"]
+        star = " [green]best[/]" if record["improved"] else ""
+        self.progress.console.print(
+            f"epoch {record['epoch']:>3}  train loss {record['loss']:.3f} acc {record['acc']:.1%}  "
+            f"val clean {val['clean_acc']:.1%} robust {val['robust_acc']:.1%}  "
+            f"{record['images_per_s']:.0f} img/s{star}"
+        )
+        self.progress.update(self.epoch_task, completed=record["epoch"])
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['role']} {summary['model']} ({summary['method']})", show_header=False)
+    best, threat = summary["best"], summary["threat"]
+    attack = summary["last"].get("attack", {})
+    table.add_row("run directory", summary["run_dir"])
+    table.add_row("parameters / MACs", f"{summary['params']:,} / {summary['macs']:,}")
+    table.add_row("best epoch (early stopping)", f"{best.get('epoch')} of {summary['epochs']}")
+    table.add_row(
+        "val clean / robust (best)",
+        f"{best.get('clean_acc', 0):.2%} / {best.get('robust_acc', 0):.2%}  "
+        f"(PGD-{attack.get('steps', '?')} {threat['norm']} eps {threat['eps']:g}, n={best.get('n')})",
+    )
+    last = summary["last"]
+    table.add_row("val clean / robust (last)", f"{last.get('clean_acc', 0):.2%} / {last.get('robust_acc', 0):.2%}")
+    ta = summary["train_attack"]
+    table.add_row("training attack", f"{ta['name']} {ta['norm']} eps {ta['eps']:g} steps {ta['steps']}")
+    table.add_row("training time", f"{summary['train_time_s']:.0f} s ({summary['images_per_s']:.0f} img/s)")
+    table.add_row("checkpoints", "best.pt (best robust val), last.pt, epochs/")
+    return table
+
+
+def _load(recipe: str, overrides: tuple[str, ...], resume: str | None) -> tuple[Recipe, Path | None]:
+    """The recipe to run: the run directory's own when resuming, else the named one with overrides."""
+    if resume:
+        run_dir = Path(resume)
+        saved = run_dir / "recipe.toml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {run_dir}: no recipe.toml there; is it a run directory?")
+        return load_recipe(read_toml(saved), list(overrides)), run_dir
+    return load_recipe(recipe, list(overrides)), None
+
+
+def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, resume: bool, role: str) -> dict[str, Any]:
+    from akd_edge.train.loop import Interrupted, new_run_dir, train_run
+
+    run_dir = run_dir or new_run_dir(recipe, out_dir)
+    try:
+        with RichCallbacks() as callbacks:
+            summary = train_run(recipe, run_dir, resume=resume, role=role, callbacks=callbacks)
+    except Interrupted as stop:
+        console.print(f"[yellow]stopped; checkpoint saved.[/] Resume with: akd-edge {_cmd(role)} --resume {stop.run_dir}")
+        raise click.exceptions.Exit(130) from None
+    out.print(summary_table(summary))
+    return summary
+
+
+def _cmd(role: str) -> str:
+    return "train-teacher" if role == "teacher" else "distill"
+
+
+_common = [
+    click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe field (repeatable)."),
+    click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/<run.name>)."),
+    click.option("--resume", type=click.Path(exists=True, file_okay=False), help="Continue the killed run in this directory."),
+    click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N)."),
+]
+
+
+def _options(func: Any) -> Any:
+    for option in reversed(_common):
+        func = option(func)
+    return func
+
+
+@click.command("train-teacher")
+@click.option("--recipe", "-r", default=DEFAULT_TEACHER_RECIPE, show_default=True, help="Recipe file or shipped name.")
+@_options
+@user_errors
+def train_teacher(recipe: str, overrides: tuple[str, ...], out_dir: str | None, resume: str | None, device: str | None) -> None:
+    """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy."""
+    overrides += (f"run.device={device!r}",) if device else ()
+    cfg, run_dir = _load(recipe, overrides, resume)
+    if cfg.method.name not in TEACHER_METHODS:
+        raise ConfigError(f"method.name={cfg.method.name!r}: a teacher trains with {' or '.join(TEACHER_METHODS)}")
+    _run(cfg, run_dir, out_dir, bool(resume), "teacher")
+
+
+@click.command("distill")
+@click.option("--recipe", "-r", default=DEFAULT_DISTILL_RECIPE, show_default=True, help="Recipe file or shipped name.")
+@click.option("--teacher", "teachers", multiple=True, metavar="PATH", help="Teacher run directory or checkpoint (repeat for an ensemble); replaces the recipe's teachers.")
+@_options
+@user_errors
+def distill(
+    recipe: str,
+    teachers: tuple[str, ...],
+    overrides: tuple[str, ...],
+    out_dir: str | None,
+    resume: str | None,
+    device: str | None,
+) -> None:
+    """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says."""
+    overrides += (f"run.device={device!r}",) if device else ()
+    cfg, run_dir = _load(recipe, overrides, resume)
+    if teachers:
+        from dataclasses import replace
+
+        from akd_edge.config import TeacherSpec
+
+        cfg = replace(cfg, teachers=[TeacherSpec(path=t) for t in teachers])
+    _run(cfg, run_dir, out_dir, bool(resume), "student")

@@ -1,0 +1,1 @@
+"""Compression: pruning (torch-pruning, robust fine-tune) and int8 quantization (onnxruntime)."""

@@ -1,0 +1,391 @@
+"""The recipe schema: frozen dataclasses, one per TOML section, validated on construction.
+
+A recipe file mirrors these classes section by section; ``--set section.key=value`` overrides a field.
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from akd_edge.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run executes."""
+
+    name: str = "run"
+    """Run name; the run directory defaults to ``runs/<name>``."""
+    seed: int = 0
+    """Seed of every random choice (data order, augmentation, attack starts, initialisation)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    threads: int = 0
+    """CPU threads for torch; 0 lets torch choose (all physical cores)."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'")
+        _check(self.threads >= 0, "run.threads", "must be >= 0")
+        _check(
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            "run.device",
+            f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how it is split, and how batches are made."""
+
+    name: str = "fashion-mnist"
+    """Dataset name: fashion-mnist, mnist, cifar10, cifar100, svhn, imagefolder or synthetic."""
+    data_dir: str = ""
+    """Folder holding the dataset files; empty means $AKD_EDGE_DATA, then the OS location."""
+    download: bool = False
+    """Fetch missing files from the official URLs (checksums verified)."""
+    val_size: int = 5000
+    """Training images held out (deterministically, by seed) for validation and early stopping."""
+    train_subset: int = 0
+    """Use only the first N training images after the split (0 = all); for quick runs."""
+    batch_size: int = 128
+    """Training batch size."""
+    eval_batch_size: int = 500
+    """Batch size of evaluation and of validation attacks."""
+    augment: bool = False
+    """Random crop (padding 4) and horizontal flip; meant for CIFAR-like data."""
+
+    def __post_init__(self) -> None:
+        _check(self.val_size >= 0, "data.val_size", "must be >= 0")
+        _check(self.train_subset >= 0, "data.train_subset", "must be >= 0 (0 = all)")
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture to train: a registered name (``akd-edge models``) or ``module:factory``."""
+
+    name: str = "cnn-student"
+    """Registered model name, or ``package.module:factory`` for a user's own architecture."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the model factory (for example ``width = 2``)."""
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """An attack: the student's training attack, or the threat model used for validation."""
+
+    name: str = "pgd"
+    """``pgd``, ``fgsm`` (with random start) or ``none`` (clean training)."""
+    norm: str = "linf"
+    """``linf`` or ``l2``."""
+    eps: float = 0.1
+    """Radius of the perturbation ball, for images in [0, 1]."""
+    steps: int = 10
+    """Number of PGD steps (ignored by fgsm)."""
+    step_size: float = 0.0
+    """Step size; 0 means 2.5 * eps / steps for PGD and 1.25 * eps for FGSM."""
+    random_start: bool = True
+    """Start from a uniformly random point of the ball."""
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("pgd", "fgsm", "none"), "attack.name", f"must be pgd, fgsm or none, got {self.name!r}")
+        _check(self.norm in NORMS, "attack.norm", f"must be one of {NORMS}, got {self.norm!r}")
+        _check(self.eps >= 0, "attack.eps", "must be >= 0")
+        _check(self.steps >= 1, "attack.steps", "must be >= 1")
+        _check(self.step_size >= 0, "attack.step_size", "must be >= 0 (0 = automatic)")
+
+    @property
+    def resolved_step_size(self) -> float:
+        if self.step_size > 0:
+            return self.step_size
+        if self.name == "fgsm":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / self.steps
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD and its learning-rate schedule."""
+
+    lr: float = 0.1
+    """Peak learning rate."""
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    """``onecycle``, ``cosine``, ``multistep`` or ``constant``; stepped every batch."""
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    """For ``multistep``: fractions of training at which the rate is multiplied by ``gamma``."""
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", "must be > 0")
+        _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        schedules = ("onecycle", "cosine", "multistep", "constant")
+        _check(self.schedule in schedules, "optim.schedule", f"must be one of {schedules}")
+        _check(all(0 < m < 1 for m in self.milestones), "optim.milestones", "must be fractions in (0, 1)")
+        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The training objective (a task) and its hyper-parameters."""
+
+    name: str = "at"
+    """``at``, ``trades``, ``ard``, ``rslad`` or ``akd`` (see ``akd-edge methods``)."""
+    alpha: float = 0.9
+    """AKD/ARD: weight of the teacher's probabilities against the one-hot labels."""
+    temperature: float = 1.0
+    """Softmax temperature of teacher and student in the distillation term."""
+    teacher_input: str = "adv"
+    """AKD: the teacher sees the student's adversarial example (``adv``, as in the paper) or ``clean``."""
+    beta: float = 6.0
+    """TRADES: weight of the robustness (KL) term."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, "method.alpha", "must be in [0, 1]")
+        _check(self.temperature > 0, "method.temperature", "must be > 0")
+        _check(self.teacher_input in ("adv", "clean"), "method.teacher_input", "must be adv or clean")
+        _check(self.beta >= 0, "method.beta", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length, optimiser and the training attack."""
+
+    epochs: int = 10
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=5))
+    """The attack the model is trained against; for AKD, weaker than the evaluation threat model."""
+    amp: str = "none"
+    """Mixed precision on GPU: ``none``, ``bf16`` or ``fp16``."""
+    keep_epoch_checkpoints: bool = True
+    """Keep the weights of every epoch (``epochs/epoch-NNN.pt``), so any epoch can serve as a teacher."""
+    checkpoint_every: int = 200
+    """Also save a resumable checkpoint every this many batches (0 = only at epoch ends)."""
+    record_dynamics: bool = False
+    """Record, per training sample and epoch, whether it is classified correctly (clean and adversarial)."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.amp in ("none", "bf16", "fp16"), "train.amp", "must be none, bf16 or fp16")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The threat model the model is judged against, and the validation that drives early stopping."""
+
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig(steps=10))
+    """Threat model and validation attack (PGD)."""
+    val_samples: int = 1000
+    """Validation images attacked after each epoch (0 = the whole validation split)."""
+
+    def __post_init__(self) -> None:
+        _check(self.val_samples >= 0, "eval.val_samples", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher of a distillation: a run directory or checkpoint file, and its ensemble weight."""
+
+    path: str = ""
+    """Run directory or ``.pt`` checkpoint; ``builtin:fmnist-teacher`` is the shipped teacher."""
+    which: str = "best"
+    """For a run directory: ``best`` (early-stopped, default), ``last`` or an epoch number."""
+    weight: float = 1.0
+    """Weight of this teacher's probabilities in the ensemble average (weights are normalised)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "teachers.path", "is required")
+        _check(
+            self.which in ("best", "last") or self.which.isdigit(),
+            "teachers.which",
+            f"must be best, last or an epoch number, got {self.which!r}",
+        )
+        _check(self.weight > 0, "teachers.weight", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe: one field per TOML section."""
+
+    description: str = ""
+    """One line shown by ``akd-edge recipes``."""
+    expected: dict[str, Any] = field(default_factory=dict)
+    """What the recipe reaches and how long it takes on which machine (informative only)."""
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    teachers: list[TeacherSpec] = field(default_factory=list)
+    """Teachers for distillation methods (ard, rslad, akd); their probabilities are averaged."""
+
+    def __post_init__(self) -> None:
+        from akd_edge.methods import METHODS  # registry; lazy to keep config light
+
+        _check(self.method.name in METHODS, "method.name", f"unknown method {self.method.name!r}; known: {METHODS.names()}")
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; build nested dataclasses. Ints are accepted as floats."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table (section), got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any:
+        return value
+    wrong_bool = (tp is bool) != isinstance(value, bool)  # True is an int in Python: keep them apart
+    if wrong_bool or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, naming any unknown key or wrong type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{full}'{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        msg = str(err)
+        # Section classes name their keys without the outer prefix (for example attack.eps): add it.
+        if prefix and not msg.startswith(prefix):
+            head, _, rest = msg.partition(": ")
+            leaf = head.split(".")[-1]
+            msg = f"{prefix}.{leaf}: {rest}"
+        raise ConfigError(msg) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain dicts and lists (TOML/JSON ready)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``; the value is read as TOML (so 3, 0.1, true, "x", [1, 2]) or as a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the recipe dict with each ``section.key=value`` applied."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found; `akd-edge recipes` lists the shipped ones")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"recipe {path} is not valid TOML: {err}") from None
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (path, shipped name or dict), apply overrides and validate it."""
+    data = source if isinstance(source, dict) else read_toml(resolve_recipe_path(source))
+    return from_dict(Recipe, apply_overrides(data, overrides or []))
+
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (file stem)."""
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.toml"))}
+
+
+def resolve_recipe_path(source: str | Path) -> Path:
+    """A path as given, or the name of a shipped recipe (``fmnist-quickstart``)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = path.stem if path.suffix == ".toml" else str(source)
+    if name in shipped and path.parent in (Path("."), Path("recipes")):
+        return shipped[name]
+    close = difflib.get_close_matches(name, list(shipped), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"recipe {source} not found.{hint} `akd-edge recipes` lists the shipped recipes.")

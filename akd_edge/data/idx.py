@@ -1,0 +1,111 @@
+"""Fashion-MNIST and MNIST: the IDX files, gzip-compressed or not."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from akd_edge.data import locate
+from akd_edge.data.base import DATASETS, ImageDataset, LoadedData
+from akd_edge.data.download import SOURCES, fetch_dataset_files
+from akd_edge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+DIGITS = tuple(str(d) for d in range(10))
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (gzip detected from its magic bytes) straight into a writable numpy array."""
+    with path.open("rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as fh:
+            header = fh.read(4)
+            if len(header) != 4 or header[:2] != b"\0\0" or header[2] not in _IDX_DTYPES:
+                raise DataError(f"{path} is not an IDX file (bad magic {header.hex()}); re-download it")
+            ndim = header[3]
+            dims = tuple(int.from_bytes(fh.read(4), "big") for _ in range(ndim))
+            array = np.empty(dims, dtype=np.dtype(_IDX_DTYPES[header[2]]))
+            got = fh.readinto(memoryview(array).cast("B")) if array.size else 0
+            if got != array.nbytes or fh.read(1):
+                raise DataError(
+                    f"{path}: expected {array.nbytes} data bytes for shape {dims}; the file is truncated "
+                    "or corrupt, re-download it"
+                )
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read {path}: {err}; re-download it") from None
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def _read_part(folder: Path, images_name: str, labels_name: str) -> ImageDataset:
+    images_path = locate.pick(folder, (images_name + ".gz", images_name))
+    labels_path = locate.pick(folder, (labels_name + ".gz", labels_name))
+    assert images_path is not None and labels_path is not None  # resolve() checked
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{labels_path}: {labels.shape[0] if labels.ndim else '?'} labels for {images.shape[0]} images")
+    return ImageDataset(images[:, None, :, :], labels.astype(np.int64))
+
+
+def load_idx_dataset(
+    name: str, class_names: tuple[str, ...], data_dir: str, parts: tuple[str, ...], download: bool
+) -> LoadedData:
+    """Find (or download) the IDX files of ``parts`` and read them."""
+    stems = [stem for part in parts for stem in FILES[part]]
+    required = [(stem + ".gz", stem) for stem in stems]
+    folder = locate.resolve(
+        name,
+        required,
+        data_dir=data_dir,
+        download=download,
+        fetch=lambda target: fetch_dataset_files(name, [s + ".gz" for s in stems], target),
+        how_to_get=locate.how_to_get(name, SOURCES[name].urls),
+    )
+    start = time.perf_counter()
+    loaded = {part: _read_part(folder, *FILES[part]) for part in parts}
+    log.info(
+        "%s: read %s from %s in %.2f s",
+        name,
+        {p: len(d) for p, d in loaded.items()},
+        folder,
+        time.perf_counter() - start,
+    )
+    return LoadedData(class_names, source=str(folder), **loaded)
+
+
+@DATASETS.register("fashion-mnist", help="Zalando Fashion-MNIST: 60k/10k grey 28x28 clothing images, 10 classes")
+def fashion_mnist(
+    data_dir: str = "", *, parts: tuple[str, ...] = ("train", "test"), download: bool = False
+) -> LoadedData:
+    return load_idx_dataset("fashion-mnist", FASHION_CLASSES, data_dir, parts, download)
+
+
+@DATASETS.register("mnist", help="MNIST handwritten digits: 60k/10k grey 28x28 images, 10 classes")
+def mnist(data_dir: str = "", *, parts: tuple[str, ...] = ("train", "test"), download: bool = False) -> LoadedData:
+    return load_idx_dataset("mnist", DIGITS, data_dir, parts, download)

@@ -1,0 +1,6 @@
+"""Evaluation metrics: robust accuracy (``robust``), calibration (``calibration``) and training dynamics
+(``dynamics``). Import the submodule you need; nothing heavy is imported here."""
+
+from akd_edge.metrics.calibration import CalibrationMeter, calibration, expected_calibration_error
+
+__all__ = ["CalibrationMeter", "calibration", "expected_calibration_error"]

@@ -1,0 +1,168 @@
+"""The model registry and its factory: registered names or ``module:factory``, wrapped behind normalisation."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from akd_edge.errors import ConfigError
+from akd_edge.models.normalize import Normalize, NormalizedModel
+from akd_edge.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[..., nn.Module]
+"""``factory(num_classes, input_shape=(C, H, W), **kwargs) -> nn.Module`` returning raw logits."""
+
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What ``akd-edge models`` shows for a registered architecture."""
+
+    name: str
+    role: str
+    """``teacher`` or ``student``: the part it plays in the shipped recipes (any model can play either)."""
+    description: str
+
+
+_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, role: str, description: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a factory under ``name`` with its role and a one-line description."""
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        MODELS.register(name, help=description)(factory)
+        _ENTRIES[name] = ModelEntry(name, role, description)
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[tuple[str, str, str]]:
+    """Rows ``(name, role, description)`` of the registered models, sorted by name."""
+    return [(e.name, e.role, e.description) for e in sorted(_ENTRIES.values(), key=lambda e: e.name)]
+
+
+def resolve_factory(name: str) -> ModelFactory:
+    """The factory of a registered name, or of ``package.module:factory`` imported with importlib."""
+    if ":" not in name:
+        try:
+            return MODELS.get(name)
+        except KeyError as err:
+            raise ConfigError(f"{err.args[0]}; or give 'package.module:factory' for your own architecture") from None
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise ConfigError(f"model {name!r}: expected 'package.module:factory' (one colon, both parts non-empty)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"model {name!r}: cannot import module {module_name!r} ({err}); install it or put its folder on PYTHONPATH"
+        ) from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise ConfigError(
+            f"model {name!r}: module {module_name!r} has no attribute {attr!r}; its callables: {', '.join(public) or 'none'}"
+        )
+    if not callable(factory):
+        raise ConfigError(f"model {name!r}: {module_name}.{attr} is not callable (expected a model factory)")
+    return factory
+
+
+def _check_kwargs(
+    name: str, factory: ModelFactory, num_classes: int, input_shape: tuple[int, ...], kwargs: dict
+) -> None:
+    """Fail with the accepted keywords when the factory's signature does not take ``kwargs``."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins or C callables: let the call itself decide
+        return
+    try:
+        signature.bind(num_classes, input_shape=input_shape, **kwargs)
+    except TypeError as err:
+        accepted = [p for p in signature.parameters if p not in ("num_classes", "input_shape", "self")]
+        raise ConfigError(
+            f"model {name!r} cannot be called with kwargs {sorted(kwargs)} ({err}); "
+            f"it accepts: {', '.join(accepted) or 'no extra keywords'} "
+            "(a factory takes (num_classes, input_shape=(C, H, W), **kwargs))"
+        ) from None
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    mean: float | Sequence[float] = 0.0,
+    std: float | Sequence[float] = 1.0,
+    **kwargs: Any,
+) -> NormalizedModel:
+    """Build ``name`` for ``num_classes`` and images of ``input_shape`` (C, H, W) in [0, 1], normalised inside."""
+    if int(num_classes) < 1:
+        raise ConfigError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"model {name!r}: input_shape must be (channels, height, width), got {tuple(input_shape)}")
+    factory = resolve_factory(name)
+    _check_kwargs(name, factory, int(num_classes), shape, kwargs)
+    net = factory(int(num_classes), input_shape=shape, **kwargs)
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model {name!r}: the factory returned {type(net).__name__}, expected a torch.nn.Module")
+    return NormalizedModel(Normalize(mean, std, channels=shape[0]), net)
+
+
+def get_classifier(model: nn.Module) -> nn.Linear:
+    """The final ``nn.Linear`` (the classification head): the layer pruning leaves alone."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear head")
+    return linears[-1]
+
+
+def model_info(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Parameters and MACs of one ``input_shape`` (C, H, W) image, counted by torch-pruning.
+
+    Following torch-pruning's counter, BatchNorm, ReLU and pooling add one op per element, and a
+    biased Linear adds its bias; conv and linear multiply-accumulates dominate.
+    """
+    from torch_pruning.utils import count_ops_and_params
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    example = torch.zeros(1, *(int(v) for v in input_shape), device=device)
+    macs, params = count_ops_and_params(model, example)
+    return {"params": int(params), "macs": int(macs)}
+
+
+def describe_models(
+    input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, names: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """For ``akd-edge models``: each model's name, role, description, params and MACs at ``input_shape``.
+
+    Models are built on the meta device (no memory, no initialisation cost); a model that cannot be built
+    for this shape gets ``error`` instead of numbers.
+    """
+    rows = []
+    for name in names or MODELS.names():
+        entry = _ENTRIES.get(name, ModelEntry(name, "custom", ""))
+        row: dict[str, Any] = {"name": name, "role": entry.role, "description": entry.description}
+        try:
+            with torch.device("meta"):
+                model = create_model(name, num_classes=num_classes, input_shape=input_shape)
+            row.update(model_info(model, input_shape))
+        except (ConfigError, RuntimeError, ValueError) as err:
+            log.warning("model %s cannot be built for input %s: %s", name, tuple(input_shape), err)
+            row["error"] = str(err)
+        rows.append(row)
+    return rows

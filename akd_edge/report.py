@@ -1,0 +1,265 @@
+"""The export folder's ``report.json`` and its human-readable rendering, ``MODEL_CARD.md``.
+
+The JSON report is the record (written by ``akd-edge export``, extended by ``akd-edge verify``); the
+model card is always re-rendered from it, never edited by hand. numpy/torch-free, so verify can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPORT_NAME = "report.json"
+CARD_NAME = "MODEL_CARD.md"
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write through a temp file in the same folder and a rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_report(folder: str | Path, report: dict[str, Any]) -> None:
+    """Write ``report.json`` and re-render ``MODEL_CARD.md`` from it, both atomically."""
+    folder = Path(folder)
+    write_text_atomic(folder / REPORT_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_text_atomic(folder / CARD_NAME, render_model_card(report))
+
+
+def read_report(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's report, or None when it has none."""
+    path = Path(folder) / REPORT_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.2f}%"
+
+
+def _size(num: Any) -> str:
+    if num is None:
+        return "n/a"
+    return f"{num / 1024:.1f} KiB" if num < 1024 * 1024 else f"{num / 1024 / 1024:.2f} MiB"
+
+
+def _ok(passed: Any) -> str:
+    return "pass" if passed else "FAIL"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _robustness(verify: dict[str, Any]) -> list[str]:
+    lines = ["## Robustness measured under onnxruntime", ""]
+    settings = verify.get("settings", {})
+    lines.append(
+        f"{verify.get('n')} test images of `{verify.get('data', {}).get('name')}`; threat model "
+        f"{settings.get('norm')} eps={settings.get('eps')}. Robust accuracy is the per-sample worst case over "
+        "clean, transferred and Square examples."
+    )
+    lines.append("")
+    rows = []
+    for name, res in verify.get("models", {}).items():
+        rows.append(
+            [
+                f"`{name}`",
+                _pct(res.get("clean_acc")),
+                _pct(res.get("transfer_acc")),
+                _pct(res.get("square_acc")),
+                f"**{_pct(res.get('robust_acc'))}**",
+            ]
+        )
+    lines += _table(["model", "clean", "transfer (AutoAttack on torch)", "Square (query-only)", "robust (worst case)"], rows)
+    transfer = settings.get("transfer") or {}
+    square = settings.get("square") or {}
+    if transfer.get("skipped"):
+        lines.append(f"- Transfer: skipped ({transfer['skipped']}).")
+    elif transfer:
+        lines.append(
+            f"- Transfer: AutoAttack `{transfer.get('version')}` ({', '.join(transfer.get('attacks', []))}) on the torch "
+            f"model `{transfer.get('checkpoint')}`; torch robust accuracy {_pct(transfer.get('torch_robust_acc'))}."
+        )
+    if square:
+        lines.append(
+            f"- Square: {square.get('n_queries')} queries, p_init {square.get('p_init')}, loss {square.get('loss')}, "
+            f"seed {square.get('seed')}, run directly on each onnxruntime session."
+        )
+    for warning in verify.get("warnings", []):
+        lines.append(f"- **Warning:** {warning}")
+    return lines + [""]
+
+
+def _latency(verify: dict[str, Any]) -> list[str]:
+    latency = verify.get("latency") or {}
+    if not latency:
+        return []
+    lines = ["## Speed and size on the verifying machine", ""]
+    rows = []
+    for name, res in latency.items():
+        rows.append(
+            [
+                name,
+                f"{res['batch1_p50_ms']:.3f}" if "batch1_p50_ms" in res else "n/a",
+                f"{res['batch1_p95_ms']:.3f}" if "batch1_p95_ms" in res else "n/a",
+                f"{res['throughput_img_s']:,.0f}" if res.get("throughput_img_s") else "n/a",
+                _size(res.get("bytes")),
+            ]
+        )
+    lines += _table(["model", "p50 ms (batch 1)", "p95 ms (batch 1)", "images/s (batch 256)", "size"], rows)
+    machine = verify.get("machine") or {}
+    lines.append(
+        f"Wall-clock on {machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')}); onnxruntime CPU provider, "
+        "torch eager in inference mode. Figures from a shared machine are indicative only."
+    )
+    for note in verify.get("latency_notes", []):
+        lines.append(f"- {note}")
+    return lines + [""]
+
+
+def _mobile(mobile: dict[str, Any]) -> list[str]:
+    lines = ["## Mobile (onnxruntime-mobile usability checker)", ""]
+    rows = []
+    for graph, eps in mobile.get("usability", {}).items():
+        for info in eps.values():
+            unsupported = ", ".join(op.split(":")[-1] for op in info["unsupported_ops"]) or "-"
+            rows.append(
+                [
+                    f"`{graph}`",
+                    info["label"],
+                    f"{info['supported_nodes']}/{info['nodes']} ({info['supported_pct']}%)",
+                    info["partitions"],
+                    unsupported,
+                    info["verdict"],
+                ]
+            )
+    lines += _table(["graph", "execution provider", "nodes it runs", "partitions", "unsupported ops", "verdict"], rows)
+    lines.append(
+        f"The `.ort` files have a fixed batch of {mobile.get('batch')} (NNAPI needs static shapes); the `.onnx` files "
+        "keep a dynamic batch, so NNAPI runs none of their nodes as they are. CoreML has no QuantizeLinear/"
+        "DequantizeLinear, so on iOS use `model.ort` (fp32) with CoreML, or `model.int8.ort` on the CPU provider."
+    )
+    return lines + [""]
+
+
+def _checks(report: dict[str, Any]) -> list[str]:
+    checks = report.get("checks", {})
+    lines = ["## Export checks", ""]
+    rows = [[f"onnx.checker full check `{name}`", _ok(res["passed"]), res.get("error", "")] for name, res in checks.get("onnx_checker", {}).items()]
+    parity = checks.get("parity")
+    if parity:
+        rows.append(
+            [
+                f"torch vs onnxruntime fp32 ({parity['n']} images)",
+                _ok(parity["passed"]),
+                f"max abs logit diff {parity['max_abs_logit_diff']:.2e} (<= {parity['max_abs_logit_diff_threshold']:.2e}), "
+                f"argmax agreement {_pct(parity['argmax_agreement'])} (>= {_pct(parity['argmax_agreement_threshold'])})",
+            ]
+        )
+    agreement = checks.get("int8_agreement")
+    if agreement:
+        rows.append(
+            [
+                f"fp32 vs int8 on the test split ({agreement['n']} images)",
+                _ok(agreement["passed"]),
+                f"argmax agreement {_pct(agreement['argmax_agreement'])} (>= {_pct(agreement['threshold'])}); clean "
+                f"accuracy fp32 {_pct(agreement['fp32_clean_acc'])}, int8 {_pct(agreement['int8_clean_acc'])}",
+            ]
+        )
+    for name, info in (report.get("mobile") or {}).get("ort", {}).items():
+        parity_ort = info["parity"]
+        rows.append(
+            [
+                f"`{name}` vs `{info['from']}`",
+                _ok(parity_ort["argmax_agreement"] == 1.0),
+                f"max abs logit diff {parity_ort['max_abs_logit_diff']:.2e}, argmax agreement {_pct(parity_ort['argmax_agreement'])}",
+            ]
+        )
+    return lines + _table(["check", "result", "detail"], rows)
+
+
+def render_model_card(report: dict[str, Any]) -> str:
+    """A markdown model card: what the model is, how to feed it, how robust it measured, and its files."""
+    source, model = report.get("source", {}), report.get("model", {})
+    arch, threat = source.get("arch", {}), report.get("threat", {})
+    val = source.get("val") or {}
+    lines = [
+        f"# Model card: {source.get('run', 'model')}",
+        "",
+        f"- Architecture: `{arch.get('name')}` ({source.get('params', 0):,} parameters"
+        f"{', pruned' if source.get('pruned') else ''}), role: {source.get('role')}, epoch {source.get('epoch')}",
+        f"- Dataset: `{report.get('data', {}).get('name')}`, {len(model.get('class_names', []))} classes: "
+        + ", ".join(f"`{c}`" for c in model.get("class_names", [])),
+        f"- Threat model: {threat.get('norm')} perturbations of size eps = {threat.get('eps')} on images in [0, 1]",
+        f"- Torch validation (at training time): clean {_pct(val.get('clean_acc'))}, robust {_pct(val.get('robust_acc'))}",
+        f"- Source checkpoint: `{source.get('checkpoint')}`; exported {report.get('created')} with "
+        + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()),
+        "",
+        "## Input and output",
+        "",
+        f"- Input `{model.get('input', {}).get('name')}`: float32 {model.get('input', {}).get('layout')} "
+        f"{model.get('input', {}).get('shape')}, pixel values in [0, 1] (divide 8-bit pixels by 255; "
+        "no mean/std normalisation: it is inside the graph).",
+        f"- Output `{model.get('output', {}).get('name')}`: {model.get('output', {}).get('shape')} logits, in the class order above.",
+        "",
+    ]
+    verify = report.get("verify")
+    if verify:
+        lines += _robustness(verify)
+        lines += _latency(verify)
+    else:
+        lines += [
+            "## Robustness measured under onnxruntime",
+            "",
+            "Not verified yet: run `akd-edge verify <this folder>`.",
+            "",
+        ]
+    lines += _checks(report)
+    if report.get("quantization"):
+        q = report["quantization"]
+        lines += [
+            "## Quantization",
+            "",
+            f"Static {q['format']}: weights {q['weights']}, activations {q['activations']}, {q['calibration']} "
+            f"calibration on {q['calibration_images']} {q['calibration_split']} images.",
+            "",
+        ]
+    if report.get("mobile"):
+        lines += _mobile(report["mobile"])
+    files = report.get("files", {})
+    if files:
+        lines += ["## Files", ""]
+        lines += _table(["file", "size", "sha256"], [[f"`{k}`", _size(v["bytes"]), f"`{v['sha256'][:16]}…`"] for k, v in files.items()])
+    lines += [
+        "## Limitations",
+        "",
+        "- Robustness holds only for the threat model above and was measured on the stated number of test images; "
+        "attacks are not proofs, and a stronger attack can only lower the figures.",
+        "- The int8 model is a separate model: its robustness is re-measured, not inherited from fp32.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,414 @@
+"""One training loop for every objective: the method is a task, the loop only steps, logs and saves.
+
+The loop is resumable at batch granularity: data order is a function of (seed, epoch), augmentation of
+(seed, epoch, batch), and the RNG state is saved with the optimiser, so a killed run resumed with
+``resume=True`` reaches the same weights as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from akd_edge.attacks import build_attack, eval_mode
+from akd_edge.config import Recipe, to_dict
+from akd_edge.data import DatasetSplits, iterate_batches, load_dataset, num_batches
+from akd_edge.errors import CheckpointError, ConfigError
+from akd_edge.methods import METHODS
+from akd_edge.models import create_model, model_info
+from akd_edge.teachers import load_teachers
+from akd_edge.train.checkpoint import FORMAT, load_checkpoint, model_only, save_atomic
+from akd_edge.train.schedule import build_optimizer, build_scheduler
+from akd_edge.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C after saving a resumable checkpoint."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted; resume with --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+class Callbacks:
+    """Hooks for progress display; the CLI implements them with rich, the library stays silent."""
+
+    def on_train_start(self, run_dir: Path, info: dict[str, Any]) -> None: ...
+    def on_epoch_start(self, epoch: int, epochs: int, total_batches: int, start_batch: int) -> None: ...
+    def on_batch(self, batch: int, stats: dict[str, float]) -> None: ...
+    def on_validate(self, epoch: int) -> None: ...
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device: {name!r} asked for, but CUDA is not available; use auto or cpu")
+    return device
+
+
+def new_run_dir(recipe: Recipe, out: str | Path | None = None) -> Path:
+    """``out`` as given, else ``<run.out_dir>/<run.name>``, suffixed -2, -3, ... if already used."""
+    if out is not None:
+        return Path(out)
+    base = Path(recipe.run.out_dir) / recipe.run.name
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _write_recipe(recipe: Recipe, path: Path) -> None:
+    import tomli_w
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(tomli_w.dumps(to_dict(recipe)))
+    tmp.replace(path)
+
+
+@dataclass
+class _State:
+    """Everything that changes during training and must survive a resume."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed within the current epoch
+    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "n": 0.0, "time": 0.0})
+    best: dict[str, Any] = field(default_factory=dict)
+    dyn_row: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _SigintFlag:
+    """First Ctrl-C asks the loop to save and stop after the current batch; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            log.warning("Ctrl-C: saving a checkpoint after this batch (press again to abort now)")
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    """Trains ``recipe.model`` with ``recipe.method`` into ``run_dir``."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, role: str, callbacks: Callbacks | None = None) -> None:
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.role = role
+        self.cb = callbacks or Callbacks()
+        self.device = resolve_device(recipe.run.device)
+        if recipe.run.threads:
+            torch.set_num_threads(recipe.run.threads)
+        torch.manual_seed(recipe.run.seed)
+        self.splits: DatasetSplits = load_dataset(recipe.data, recipe.run.seed)
+        self.model = self._build_model()
+        self.teacher = self._build_teacher()
+        method = METHODS.get(recipe.method.name)
+        self.task = method(self.model, build_attack(recipe.train.attack), recipe.method, self.teacher)
+        self.optimizer = build_optimizer(self.model, recipe.train.optim)
+        self.steps_per_epoch = num_batches(len(self.splits.train), recipe.data.batch_size)
+        self.scheduler = build_scheduler(self.optimizer, recipe.train.optim, recipe.train.epochs * self.steps_per_epoch)
+        self.state = _State()
+        self.sigint = _SigintFlag()
+        self.dynamics = {"clean": [], "adv": []}
+        amp = recipe.train.amp
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            log.warning("train.amp=%s is for GPUs; training in float32 on %s", amp, self.device)
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_model(self) -> nn.Module:
+        s = self.splits
+        model = create_model(
+            self.recipe.model.name,
+            num_classes=s.num_classes,
+            input_shape=s.input_shape,
+            mean=s.mean,
+            std=s.std,
+            **self.recipe.model.kwargs,
+        )
+        return model.to(self.device)
+
+    def _build_teacher(self) -> nn.Module | None:
+        method = METHODS.get(self.recipe.method.name)
+        if not method.needs_teacher:
+            return None
+        if not self.recipe.teachers:
+            raise ConfigError(
+                f"method.name={self.recipe.method.name!r} distills from teachers, but the recipe has no "
+                "[[teachers]] entry; add one (path = a teacher run directory or checkpoint)"
+            )
+        return load_teachers(
+            self.recipe.teachers, self.device, self.splits.input_shape, self.splits.num_classes
+        )
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        s = self.splits
+        return {
+            "name": self.recipe.model.name,
+            "kwargs": dict(self.recipe.model.kwargs),
+            "num_classes": s.num_classes,
+            "input_shape": list(s.input_shape),
+            "mean": list(map(float, s.mean)),
+            "std": list(map(float, s.std)),
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint(self, val: dict[str, Any] | None = None) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        data = self.recipe.data
+        return {
+            "format": FORMAT,
+            "model": self.model.state_dict(),
+            "arch": self.arch,
+            "data": {"name": data.name, "data_dir": data.data_dir, "class_names": list(self.splits.class_names)},
+            "threat": {"norm": self.recipe.eval.attack.norm, "eps": self.recipe.eval.attack.eps},
+            "role": self.role,
+            "recipe": to_dict(self.recipe),
+            "epoch": self.state.epoch,
+            "batch": self.state.batch,
+            "val": val or {},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "best": dict(self.state.best),
+            "sums": dict(self.state.sums),
+            "dyn_row": dict(self.state.dyn_row),
+        }
+
+    def _save_last(self, val: dict[str, Any] | None = None) -> None:
+        save_atomic(self._checkpoint(val), self.run_dir / "last.pt")
+
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume: {path} does not exist (start the run without --resume)")
+        ckpt = load_checkpoint(path)
+        if ckpt["arch"] != self.arch:
+            raise CheckpointError(f"cannot resume: {path} holds {ckpt['arch']['name']}, the recipe builds {self.arch['name']}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.state = _State(
+            epoch=ckpt["epoch"], batch=ckpt["batch"], sums=dict(ckpt["sums"]), best=dict(ckpt["best"]),
+            dyn_row=dict(ckpt.get("dyn_row", {})),
+        )
+        self._truncate_metrics(self.state.epoch)
+        dyn = self.run_dir / "dynamics.npz"
+        if self.recipe.train.record_dynamics and dyn.is_file():
+            with np.load(dyn) as arrays:
+                self.dynamics = {k: list(arrays[k][: self.state.epoch]) for k in ("clean", "adv")}
+        log.info("resuming %s at epoch %d, batch %d", self.run_dir, self.state.epoch + 1, self.state.batch)
+
+    def _truncate_metrics(self, epochs_done: int) -> None:
+        """Drop metric lines of epochs that the checkpoint does not contain (a kill between the two writes)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    # -- training -------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        elif (self.run_dir / "last.pt").exists():
+            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out")
+        _write_recipe(self.recipe, self.run_dir / "recipe.toml")
+        info = model_info(self.model, self.splits.input_shape)
+        info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
+        self.cb.on_train_start(self.run_dir, info)
+        with self.sigint.installed():
+            while self.state.epoch < self.recipe.train.epochs:
+                self._train_epoch()
+                if self.sigint.requested:
+                    self._save_last()
+                    raise Interrupted(self.run_dir)
+                self._end_epoch()
+        return self._summary(info)
+
+    def _train_epoch(self) -> None:
+        r, st = self.recipe, self.state
+        if st.batch == 0:
+            st.sums = {"loss": 0.0, "correct": 0.0, "n": 0.0, "time": 0.0}
+            st.dyn_row = {}
+        if r.train.record_dynamics and not st.dyn_row:
+            n = len(self.splits.train)
+            st.dyn_row = {"clean": torch.zeros(n, dtype=torch.uint8), "adv": torch.zeros(n, dtype=torch.uint8)}
+        self.cb.on_epoch_start(st.epoch + 1, r.train.epochs, self.steps_per_epoch, st.batch)
+        batches = iterate_batches(
+            self.splits.train, r.data.batch_size, shuffle=True, seed=r.run.seed, epoch=st.epoch,
+            start_batch=st.batch, augment=r.data.augment, device=self.device,
+        )
+        for x, y, idx in batches:
+            t0 = time.perf_counter()
+            out = self._step(x, y)
+            st.sums["time"] += time.perf_counter() - t0
+            st.sums["loss"] += out["loss"].item() * len(y)
+            correct = out["logits"].argmax(1) == y
+            st.sums["correct"] += correct.sum().item()
+            st.sums["n"] += len(y)
+            if r.train.record_dynamics:
+                self._record_dynamics(x, y, idx, correct)
+            st.batch += 1
+            self.cb.on_batch(st.batch, self._train_stats())
+            if self.sigint.requested:
+                return
+            if r.train.checkpoint_every and st.batch % r.train.checkpoint_every == 0:
+                self._save_last()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.model.train()
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.task(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        if self.recipe.train.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return out
+
+    @torch.no_grad()
+    def _record_dynamics(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, adv_correct: torch.Tensor) -> None:
+        with eval_mode(self.model):
+            clean_correct = self.model(x).argmax(1) == y
+        self.state.dyn_row["clean"][idx.cpu()] = clean_correct.cpu().to(torch.uint8)
+        self.state.dyn_row["adv"][idx.cpu()] = adv_correct.cpu().to(torch.uint8)
+
+    def _train_stats(self) -> dict[str, float]:
+        s = self.state.sums
+        n = max(s["n"], 1.0)
+        return {
+            "loss": s["loss"] / n,
+            "acc": s["correct"] / n,
+            "images_per_s": s["n"] / max(s["time"], 1e-9),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def _end_epoch(self) -> None:
+        r, st = self.recipe, self.state
+        stats = self._train_stats()
+        self.cb.on_validate(st.epoch + 1)
+        val_set = self.splits.val
+        if r.eval.val_samples and len(val_set) > r.eval.val_samples:
+            val_set = val_set.subset(np.arange(r.eval.val_samples))
+        t0 = time.perf_counter()
+        val = validate(self.model, val_set, r.eval.attack, batch_size=r.data.eval_batch_size, device=self.device)
+        val_time = time.perf_counter() - t0
+        st.epoch += 1
+        st.batch = 0
+        epoch_record = {"event": "epoch", "epoch": st.epoch, **stats, "time_s": st.sums["time"]}
+        eval_record = {
+            "event": "eval", "epoch": st.epoch, "split": "val", **val, "time_s": val_time,
+            "attack": to_dict(r.eval.attack),
+        }
+        improved = not st.best or val["robust_acc"] > st.best["robust_acc"]
+        if improved:
+            st.best = {"epoch": st.epoch, **val}
+        ckpt = self._checkpoint(val)
+        if r.train.record_dynamics:
+            self._save_dynamics()
+        if r.train.keep_epoch_checkpoints:
+            save_atomic(model_only(ckpt), self.run_dir / "epochs" / f"epoch-{st.epoch:03d}.pt")
+        if improved:
+            save_atomic(model_only(ckpt), self.run_dir / "best.pt")
+        self._log(epoch_record)
+        self._log(eval_record)
+        save_atomic(ckpt, self.run_dir / "last.pt")
+        self.cb.on_epoch_end({**epoch_record, "val": val, "best": dict(st.best), "improved": improved})
+
+    def _save_dynamics(self) -> None:
+        for key in ("clean", "adv"):
+            self.dynamics[key].append(self.state.dyn_row[key].numpy().copy())
+        path = self.run_dir / "dynamics.npz"
+        tmp = path.with_name(".dynamics.tmp.npz")
+        np.savez_compressed(tmp, clean=np.stack(self.dynamics["clean"]), adv=np.stack(self.dynamics["adv"]))
+        tmp.replace(path)
+
+    def _summary(self, info: dict[str, Any]) -> dict[str, Any]:
+        records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        epochs = [rec for rec in records if rec["event"] == "epoch"]
+        evals = [rec for rec in records if rec["event"] == "eval"]
+        summary = {
+            "run_dir": str(self.run_dir),
+            "role": self.role,
+            "model": self.recipe.model.name,
+            "method": self.recipe.method.name,
+            "params": info["params"],
+            "macs": info["macs"],
+            "epochs": self.state.epoch,
+            "best": self.state.best,
+            "last": evals[-1] if evals else {},
+            "train_time_s": sum(rec["time_s"] for rec in epochs),
+            "val_time_s": sum(rec["time_s"] for rec in evals),
+            "images_per_s": epochs[-1]["images_per_s"] if epochs else 0.0,
+            "threat": {"norm": self.recipe.eval.attack.norm, "eps": self.recipe.eval.attack.eps},
+            "train_attack": to_dict(self.recipe.train.attack),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def train_run(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    role: str = "student",
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
+    """Train ``recipe`` into ``run_dir`` (or continue it with ``resume``); returns the summary dict."""
+    return Trainer(recipe, run_dir, role, callbacks).run(resume=resume)

@@ -1,0 +1,292 @@
+"""``verify_export``: re-measure an export folder's models under onnxruntime and record it in its report.
+
+Per model (fp32 and int8): clean accuracy; accuracy on AutoAttack examples made on the torch model and
+transferred; accuracy under a query-only Square attack run against the onnxruntime session itself; and
+the per-sample worst case of the three, which is *the* robust accuracy. Square beating the transferred
+white-box examples by more than a small margin is flagged (gradient masking, common after int8).
+
+Torch is used only for the transfer part (and torch eager timings): without torch, or without the
+source checkpoint, verification runs Square and clean accuracy on numpy and onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from akd_edge.errors import CheckpointError, DataError
+from akd_edge.report import read_report, write_report
+from akd_edge.verify.runtime import ModelFileError, OrtClassifier, file_size, ort_latency
+from akd_edge.verify.square import square_attack
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = ("model.onnx", "model.int8.onnx")
+TRANSFER_VERSIONS = ("fast", "standard", "none")
+StageFn = Callable[[str], None]
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class TestData:
+    """The labelled images verification runs on, and where they came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    name: str
+    source: str
+
+
+def load_npz(path: Path, n: int = 0) -> TestData:
+    """Images ``[N, C, H, W]`` (uint8, or float in [0, 1]) and ``labels`` from an ``.npz`` file."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist; expected an .npz with arrays 'images' [N, C, H, W] and 'labels' [N]")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(
+            f"cannot read {path} ({err}); expected an .npz with arrays 'images' [N, C, H, W] and 'labels' [N]"
+        ) from None
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{path}: expected images [N, C, H, W] and labels [N], got {images.shape} and {labels.shape}")
+    if images.dtype != np.uint8 and (images.min() < 0 or images.max() > 1):
+        raise DataError(f"{path}: float images must be in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
+    if n:
+        images, labels = images[:n], labels[:n]
+    return TestData(images, labels.astype(np.int64), name=path.name, source=str(path))
+
+
+def load_test_data(data: str, data_dir: str, n: int) -> TestData:
+    """A dataset name (its test split, through akd_edge.data) or an ``.npz`` file."""
+    if data.endswith(".npz") or Path(data).is_file():
+        return load_npz(Path(data), n)
+    from akd_edge.data import load_test_split
+
+    test, meta = load_test_split(data, data_dir, n)
+    return TestData(test.images, test.labels, name=data, source=data_dir or "default location")
+
+
+def _load_models(folder: Path, names: tuple[str, ...]) -> dict[str, OrtClassifier]:
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder} is not a folder; give the folder `akd-edge export` wrote (with model.onnx)")
+    models = {}
+    for name in names:
+        path = folder / name
+        if path.exists() or name == MODEL_FILES[0]:
+            models[name] = OrtClassifier.load(path)
+    return models
+
+
+def _threat(models: dict[str, OrtClassifier], report: dict[str, Any] | None, norm: str | None, eps: float | None) -> tuple[str, float]:
+    meta_threat = next(iter(models.values())).metadata.get("threat_model") or {}
+    report_threat = (report or {}).get("threat") or {}
+    norm = norm or meta_threat.get("norm") or report_threat.get("norm")
+    eps = eps if eps is not None else meta_threat.get("eps", report_threat.get("eps"))
+    if norm not in ("linf", "l2") or eps is None or float(eps) <= 0:
+        raise ModelFileError(
+            f"the model's metadata gives no usable threat model (norm={norm!r}, eps={eps!r}); pass --norm and --eps"
+        )
+    return norm, float(eps)
+
+
+def _transfer(
+    checkpoint: str | None,
+    explicit: bool,
+    data: TestData,
+    models: dict[str, OrtClassifier],
+    *,
+    norm: str,
+    eps: float,
+    version: str,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
+    """Correct flags on transferred examples per model, the settings, and the torch model (or None)."""
+    if version == "none":
+        return {}, {"skipped": "--transfer none"}, None
+    try:
+        from akd_edge.verify import transfer
+    except ImportError as err:
+        return {}, {"skipped": f"torch is not available ({err})"}, None
+    if not checkpoint or not Path(checkpoint).exists():
+        if explicit:
+            raise CheckpointError(f"checkpoint {checkpoint} does not exist; give the run directory or .pt the export came from")
+        return {}, {"skipped": f"source checkpoint {checkpoint!r} not found (pass --checkpoint)"}, None
+    model, _ = transfer.load_torch_model(checkpoint)
+    x_adv, info = transfer.transfer_examples(model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed)
+    info["checkpoint"] = str(checkpoint)
+    flags = {name: m.correct(x_adv, data.labels) for name, m in models.items()}
+    return flags, info, model
+
+
+def _latency(
+    folder: Path, models: dict[str, OrtClassifier], torch_model: Any, input_shape: tuple[int, ...], repeats: int
+) -> tuple[dict[str, Any], list[str]]:
+    results: dict[str, Any] = {}
+    if torch_model is not None:
+        from akd_edge.verify.transfer import torch_latency
+
+        results["torch eager (fp32)"] = torch_latency(torch_model, input_shape, repeats=repeats)
+    for name, model in models.items():
+        results[name] = {**ort_latency(model, input_shape, repeats=repeats), "bytes": file_size(model.path)}
+    for name in ("model.ort", "model.int8.ort"):
+        if (folder / name).is_file():
+            mobile = OrtClassifier.load(folder / name)
+            results[name] = {**ort_latency(mobile, input_shape, repeats=repeats), "bytes": file_size(folder / name)}
+    notes = []
+    fp32, int8 = results.get("model.onnx"), results.get("model.int8.onnx")
+    if fp32 and int8:
+        ratio = int8["batch1_p50_ms"] / max(fp32["batch1_p50_ms"], 1e-9)
+        if ratio > 1.0:
+            notes.append(
+                f"int8 is {ratio:.2f}x slower than fp32 at batch 1 on this machine: for a model this small the "
+                "quantize/dequantize overhead outweighs the integer arithmetic; it is smaller on disk."
+            )
+        else:
+            notes.append(f"int8 runs at {ratio:.2f}x the fp32 batch-1 latency on this machine.")
+    return results, notes
+
+
+def verify_export(
+    folder: str | Path,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    n: int = 500,
+    seed: int = 0,
+    square_queries: int = 1000,
+    p_init: float = 0.8,
+    transfer: str = "fast",
+    checkpoint: str | None = None,
+    norm: str | None = None,
+    eps: float | None = None,
+    margin: float = 0.02,
+    latency: bool = True,
+    latency_repeats: int = 100,
+    write: bool = True,
+    on_stage: StageFn | None = None,
+    on_progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Verify the models of an export folder; returns the ``verify`` section (also written to report.json)."""
+
+    def stage(text: str) -> None:
+        log.info(text)
+        if on_stage is not None:
+            on_stage(text)
+
+    if transfer not in TRANSFER_VERSIONS:
+        raise DataError(f"--transfer {transfer!r}: use one of {', '.join(TRANSFER_VERSIONS)}")
+    if n < 0 or square_queries < 0:
+        raise DataError("--n and --square-queries must be >= 0")
+    folder = Path(folder)
+    models = _load_models(folder, MODEL_FILES)
+    try:
+        report = read_report(folder)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{folder / 'report.json'} is corrupt ({err}); re-export the model") from None
+    first = models[MODEL_FILES[0]]
+    norm, eps = _threat(models, report, norm, eps)
+    report_data = (report or {}).get("data") or {}
+    data = data or first.metadata.get("dataset") or report_data.get("name")
+    if not data:
+        raise DataError("no dataset given and none recorded in the model; pass --data NAME or --data FILE.npz")
+    data_dir = report_data.get("data_dir", "") if data_dir is None else data_dir
+    stage(f"loading test data ({data})")
+    test = load_test_data(data, data_dir, n)
+    for model in models.values():
+        model.check_images(test.images, f"dataset {test.name!r} ({test.source})")
+    num_classes = int(first.predict(test.images[:1]).shape[1])
+    if len(test.labels) == 0:
+        raise DataError(f"dataset {test.name!r} has no test images")
+    if test.labels.min() < 0 or test.labels.max() >= num_classes:
+        raise DataError(
+            f"labels of {test.name!r} span [{test.labels.min()}, {test.labels.max()}] but {first.path} has {num_classes} outputs"
+        )
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    stage("clean accuracy under onnxruntime")
+    clean = {name: m.correct(test.images, test.labels) for name, m in models.items()}
+    timings["clean_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    source_ckpt = ((report or {}).get("source") or {}).get("checkpoint") if checkpoint is None else checkpoint
+    if transfer != "none":
+        stage(f"transfer: AutoAttack ({transfer}) on the torch model")
+    transferred, transfer_info, torch_model = _transfer(
+        source_ckpt, checkpoint is not None, test, models, norm=norm, eps=eps, version=transfer, seed=seed
+    )
+    timings["transfer_s"] = time.perf_counter() - start
+
+    square_info = {"n_queries": square_queries, "p_init": p_init, "loss": "margin", "rescale_schedule": True, "seed": seed, "norm": norm, "eps": eps}
+    results: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, model in models.items():
+        stage(f"Square attack ({square_queries} queries) on {name}")
+        start = time.perf_counter()
+
+        def progress(done: int, total: int, name: str = name) -> None:
+            if on_progress is not None:
+                on_progress(name, done, total)
+
+        attack = square_attack(
+            model.predict, test.images, test.labels, eps=eps, norm=norm, n_queries=square_queries, p_init=p_init, seed=seed, progress=progress
+        )
+        timings[f"square_{name}_s"] = time.perf_counter() - start
+        square_correct = ~attack.fooled
+        worst = clean[name] & square_correct
+        entry: dict[str, Any] = {
+            "clean_acc": float(clean[name].mean()),
+            "square_acc": float(square_correct.mean()),
+            "square_mean_queries": float(attack.queries[attack.queries > 0].mean()) if (attack.queries > 0).any() else 0.0,
+        }
+        if name in transferred:
+            worst &= transferred[name]
+            entry["transfer_acc"] = float(transferred[name].mean())
+        else:
+            entry["transfer_acc"] = None
+        entry["robust_acc"] = float(worst.mean())
+        entry["robust_n"] = int(worst.sum())
+        if entry["transfer_acc"] is not None and entry["square_acc"] < entry["transfer_acc"] - margin:
+            gap = 100 * (entry["transfer_acc"] - entry["square_acc"])
+            warnings.append(
+                f"{name}: the query-only Square attack beats the transferred white-box examples by {gap:.1f} points "
+                f"(Square {100 * entry['square_acc']:.1f}% vs transfer {100 * entry['transfer_acc']:.1f}%): a sign of "
+                "gradient masking, or of a model that differs from the torch one (common after int8); trust the worst case"
+            )
+        results[name] = entry
+    if "model.int8.onnx" in results:
+        drop = results["model.onnx"]["robust_acc"] - results["model.int8.onnx"]["robust_acc"]
+        if drop > margin:
+            warnings.append(f"int8 loses {100 * drop:.1f} points of robust accuracy against fp32")
+    for warning in warnings:
+        log.warning(warning)
+
+    verify: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "n": len(test.labels),
+        "data": {"name": test.name, "source": test.source},
+        "settings": {"norm": norm, "eps": eps, "seed": seed, "margin": margin, "square": square_info, "transfer": transfer_info},
+        "models": results,
+        "warnings": warnings,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+    }
+    if latency:
+        stage("latency and throughput")
+        input_shape = tuple(int(v) for v in test.images.shape[1:])
+        verify["latency"], verify["latency_notes"] = _latency(folder, models, torch_model, input_shape, latency_repeats)
+    if write:
+        report = report or {"format": "akd-edge-export/1"}
+        report["verify"] = verify
+        write_report(folder, report)
+    return verify

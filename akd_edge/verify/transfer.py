@@ -1,0 +1,70 @@
+"""The torch side of verification: white-box AutoAttack examples to transfer, and torch eager timings.
+
+This is the only part of ``akd-edge verify`` that needs torch; the examples it makes are scored under
+onnxruntime by the caller. Gradients come from the torch model the ONNX file was exported from, so an
+int8 model is attacked by transfer (it has no gradients of its own) and by Square.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from akd_edge.verify.runtime import as_float_images, measure_latency
+
+log = logging.getLogger(__name__)
+
+
+def load_torch_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The source model in eval mode (``weights_only`` loading, through akd_edge.train.checkpoint)."""
+    from akd_edge.train.checkpoint import load_model
+
+    return load_model(checkpoint)
+
+
+def transfer_examples(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    norm: str,
+    eps: float,
+    version: str = "fast",
+    seed: int = 0,
+    batch_size: int = 250,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """AutoAttack on the torch model; returns ``(x_adv float32 numpy, settings and torch-side accuracy)``."""
+    from akd_edge.attacks.autoattack import run_autoattack_report
+
+    x = torch.from_numpy(as_float_images(images))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    result = run_autoattack_report(model, x, y, norm=norm, eps=eps, version=version, seed=seed, batch_size=batch_size)
+    info = {
+        **result.settings,
+        "torch_clean_acc": float(result.clean.float().mean()),
+        "torch_robust_acc": float(result.robust.float().mean()),
+        "seconds": round(result.seconds, 1),
+        "autoattack_warnings": list(result.warnings),
+    }
+    return result.x_adv.cpu().numpy().astype(np.float32), info
+
+
+def torch_latency(model: nn.Module, input_shape: tuple[int, ...], **kwargs: Any) -> dict[str, Any]:
+    """Eager torch timings on the CPU (inference mode), comparable with :func:`ort_latency`."""
+
+    def run(x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x))
+
+    model.eval()
+    result = measure_latency(run, input_shape, **kwargs)
+    result["threads"] = torch.get_num_threads()
+    result["runtime"] = f"torch {torch.__version__} eager"
+    result["bytes"] = int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    result["bytes_note"] = "state_dict tensors"
+    return result
