@@ -247,7 +247,9 @@ class Recipe:
     def __post_init__(self) -> None:
         from akd_edge.methods import METHODS  # registry; lazy to keep config light
 
-        _check(self.method.name in METHODS, "method.name", f"unknown method {self.method.name!r}; known: {METHODS.names()}")
+        _check(
+            self.method.name in METHODS, "method.name", f"unknown method {self.method.name!r}; known: {METHODS.names()}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

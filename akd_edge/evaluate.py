@@ -184,7 +184,7 @@ def _results(
         white += [parts[p] for p in spec.white_box if p in parts]
         black += [parts[p] for p in spec.black_box if p in parts]
         entry = {**accuracy(flags), "settings": spec.settings(), "seconds": stream.seconds.get(spec.name, 0.0)}
-        if spec.name != "pgd":
+        if len(parts) > 1:
             entry["after"] = {part: accuracy(f)["acc"] for part, f in parts.items()}
         attacks[spec.name] = entry
     all_checks = [*model_checks]

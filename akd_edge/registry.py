@@ -34,9 +34,7 @@ class Registry(Generic[F]):
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
-                f"unknown {self.family} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}"
-            ) from None
+            raise KeyError(f"unknown {self.family} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}") from None
 
     def help(self, name: str) -> str:
         return self._help[name]

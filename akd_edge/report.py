@@ -94,7 +94,9 @@ def _robustness(verify: dict[str, Any]) -> list[str]:
                 f"**{_pct(res.get('robust_acc'))}**",
             ]
         )
-    lines += _table(["model", "clean", "transfer (AutoAttack on torch)", "Square (query-only)", "robust (worst case)"], rows)
+    lines += _table(
+        ["model", "clean", "transfer (AutoAttack on torch)", "Square (query-only)", "robust (worst case)"], rows
+    )
     transfer = settings.get("transfer") or {}
     square = settings.get("square") or {}
     if transfer.get("skipped"):
@@ -169,7 +171,10 @@ def _mobile(mobile: dict[str, Any]) -> list[str]:
 def _checks(report: dict[str, Any]) -> list[str]:
     checks = report.get("checks", {})
     lines = ["## Export checks", ""]
-    rows = [[f"onnx.checker full check `{name}`", _ok(res["passed"]), res.get("error", "")] for name, res in checks.get("onnx_checker", {}).items()]
+    rows = [
+        [f"onnx.checker full check `{name}`", _ok(res["passed"]), res.get("error", "")]
+        for name, res in checks.get("onnx_checker", {}).items()
+    ]
     parity = checks.get("parity")
     if parity:
         rows.append(
@@ -253,7 +258,10 @@ def render_model_card(report: dict[str, Any]) -> str:
     files = report.get("files", {})
     if files:
         lines += ["## Files", ""]
-        lines += _table(["file", "size", "sha256"], [[f"`{k}`", _size(v["bytes"]), f"`{v['sha256'][:16]}…`"] for k, v in files.items()])
+        lines += _table(
+            ["file", "size", "sha256"],
+            [[f"`{k}`", _size(v["bytes"]), f"`{v['sha256'][:16]}…`"] for k, v in files.items()],
+        )
     lines += [
         "## Limitations",
         "",

@@ -10,6 +10,15 @@ from akd_edge.attacks.autoattack import run_autoattack, run_autoattack_report
 from akd_edge.errors import UsageError
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread, above all on a shared CPU (30x measured here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def prototype_model(
     n_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), scale: float = 4.0, n: int = 24
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -27,12 +36,11 @@ def prototype_model(
     return model, x, y
 
 
-@pytest.mark.parametrize("version", ["fast", "square"])
-def test_cascade_flags_are_the_worst_case(version: str) -> None:
+@pytest.mark.parametrize(("version", "eps"), [("fast", 0.2), ("square", 0.4)])
+def test_cascade_flags_are_the_worst_case(version: str, eps: float) -> None:
     model, x, y = prototype_model()
     model.train()
-    eps = 0.12
-    result = run_autoattack_report(model, x, y, eps=eps, version=version, n_queries=100)
+    result = run_autoattack_report(model, x, y, eps=eps, version=version, n_queries=200)
     assert model.training and all(m.training for m in model.modules())  # mode restored
     flags = list(result.per_attack.values())
     assert list(result.per_attack) == (["apgd-ce", "apgd-t"] if version == "fast" else ["square"])
@@ -41,7 +49,7 @@ def test_cascade_flags_are_the_worst_case(version: str) -> None:
         assert not (f & ~previous).any()
         previous = f
     assert torch.equal(flags[-1], result.robust)
-    assert result.robust.sum() <= result.clean.sum()
+    assert 0 < result.robust.sum() < result.clean.sum()  # the attack found some examples, not all
     assert (result.x_adv - x).abs().amax() <= eps + 1e-6
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
     with torch.no_grad():
@@ -61,10 +69,11 @@ def test_attacks_break_a_non_robust_model_and_eps_zero_is_rejected() -> None:
 
 def test_individual_mode_and_worst_case_is_and_of_attacks() -> None:
     model, x, y = prototype_model(n=8)
-    result = run_autoattack_report(model, x, y, eps=0.12, version="standard", n_queries=50, individual=True)
+    result = run_autoattack_report(model, x, y, eps=0.2, version="standard", n_queries=50, individual=True)
     assert list(result.per_attack) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     both = torch.stack(list(result.per_attack.values())).all(0)
     assert torch.equal(both, result.robust)
+    assert result.robust.sum() < result.clean.sum()
     for flags in result.per_attack.values():
         assert result.robust.sum() <= flags.sum() <= result.clean.sum()
 

@@ -25,7 +25,14 @@ STUDENT_KWARGS = {"mobilenetv2": {"width_mult": 0.25}, "resnet18": {"width": 0.1
 
 
 def save_checkpoint(model: nn.Module, path: Path, name: str, kwargs: dict | None = None, **extra: object) -> Path:
-    arch = {"name": name, "kwargs": kwargs or {}, "num_classes": 10, "input_shape": list(SHAPE), "mean": [0.5], "std": [0.25]}
+    arch = {
+        "name": name,
+        "kwargs": kwargs or {},
+        "num_classes": 10,
+        "input_shape": list(SHAPE),
+        "mean": [0.5],
+        "std": [0.25],
+    }
     ckpt = {
         "format": "akd-edge/1",
         "model": model.state_dict(),
@@ -66,7 +73,9 @@ def train_tiny(model: nn.Module, images: np.ndarray, labels: np.ndarray, epochs:
 def trained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     train_x, train_y, _, _ = synthetic_splits()
-    model = train_tiny(create_model("cnn-student", num_classes=10, input_shape=SHAPE, mean=[0.5], std=[0.25]), train_x, train_y)
+    model = train_tiny(
+        create_model("cnn-student", num_classes=10, input_shape=SHAPE, mean=[0.5], std=[0.25]), train_x, train_y
+    )
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt", "cnn-student")
 
 
@@ -123,7 +132,11 @@ def test_int8_agreement_on_trained_model(trained_ckpt: Path, tmp_path: Path) -> 
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     # per-channel weights: some DequantizeLinear carries a scale vector, not a scalar
     scales = {init.name: tuple(init.dims) for init in int8.graph.initializer}
-    assert any(len(scales.get(node.input[1], ())) == 1 and scales[node.input[1]][0] > 1 for node in int8.graph.node if node.op_type == "DequantizeLinear")
+    assert any(
+        len(scales.get(node.input[1], ())) == 1 and scales[node.input[1]][0] > 1
+        for node in int8.graph.node
+        if node.op_type == "DequantizeLinear"
+    )
     assert {p.key: p.value for p in int8.metadata_props}["precision"] == "int8"
     assert (folder / "model.int8.ort").stat().st_size < (folder / "model.ort").stat().st_size
     # report.json records sizes and hashes of every model file; the card renders from it
@@ -163,7 +176,9 @@ def test_mobile_rewrites_keep_numbers(tmp_path: Path) -> None:
     assert changes == []
 
 
-def test_failed_export_never_replaces_earlier_output(trained_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_export_never_replaces_earlier_output(
+    trained_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "export" / "run"
     out.mkdir(parents=True)
     (out / "model.onnx").write_bytes(b"earlier good export")
@@ -174,8 +189,14 @@ def test_failed_export_never_replaces_earlier_output(trained_ckpt: Path, tmp_pat
     import akd_edge.export.onnx as export_onnx_module
 
     def failing_parity(*args: object, **kwargs: object) -> dict:
-        return {"n": 1, "max_abs_logit_diff": 1.0, "max_abs_logit_diff_threshold": 1e-4, "argmax_agreement": 0.0,
-                "argmax_agreement_threshold": 0.999, "passed": False}
+        return {
+            "n": 1,
+            "max_abs_logit_diff": 1.0,
+            "max_abs_logit_diff_threshold": 1e-4,
+            "argmax_agreement": 0.0,
+            "argmax_agreement_threshold": 0.999,
+            "passed": False,
+        }
 
     monkeypatch.setattr(export_onnx_module, "check_parity", failing_parity)
     with pytest.raises(ExportCheckFailed, match="parity") as err:

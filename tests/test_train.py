@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 from click.testing import CliRunner
 
@@ -135,7 +135,9 @@ def test_cli_train_teacher_then_distill_ensemble(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     student = tiny(run__name="student", method__name="akd", train__epochs=1)
     student["teachers"] = [{"path": str(tmp_path / "t"), "weight": 2.0}, {"path": str(tmp_path / "t"), "which": "1"}]
-    result = runner.invoke(cli, ["distill", "-r", str(_write(tmp_path / "s.toml", student)), "--out", str(tmp_path / "s")])
+    result = runner.invoke(
+        cli, ["distill", "-r", str(_write(tmp_path / "s.toml", student)), "--out", str(tmp_path / "s")]
+    )
     assert result.exit_code == 0, result.output
     model, meta = load_model(tmp_path / "s")
     assert meta["role"] == "student" and meta["recipe"]["method"]["name"] == "akd"

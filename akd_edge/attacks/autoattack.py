@@ -148,6 +148,8 @@ def run_autoattack_report(
     collect = _Collect()
     aa_logger = logging.getLogger("auto-attack")
     aa_logger.addHandler(collect)
+    aa_level = aa_logger.level
+    aa_logger.setLevel(logging.WARNING)  # its INFO/DEBUG progress lines are noise here; warnings are kept
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     try:
         with eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
@@ -178,6 +180,7 @@ def run_autoattack_report(
                 per_attack[attack] = flags.cpu()
     finally:
         aa_logger.removeHandler(collect)
+        aa_logger.setLevel(aa_level)
     for message in collect.messages:
         log.warning("AutoAttack check: %s", message)
     settings = {

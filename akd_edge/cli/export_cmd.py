@@ -47,7 +47,9 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     for name, info in report.get("mobile", {}).get("ort", {}).items():
         par = info["parity"]
         table.add_row(
-            f"{name} vs {info['from']}", _mark(par["argmax_agreement"] == 1.0), f"max |diff| {par['max_abs_logit_diff']:.2e}"
+            f"{name} vs {info['from']}",
+            _mark(par["argmax_agreement"] == 1.0),
+            f"max |diff| {par['max_abs_logit_diff']:.2e}",
         )
     out.print(table)
     mobile = Table("graph", "NNAPI", "CoreML NN", "CoreML MLProgram", title="nodes each mobile execution provider runs")
@@ -63,14 +65,47 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
 
 @click.command("export")
 @click.argument("source", metavar="RUN_OR_CHECKPOINT")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder [default: export/<run name>].")
-@click.option("--which", default="best", show_default=True, help="Checkpoint of a run directory: best, last or an epoch number.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder [default: export/<run name>].",
+)
+@click.option(
+    "--which", default="best", show_default=True, help="Checkpoint of a run directory: best, last or an epoch number."
+)
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also write the static int8 (QDQ) model.")
-@click.option("--calib", default=512, show_default=True, type=click.IntRange(min=0), help="Training images used to calibrate int8.")
-@click.option("--n", "n_test", default=0, show_default=True, type=click.IntRange(min=0), help="Test images for the fp32-vs-int8 agreement (0 = all).")
+@click.option(
+    "--calib",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Training images used to calibrate int8.",
+)
+@click.option(
+    "--n",
+    "n_test",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Test images for the fp32-vs-int8 agreement (0 = all).",
+)
 @click.option("--data-dir", default=None, help="Dataset folder [default: the one recorded in the checkpoint].")
-@click.option("--mobile-batch", default=1, show_default=True, type=click.IntRange(min=0), help="Fixed batch of the .ort files (0 = keep dynamic).")
-@click.option("--min-int8-agreement", default=0.98, show_default=True, type=click.FloatRange(0, 1), help="Warn below this fp32-vs-int8 agreement.")
+@click.option(
+    "--mobile-batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Fixed batch of the .ort files (0 = keep dynamic).",
+)
+@click.option(
+    "--min-int8-agreement",
+    default=0.98,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Warn below this fp32-vs-int8 agreement.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
 @user_errors
 def export_cmd(
@@ -127,7 +162,11 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
     )
     for name, res in verify["models"].items():
         table.add_row(
-            name, _pct(res["clean_acc"]), _pct(res["transfer_acc"]), _pct(res["square_acc"]), f"[bold]{_pct(res['robust_acc'])}[/]"
+            name,
+            _pct(res["clean_acc"]),
+            _pct(res["transfer_acc"]),
+            _pct(res["square_acc"]),
+            f"[bold]{_pct(res['robust_acc'])}[/]",
         )
     out.print(table)
     transfer = settings["transfer"]
@@ -137,7 +176,9 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     latency = verify.get("latency")
     if latency:
-        speed = Table("model", "p50 ms (b=1)", "p95 ms (b=1)", "images/s (b=256)", "size", title="speed on this machine")
+        speed = Table(
+            "model", "p50 ms (b=1)", "p95 ms (b=1)", "images/s (b=256)", "size", title="speed on this machine"
+        )
         for name, res in latency.items():
             speed.add_row(
                 name,
@@ -153,11 +194,25 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
 
 @click.command("verify")
 @click.argument("folder", metavar="EXPORT_DIR", type=click.Path())
-@click.option("--data", default=None, help="Dataset name, or an .npz with 'images' and 'labels' [default: the model's dataset].")
+@click.option(
+    "--data", default=None, help="Dataset name, or an .npz with 'images' and 'labels' [default: the model's dataset]."
+)
 @click.option("--data-dir", default=None, help="Dataset folder [default: the one recorded at export].")
 @click.option("--n", default=500, show_default=True, type=click.IntRange(min=1), help="Test images to verify on.")
-@click.option("--square-queries", default=1000, show_default=True, type=click.IntRange(min=0), help="Queries of the Square attack.")
-@click.option("--p-init", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Square's initial square size.")
+@click.option(
+    "--square-queries",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Queries of the Square attack.",
+)
+@click.option(
+    "--p-init",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Square's initial square size.",
+)
 @click.option(
     "--transfer",
     type=click.Choice(["fast", "standard", "none"]),
@@ -168,7 +223,9 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
 @click.option("--checkpoint", default=None, help="Torch checkpoint to transfer from [default: the export's source].")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Override the threat model's norm.")
 @click.option("--eps", type=float, default=None, help="Override the threat model's epsilon.")
-@click.option("--margin", default=0.02, show_default=True, type=float, help="Gradient-masking warning threshold (accuracy).")
+@click.option(
+    "--margin", default=0.02, show_default=True, type=float, help="Gradient-masking warning threshold (accuracy)."
+)
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure latency and throughput.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verify section as JSON on stdout.")

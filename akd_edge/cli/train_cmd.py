@@ -107,7 +107,9 @@ def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, resume: bool
         with RichCallbacks() as callbacks:
             summary = train_run(recipe, run_dir, resume=resume, role=role, callbacks=callbacks)
     except Interrupted as stop:
-        console.print(f"[yellow]stopped; checkpoint saved.[/] Resume with: akd-edge {_cmd(role)} --resume {stop.run_dir}")
+        console.print(
+            f"[yellow]stopped; checkpoint saved.[/] Resume with: akd-edge {_cmd(role)} --resume {stop.run_dir}"
+        )
         raise click.exceptions.Exit(130) from None
     out.print(summary_table(summary))
     return summary
@@ -118,9 +120,13 @@ def _cmd(role: str) -> str:
 
 
 _common = [
-    click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe field (repeatable)."),
+    click.option(
+        "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe field (repeatable)."
+    ),
     click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/<run.name>)."),
-    click.option("--resume", type=click.Path(exists=True, file_okay=False), help="Continue the killed run in this directory."),
+    click.option(
+        "--resume", type=click.Path(exists=True, file_okay=False), help="Continue the killed run in this directory."
+    ),
     click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N)."),
 ]
 
@@ -135,7 +141,9 @@ def _options(func: Any) -> Any:
 @click.option("--recipe", "-r", default=DEFAULT_TEACHER_RECIPE, show_default=True, help="Recipe file or shipped name.")
 @_options
 @user_errors
-def train_teacher(recipe: str, overrides: tuple[str, ...], out_dir: str | None, resume: str | None, device: str | None) -> None:
+def train_teacher(
+    recipe: str, overrides: tuple[str, ...], out_dir: str | None, resume: str | None, device: str | None
+) -> None:
     """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy."""
     overrides += (f"run.device={device!r}",) if device else ()
     cfg, run_dir = _load(recipe, overrides, resume)
@@ -146,7 +154,13 @@ def train_teacher(recipe: str, overrides: tuple[str, ...], out_dir: str | None, 
 
 @click.command("distill")
 @click.option("--recipe", "-r", default=DEFAULT_DISTILL_RECIPE, show_default=True, help="Recipe file or shipped name.")
-@click.option("--teacher", "teachers", multiple=True, metavar="PATH", help="Teacher run directory or checkpoint (repeat for an ensemble); replaces the recipe's teachers.")
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    metavar="PATH",
+    help="Teacher run directory or checkpoint (repeat for an ensemble); replaces the recipe's teachers.",
+)
 @_options
 @user_errors
 def distill(

@@ -26,9 +26,7 @@ class _ImageReader:
     """onnxruntime's CalibrationDataReader protocol over an array of images in [0, 1]."""
 
     def __init__(self, input_name: str, images: np.ndarray, batch_size: int) -> None:
-        self._batches = iter(
-            [{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)]
-        )
+        self._batches = iter([{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -91,7 +89,9 @@ def quantize_int8(
     quantized.doc_string = source.doc_string
     onnx.save(quantized, str(int8_path))
     ops = [node.op_type for node in quantized.graph.node]
-    log.info("int8: %d QuantizeLinear, %d DequantizeLinear nodes", ops.count("QuantizeLinear"), ops.count("DequantizeLinear"))
+    log.info(
+        "int8: %d QuantizeLinear, %d DequantizeLinear nodes", ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
+    )
     return {
         "format": "QDQ",
         "weights": "int8 symmetric, " + ("per channel" if per_channel else "per tensor"),

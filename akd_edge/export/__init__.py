@@ -70,9 +70,7 @@ def run_name(meta: dict[str, Any]) -> str:
     return path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
 
 
-def load_export_data(
-    meta: dict[str, Any], data_dir: str | None, *, calib: int, n_test: int, seed: int
-) -> ExportData:
+def load_export_data(meta: dict[str, Any], data_dir: str | None, *, calib: int, n_test: int, seed: int) -> ExportData:
     """Calibration images (a seeded sample of the training split) and the test split of the checkpoint's dataset."""
     from akd_edge.data import get_loader
 
@@ -99,7 +97,7 @@ NOISY_LOGGERS = {
     "onnx_ir": logging.WARNING,
     "torch.onnx": logging.ERROR,  # "torchvision is not installed" notices
     "onnxruntime": logging.WARNING,
-    }
+}
 
 
 @contextlib.contextmanager
@@ -132,7 +130,12 @@ def _versions() -> dict[str, str]:
 
     from akd_edge import __version__
 
-    return {"akd_edge": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    return {
+        "akd_edge": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +145,11 @@ def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     arch, data, threat = meta["arch"], meta.get("data") or {}, meta.get("threat") or {}
     val = meta.get("val") or {}
     attack = (((meta.get("recipe") or {}).get("eval") or {}).get("attack")) or {}
-    how = f"torch validation split, {attack.get('name', 'pgd')}-{attack.get('steps', '?')}" if attack else "torch validation split"
+    how = (
+        f"torch validation split, {attack.get('name', 'pgd')}-{attack.get('steps', '?')}"
+        if attack
+        else "torch validation split"
+    )
     return {
         "akd_edge_version": __version__,
         "architecture": arch["name"],
@@ -161,7 +168,9 @@ def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _agreement(fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+def _agreement(
+    fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray, threshold: float
+) -> dict[str, Any]:
     from akd_edge.verify.runtime import OrtClassifier
 
     fp32 = OrtClassifier.load(fp32_path).predict(images)
@@ -234,9 +243,7 @@ def _publish(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def export_checkpoint(
-    source: str | Path, out: str | Path | None = None, **kwargs: Any
-) -> tuple[Path, dict[str, Any]]:
+def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """Export a run directory or checkpoint file into ``out`` (default ``export/<run name>``).
 
     Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``data_dir``, ``n_test``,
@@ -290,7 +297,9 @@ def _export(
             data = load_export_data(meta, data_dir, calib=calib if int8 else 0, n_test=n_test, seed=seed)
         except DataError as err:
             if int8:
-                raise DataError(f"{err} (int8 calibration needs the training images; or export with --no-int8)") from None
+                raise DataError(
+                    f"{err} (int8 calibration needs the training images; or export with --no-int8)"
+                ) from None
             log.warning("no test data (%s): parity runs on random images, accuracy figures are skipped", err)
             data = ExportData(None, None, None)
     if data.test_images is not None:
@@ -326,7 +335,13 @@ def _export(
         }
         metadata = onnx_metadata(meta)
         report["model"] = {
-            "input": {"name": "images", "shape": ["batch", *input_shape], "dtype": "float32", "range": [0.0, 1.0], "layout": "NCHW"},
+            "input": {
+                "name": "images",
+                "shape": ["batch", *input_shape],
+                "dtype": "float32",
+                "range": [0.0, 1.0],
+                "layout": "NCHW",
+            },
             "output": {"name": "logits", "shape": ["batch", int(meta["arch"]["num_classes"])]},
             "class_names": metadata["class_names"],
             "normalization": metadata["normalization"],

@@ -32,7 +32,9 @@ def _partitions(model: Any, ep: str, require_fixed_sizes: bool) -> Any:
 
     if ep == "nnapi":
         return checker.check_nnapi_partitions(model, require_fixed_sizes)
-    table = "coreml_supported_neuralnetwork_ops.md" if ep == "coreml_neuralnetwork" else "coreml_supported_mlprogram_ops.md"
+    table = (
+        "coreml_supported_neuralnetwork_ops.md" if ep == "coreml_neuralnetwork" else "coreml_supported_mlprogram_ops.md"
+    )
     return checker.check_coreml_partitions(model, require_fixed_sizes, table)
 
 
@@ -71,9 +73,7 @@ def fix_batch(src: str | Path, dst: str | Path, batch: int = 1) -> None:
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
 
     model = onnx.load(str(src))
-    params = {
-        dim.dim_param for dim in model.graph.input[0].type.tensor_type.shape.dim if dim.HasField("dim_param")
-    }
+    params = {dim.dim_param for dim in model.graph.input[0].type.tensor_type.shape.dim if dim.HasField("dim_param")}
     for param in params:
         make_dim_param_fixed(model.graph, param, batch)
     fix_output_shapes(model)

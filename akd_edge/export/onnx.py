@@ -62,9 +62,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ops
     )
 
 
-def torch_to_onnx(
-    model: nn.Module, path: str | Path, input_shape: Sequence[int], *, opset: int | None = None
-) -> str:
+def torch_to_onnx(model: nn.Module, path: str | Path, input_shape: Sequence[int], *, opset: int | None = None) -> str:
     """Write ``model`` (in eval mode) to ``path`` as one self-contained ONNX file; returns the exporter used.
 
     The dynamo exporter is tried first; a model it cannot trace falls back to the TorchScript exporter.
@@ -151,7 +149,9 @@ def mobile_friendly(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]
             pooled = node.output[0] if keep else _const_name(graph, f"{node.output[0]}_pooled")
             new_nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=f"{node.name}_gap"))
             if not keep:
-                new_nodes.append(helper.make_node("Reshape", [pooled, flat_shape], [node.output[0]], name=f"{node.name}_reshape"))
+                new_nodes.append(
+                    helper.make_node("Reshape", [pooled, flat_shape], [node.output[0]], name=f"{node.name}_reshape")
+                )
             changes.append(f"{node.name}: ReduceMean(axes 2,3) -> GlobalAveragePool")
         elif flatten:
             new_nodes.append(helper.make_node("Reshape", [node.input[0], flat_shape], [node.output[0]], name=node.name))

@@ -123,8 +123,17 @@ class _SigintFlag:
 class Trainer:
     """Trains ``recipe.model`` with ``recipe.method`` into ``run_dir``."""
 
-    def __init__(self, recipe: Recipe, run_dir: str | Path, role: str, callbacks: Callbacks | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: str | Path,
+        role: str,
+        callbacks: Callbacks | None = None,
+        model: nn.Module | None = None,
+        ckpt_extra: dict[str, Any] | None = None,
+    ) -> None:
         self.recipe = recipe
+        self.ckpt_extra = dict(ckpt_extra or {})
         self.run_dir = Path(run_dir)
         self.role = role
         self.cb = callbacks or Callbacks()
@@ -133,7 +142,7 @@ class Trainer:
             torch.set_num_threads(recipe.run.threads)
         torch.manual_seed(recipe.run.seed)
         self.splits: DatasetSplits = load_dataset(recipe.data, recipe.run.seed)
-        self.model = self._build_model()
+        self.model = model.to(self.device) if model is not None else self._build_model()
         self.teacher = self._build_teacher()
         method = METHODS.get(recipe.method.name)
         self.task = method(self.model, build_attack(recipe.train.attack), recipe.method, self.teacher)
@@ -172,9 +181,7 @@ class Trainer:
                 f"method.name={self.recipe.method.name!r} distills from teachers, but the recipe has no "
                 "[[teachers]] entry; add one (path = a teacher run directory or checkpoint)"
             )
-        return load_teachers(
-            self.recipe.teachers, self.device, self.splits.input_shape, self.splits.num_classes
-        )
+        return load_teachers(self.recipe.teachers, self.device, self.splits.input_shape, self.splits.num_classes)
 
     @property
     def arch(self) -> dict[str, Any]:
@@ -212,6 +219,7 @@ class Trainer:
             "best": dict(self.state.best),
             "sums": dict(self.state.sums),
             "dyn_row": dict(self.state.dyn_row),
+            **self.ckpt_extra,
         }
 
     def _save_last(self, val: dict[str, Any] | None = None) -> None:
@@ -223,7 +231,9 @@ class Trainer:
             raise CheckpointError(f"cannot resume: {path} does not exist (start the run without --resume)")
         ckpt = load_checkpoint(path)
         if ckpt["arch"] != self.arch:
-            raise CheckpointError(f"cannot resume: {path} holds {ckpt['arch']['name']}, the recipe builds {self.arch['name']}")
+            raise CheckpointError(
+                f"cannot resume: {path} holds {ckpt['arch']['name']}, the recipe builds {self.arch['name']}"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -232,7 +242,10 @@ class Trainer:
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         self.state = _State(
-            epoch=ckpt["epoch"], batch=ckpt["batch"], sums=dict(ckpt["sums"]), best=dict(ckpt["best"]),
+            epoch=ckpt["epoch"],
+            batch=ckpt["batch"],
+            sums=dict(ckpt["sums"]),
+            best=dict(ckpt["best"]),
             dyn_row=dict(ckpt.get("dyn_row", {})),
         )
         self._truncate_metrics(self.state.epoch)
@@ -284,8 +297,14 @@ class Trainer:
             st.dyn_row = {"clean": torch.zeros(n, dtype=torch.uint8), "adv": torch.zeros(n, dtype=torch.uint8)}
         self.cb.on_epoch_start(st.epoch + 1, r.train.epochs, self.steps_per_epoch, st.batch)
         batches = iterate_batches(
-            self.splits.train, r.data.batch_size, shuffle=True, seed=r.run.seed, epoch=st.epoch,
-            start_batch=st.batch, augment=r.data.augment, device=self.device,
+            self.splits.train,
+            r.data.batch_size,
+            shuffle=True,
+            seed=r.run.seed,
+            epoch=st.epoch,
+            start_batch=st.batch,
+            augment=r.data.augment,
+            device=self.device,
         )
         for x, y, idx in batches:
             t0 = time.perf_counter()
@@ -352,7 +371,11 @@ class Trainer:
         st.batch = 0
         epoch_record = {"event": "epoch", "epoch": st.epoch, **stats, "time_s": st.sums["time"]}
         eval_record = {
-            "event": "eval", "epoch": st.epoch, "split": "val", **val, "time_s": val_time,
+            "event": "eval",
+            "epoch": st.epoch,
+            "split": "val",
+            **val,
+            "time_s": val_time,
             "attack": to_dict(r.eval.attack),
         }
         improved = not st.best or val["robust_acc"] > st.best["robust_acc"]
@@ -409,6 +432,12 @@ def train_run(
     resume: bool = False,
     role: str = "student",
     callbacks: Callbacks | None = None,
+    model: nn.Module | None = None,
+    ckpt_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train ``recipe`` into ``run_dir`` (or continue it with ``resume``); returns the summary dict."""
-    return Trainer(recipe, run_dir, role, callbacks).run(resume=resume)
+    """Train ``recipe`` into ``run_dir`` (or continue it with ``resume``); returns the summary dict.
+
+    ``model`` starts from given weights (for example a pruned student being fine-tuned) instead of a fresh
+    ``recipe.model``; ``ckpt_extra`` is stored in every checkpoint (for example ``{"pruning": ...}``).
+    """
+    return Trainer(recipe, run_dir, role, callbacks, model, ckpt_extra).run(resume=resume)

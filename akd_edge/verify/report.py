@@ -49,7 +49,9 @@ class TestData:
 def load_npz(path: Path, n: int = 0) -> TestData:
     """Images ``[N, C, H, W]`` (uint8, or float in [0, 1]) and ``labels`` from an ``.npz`` file."""
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist; expected an .npz with arrays 'images' [N, C, H, W] and 'labels' [N]")
+        raise DataError(
+            f"data file {path} does not exist; expected an .npz with arrays 'images' [N, C, H, W] and 'labels' [N]"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             images, labels = archive["images"], archive["labels"]
@@ -87,7 +89,9 @@ def _load_models(folder: Path, names: tuple[str, ...]) -> dict[str, OrtClassifie
     return models
 
 
-def _threat(models: dict[str, OrtClassifier], report: dict[str, Any] | None, norm: str | None, eps: float | None) -> tuple[str, float]:
+def _threat(
+    models: dict[str, OrtClassifier], report: dict[str, Any] | None, norm: str | None, eps: float | None
+) -> tuple[str, float]:
     meta_threat = next(iter(models.values())).metadata.get("threat_model") or {}
     report_threat = (report or {}).get("threat") or {}
     norm = norm or meta_threat.get("norm") or report_threat.get("norm")
@@ -119,18 +123,28 @@ def _transfer(
         return {}, {"skipped": f"torch is not available ({err})"}, None
     if not checkpoint or not Path(checkpoint).exists():
         if explicit:
-            raise CheckpointError(f"checkpoint {checkpoint} does not exist; give the run directory or .pt the export came from")
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not exist; give the run directory or .pt the export came from"
+            )
         return {}, {"skipped": f"source checkpoint {checkpoint!r} not found (pass --checkpoint)"}, None
     model, _ = transfer.load_torch_model(checkpoint)
-    x_adv, info = transfer.transfer_examples(model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed)
+    x_adv, info = transfer.transfer_examples(
+        model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed
+    )
     info["checkpoint"] = str(checkpoint)
     flags = {name: m.correct(x_adv, data.labels) for name, m in models.items()}
     return flags, info, model
 
 
-def _latency(
-    folder: Path, models: dict[str, OrtClassifier], torch_model: Any, input_shape: tuple[int, ...], repeats: int
+def models_latency(
+    folder: Path,
+    models: dict[str, OrtClassifier],
+    torch_model: Any,
+    input_shape: tuple[int, ...],
+    repeats: int,
+    threads: int = 0,
 ) -> tuple[dict[str, Any], list[str]]:
+    """Latency/throughput/size of torch eager (if given), each ONNX session and the folder's .ort files."""
     results: dict[str, Any] = {}
     if torch_model is not None:
         from akd_edge.verify.transfer import torch_latency
@@ -140,7 +154,7 @@ def _latency(
         results[name] = {**ort_latency(model, input_shape, repeats=repeats), "bytes": file_size(model.path)}
     for name in ("model.ort", "model.int8.ort"):
         if (folder / name).is_file():
-            mobile = OrtClassifier.load(folder / name)
+            mobile = OrtClassifier.load(folder / name, threads)
             results[name] = {**ort_latency(mobile, input_shape, repeats=repeats), "bytes": file_size(folder / name)}
     notes = []
     fp32, int8 = results.get("model.onnx"), results.get("model.int8.onnx")
@@ -227,7 +241,15 @@ def verify_export(
     )
     timings["transfer_s"] = time.perf_counter() - start
 
-    square_info = {"n_queries": square_queries, "p_init": p_init, "loss": "margin", "rescale_schedule": True, "seed": seed, "norm": norm, "eps": eps}
+    square_info = {
+        "n_queries": square_queries,
+        "p_init": p_init,
+        "loss": "margin",
+        "rescale_schedule": True,
+        "seed": seed,
+        "norm": norm,
+        "eps": eps,
+    }
     results: dict[str, Any] = {}
     warnings: list[str] = []
     for name, model in models.items():
@@ -239,7 +261,15 @@ def verify_export(
                 on_progress(name, done, total)
 
         attack = square_attack(
-            model.predict, test.images, test.labels, eps=eps, norm=norm, n_queries=square_queries, p_init=p_init, seed=seed, progress=progress
+            model.predict,
+            test.images,
+            test.labels,
+            eps=eps,
+            norm=norm,
+            n_queries=square_queries,
+            p_init=p_init,
+            seed=seed,
+            progress=progress,
         )
         timings[f"square_{name}_s"] = time.perf_counter() - start
         square_correct = ~attack.fooled
@@ -247,7 +277,9 @@ def verify_export(
         entry: dict[str, Any] = {
             "clean_acc": float(clean[name].mean()),
             "square_acc": float(square_correct.mean()),
-            "square_mean_queries": float(attack.queries[attack.queries > 0].mean()) if (attack.queries > 0).any() else 0.0,
+            "square_mean_queries": float(attack.queries[attack.queries > 0].mean())
+            if (attack.queries > 0).any()
+            else 0.0,
         }
         if name in transferred:
             worst &= transferred[name]
@@ -275,7 +307,14 @@ def verify_export(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "n": len(test.labels),
         "data": {"name": test.name, "source": test.source},
-        "settings": {"norm": norm, "eps": eps, "seed": seed, "margin": margin, "square": square_info, "transfer": transfer_info},
+        "settings": {
+            "norm": norm,
+            "eps": eps,
+            "seed": seed,
+            "margin": margin,
+            "square": square_info,
+            "transfer": transfer_info,
+        },
         "models": results,
         "warnings": warnings,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -284,7 +323,7 @@ def verify_export(
     if latency:
         stage("latency and throughput")
         input_shape = tuple(int(v) for v in test.images.shape[1:])
-        verify["latency"], verify["latency_notes"] = _latency(folder, models, torch_model, input_shape, latency_repeats)
+        verify["latency"], verify["latency_notes"] = models_latency(folder, models, torch_model, input_shape, latency_repeats)
     if write:
         report = report or {"format": "akd-edge-export/1"}
         report["verify"] = verify

@@ -58,6 +58,8 @@ class OrtClassifier:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if path.suffix == ".ort":  # replay the CPU fusions akd-edge saved in its own .ort files, as an app would
+            options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types

@@ -66,9 +66,9 @@ def _eta_rectangles(rows: int, cols: int) -> np.ndarray:
     delta = np.zeros((rows, cols))
     center = [rows // 2, cols // 2]
     for k in range(max(rows // 2 + 1, cols // 2 + 1)):
-        delta[max(center[0], 0) : min(center[0] + 2 * k + 1, rows), max(center[1], 0) : min(center[1] + 2 * k + 1, cols)] += (
-            1.0 / (k + 1) ** 2
-        )
+        delta[
+            max(center[0], 0) : min(center[0] + 2 * k + 1, rows), max(center[1], 0) : min(center[1] + 2 * k + 1, cols)
+        ] += 1.0 / (k + 1) ** 2
         center[0] -= 1
         center[1] -= 1
     return delta / np.sqrt((delta**2).sum())
@@ -235,7 +235,15 @@ def square_attack(
     if len(todo) and eps > 0 and n_queries > 0:
         run = _run_linf if norm == "linf" else _run_l2
         state = run(
-            margin_and_loss, x[todo].astype(np.float64), y[todo], eps, n_queries, p_init, rescale_schedule, rng, progress
+            margin_and_loss,
+            x[todo].astype(np.float64),
+            y[todo],
+            eps,
+            n_queries,
+            p_init,
+            rescale_schedule,
+            rng,
+            progress,
         )
         x_adv[todo] = state["x_best"].astype(np.float32)
         queries[todo] = state["queries"]

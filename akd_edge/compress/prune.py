@@ -1,0 +1,280 @@
+"""Structured channel pruning with torch-pruning, saved as a replayable history (never a pickled model).
+
+A pruned model is stored as the original architecture's name plus the torch-pruning history: the list
+of ``[module name, out-channel pruning?, channel indices]`` operations. :func:`rebuild_pruned` replays
+that history on a freshly built model before its ``state_dict`` is loaded, so a pruned checkpoint loads
+with ``torch.load(weights_only=True)`` like any other (as Torch-Pruning's own ``tests/test_load.py``).
+
+Pruning is local: every prunable layer loses the same fraction of its output channels (the classifier
+and any layer the user keeps are left alone), ranked by group magnitude (L2) or by first-order Taylor
+importance of the adversarial training loss. Channel counts are rounded down to multiples of
+``round_to`` so the pruned model maps onto SIMD/tensor-core kernels, but a layer never drops below
+``round_to`` channels (torch-pruning alone would try to remove such a layer entirely and then skip it,
+which makes the channel count jump back up as the ratio grows).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from akd_edge.attacks import eval_mode
+from akd_edge.errors import CheckpointError, UsageError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "akd-edge-pruning/1"
+"""Format tag of the ``pruning`` entry of a checkpoint."""
+IMPORTANCES = ("magnitude", "taylor")
+MAX_RATIO = 0.95
+"""Largest pruning ratio accepted: at least 5% of each layer's channels survive."""
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How to prune: exactly one of ``ratio``, ``target_params`` and ``target_macs``, and the settings."""
+
+    ratio: float | None = None
+    """Fraction of each prunable layer's channels to remove, in (0, 0.95]."""
+    target_params: int | None = None
+    """Parameter budget; the ratio is searched so the pruned model has at most this many."""
+    target_macs: int | None = None
+    """MAC budget of one image; the ratio is searched so the pruned model needs at most this many."""
+    steps: int = 1
+    """Iterative pruning steps (the ratio grows linearly to its final value); fine-tuning follows each."""
+    importance: str = "magnitude"
+    """``magnitude`` (group L2 norm) or ``taylor`` (|w * dL/dw| of the adversarial loss)."""
+    round_to: int = 8
+    """Channel counts become multiples of this (1 = no rounding)."""
+    keep: tuple[str, ...] = ()
+    """Module names (as in ``model.named_modules()``) never pruned, besides the classifier."""
+    taylor_batches: int = 4
+    """Training batches whose adversarial-loss gradients rank channels for ``taylor`` importance."""
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("ratio", "target_params", "target_macs") if getattr(self, name) is not None]
+        if len(given) != 1:
+            what = "none of them" if not given else " and ".join(f"--{g.replace('_', '-')}" for g in given)
+            raise UsageError(
+                f"give exactly one of --ratio, --target-params and --target-macs (got {what}); "
+                "for example --ratio 0.5 removes half of each layer's channels"
+            )
+        if self.ratio is not None and not 0 < self.ratio <= MAX_RATIO:
+            raise UsageError(
+                f"--ratio {self.ratio} is out of range: it is the fraction of channels removed, in (0, {MAX_RATIO}]"
+            )
+        for name in ("target_params", "target_macs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive count, got {value}")
+        if self.steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {self.steps}")
+        if self.importance not in IMPORTANCES:
+            raise UsageError(f"--importance {self.importance!r}: use one of {', '.join(IMPORTANCES)}")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to must be >= 1 (1 = no rounding), got {self.round_to}")
+        if self.taylor_batches < 1:
+            raise UsageError("taylor_batches must be >= 1")
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        """``("params" | "macs", budget)`` when a budget is given, else None."""
+        if self.target_params is not None:
+            return "params", int(self.target_params)
+        if self.target_macs is not None:
+            return "macs", int(self.target_macs)
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        """Plain values (JSON and ``weights_only`` safe)."""
+        return {
+            "ratio": self.ratio,
+            "target_params": self.target_params,
+            "target_macs": self.target_macs,
+            "steps": self.steps,
+            "importance": self.importance,
+            "round_to": self.round_to,
+            "keep": list(self.keep),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# pruner construction
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """The tracing input of the dependency graph: one image of ``input_shape`` on the model's device."""
+    return torch.zeros(1, *(int(v) for v in input_shape), device=_device(model))
+
+
+def resolve_keep(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
+    """The modules named by the user; a name may omit the ``net.`` prefix of the normalising wrapper."""
+    import difflib
+
+    modules = dict(model.named_modules())
+    found = []
+    for name in names:
+        module = modules.get(name, modules.get(f"net.{name}"))
+        if module is None or name == "":
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(
+                f"--keep {name!r}: no such module in the model.{hint} Names are those of "
+                "model.named_modules(), for example net.features.0"
+            )
+        found.append(module)
+    return found
+
+
+def ignored_layers(model: nn.Module, keep: Iterable[str] = ()) -> list[nn.Module]:
+    """The classifier head plus the user's kept modules: torch-pruning removes none of their outputs."""
+    from akd_edge.models import get_classifier
+
+    return [get_classifier(model), *resolve_keep(model, keep)]
+
+
+@functools.cache
+def _pruner_class() -> type:
+    """torch-pruning's BasePruner with rounding that never drops a layer below ``round_to`` channels."""
+    import torch_pruning as tp
+
+    class RoundedPruner(tp.pruner.BasePruner):
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            keep = current_channels - n_pruned
+            keep = max(keep - keep % round_to, min(round_to, current_channels))
+            return max(current_channels - keep, 0)
+
+    if not hasattr(tp.pruner.BasePruner, "_round_to"):  # guard against a torch-pruning refactor
+        log.warning("torch-pruning %s has no BasePruner._round_to; channel rounding uses its default", tp.__version__)
+    return RoundedPruner
+
+
+def make_pruner(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    ratio: float,
+    steps: int = 1,
+    importance: str = "magnitude",
+    round_to: int = 8,
+    keep: Iterable[str] = (),
+) -> Any:
+    """A torch-pruning pruner removing ``ratio`` of each layer's channels in ``steps`` calls to ``step()``.
+
+    The dependency graph is traced in eval mode, so BatchNorm running statistics are left untouched.
+    """
+    import torch_pruning as tp
+
+    if importance not in IMPORTANCES:
+        raise UsageError(f"importance {importance!r}: use one of {', '.join(IMPORTANCES)}")
+    scorer = tp.importance.GroupTaylorImportance() if importance == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
+    with eval_mode(model), torch.enable_grad():
+        return _pruner_class()(
+            model,
+            example_input(model, input_shape),
+            importance=scorer,
+            pruning_ratio=float(ratio),
+            iterative_steps=int(steps),
+            round_to=int(round_to) if round_to > 1 else None,
+            ignored_layers=ignored_layers(model, keep),
+        )
+
+
+def accumulate_gradients(model: nn.Module, loss_fn: Callable[[], torch.Tensor], batches: int) -> None:
+    """Fill ``.grad`` of every parameter with the sum of ``batches`` evaluations of ``loss_fn()`` (for Taylor)."""
+    model.zero_grad(set_to_none=True)
+    for _ in range(batches):
+        loss_fn().backward()
+
+
+# ----------------------------------------------------------------------------------------------
+# history: save and replay
+
+
+def _plain_history(history: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """torch-pruning's history as plain lists of str/bool/int, safe for ``torch.load(weights_only=True)``."""
+    plain = []
+    for name, is_out, idxs in history:
+        plain.append([str(name), bool(is_out), [int(i) for i in idxs]])
+    return plain
+
+
+def pruning_record(
+    history: Iterable[Sequence[Any]], input_shape: Sequence[int], settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``pruning`` entry of a checkpoint: the history and what :func:`rebuild_pruned` needs to replay it."""
+    import torch_pruning as tp
+
+    return {
+        "format": FORMAT,
+        "library": f"torch-pruning {tp.__version__}",
+        "example_shape": [1, *(int(v) for v in input_shape)],
+        "history": _plain_history(history),
+        "settings": dict(settings or {}),
+    }
+
+
+def rebuild_pruned(model: nn.Module, pruning: dict[str, Any]) -> nn.Module:
+    """Replay a checkpoint's pruning history on a freshly built (unpruned) ``model``, in place; returns it."""
+    import torch_pruning as tp
+
+    if not isinstance(pruning, dict) or pruning.get("format") != FORMAT or "history" not in pruning:
+        raise CheckpointError(
+            f"the checkpoint's pruning entry is not an akd-edge pruning history (expected format {FORMAT!r})"
+        )
+    example = torch.zeros(*(int(v) for v in pruning["example_shape"]), device=_device(model))
+    try:
+        with eval_mode(model), torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+            graph.load_pruning_history(_plain_history(pruning["history"]))
+    except (AttributeError, IndexError, KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot replay the pruning history on {type(model).__name__} ({err}); was the checkpoint pruned "
+            f"from this architecture? It was pruned with {pruning.get('library', 'an unknown torch-pruning')}"
+        ) from None
+    return model
+
+
+def prune_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    ratio: float,
+    *,
+    steps: int = 1,
+    round_to: int = 8,
+    keep: Iterable[str] = (),
+    importance: str = "magnitude",
+    before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int, list[list[Any]]], None] | None = None,
+) -> list[list[Any]]:
+    """Prune ``model`` in place by ``ratio`` in ``steps`` steps; returns the (plain) history.
+
+    ``before_step(k)`` runs before step k (1-based), for example to compute Taylor gradients;
+    ``after_step(k, history)`` after it, for example to fine-tune.
+    """
+    pruner = make_pruner(model, input_shape, ratio=ratio, steps=steps, importance=importance, round_to=round_to, keep=keep)
+    for k in range(1, steps + 1):
+        if before_step is not None:
+            before_step(k)
+        pruner.step()
+        history = _plain_history(pruner.pruning_history())
+        if after_step is not None:
+            after_step(k, history)
+    return _plain_history(pruner.pruning_history())
+
+
+def conv_channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution, by module name (for reports and tests)."""
+    return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
