@@ -420,9 +420,13 @@ def evaluate_dynamics(
 ) -> tuple[dict[str, Any], Path]:
     """Analyse the ``dynamics.npz`` of one run, or compare two (for example AT and AKD) set by set.
 
-    Writes ``dynamics.json`` (and ``dynamics.png``) into ``out_dir`` (default: the first run directory).
+    Writes ``dynamics.json`` (and ``dynamics.png``) into ``out_dir`` (default: the first run directory),
+    and ``dynamics_samples.npz``: per run and training sample, the learned epoch, the forgetting events and
+    the set masks (keys ``RUN/RECORD/...``), in the order of the training split.
     """
-    from akd_edge.metrics.dynamics import analyze, compare, load_dynamics
+    import numpy as np
+
+    from akd_edge.metrics.dynamics import analyze, compare, load_dynamics, per_sample
 
     if len(runs) not in (1, 2):
         raise UsageError(f"--dynamics takes one run (analysis) or two runs (comparison), got {len(runs)}")
@@ -450,5 +454,13 @@ def evaluate_dynamics(
         else:
             log.warning(plotting.MISSING)
             report["plots"] = {"note": plotting.MISSING}
+    arrays = {
+        f"{label}/{key}": value
+        for label, record in zip(labels, records, strict=True)
+        for key, value in per_sample(record, late_fraction=late_fraction, min_forgets=min_forgets).items()
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "dynamics_samples.npz", **arrays)
+    report["samples"] = "dynamics_samples.npz"
     path = write_json(report, out / "dynamics.json")
     return report, path

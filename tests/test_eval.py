@@ -302,3 +302,6 @@ def test_dynamics_of_one_run_with_plot(tmp_path: Path) -> None:
     assert path == tmp_path / "dynamics.json" and (tmp_path / "dynamics.png").is_file()
     sets = report["summaries"]["at"]["adv"]["sets"]
     assert sets["never_learned"]["count"] == 1 and sets["memorised"]["count"] == 1
+    with np.load(tmp_path / "dynamics_samples.npz") as arrays:
+        assert arrays["at/adv/learned_epoch"].tolist() == [2, 1, 0]
+        assert arrays["at/adv/never_learned"].tolist() == [False, False, True]

@@ -50,11 +50,17 @@ def test_registry_has_every_model_with_a_role():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_output_shape(name, shape):
-    model = build(name, shape, classes=7).eval()
+    # The wide ResNets (36-46M parameters) run for real once, at 32x32; elsewhere only shapes are propagated.
+    meta = name.startswith("wrn") and shape != (3, 32, 32)
+    model = build(name, shape, classes=7, meta=meta).eval()
     with torch.no_grad():
-        logits = model(torch.rand(1, *shape))
+        logits = model(torch.rand(1, *shape, device=logits_device(model)))
     assert logits.shape == (1, 7)
-    assert torch.isfinite(logits).all()
+    assert meta or torch.isfinite(logits).all()
+
+
+def logits_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 @pytest.mark.parametrize(
@@ -202,20 +208,19 @@ def test_module_factory_builds_a_users_architecture(user_module):
 
 
 @pytest.mark.parametrize(
-    ("spec", "match"),
+    ("spec", "kwargs", "match"),
     [
-        ("akd_no_such_module_xyz:build", "cannot import module 'akd_no_such_module_xyz'"),
-        ("{m}:missing", "has no attribute 'missing'.*build"),
-        ("{m}:NOT_CALLABLE", "not callable"),
-        ("{m}:not_a_model", "returned str"),
-        ("{m}:build:extra", "package.module:factory"),
-        (":build", "package.module:factory"),
-        ("{m}:", "package.module:factory"),
-        ("{m}:build", "cannot be called with kwargs.*hidden"),
+        ("akd_no_such_module_xyz:build", {}, "cannot import module 'akd_no_such_module_xyz'"),
+        ("{m}:missing", {}, "has no attribute 'missing'.*build"),
+        ("{m}:NOT_CALLABLE", {}, "not callable"),
+        ("{m}:not_a_model", {}, "returned str"),
+        ("{m}:build:extra", {}, "package.module:factory"),
+        (":build", {}, "package.module:factory"),
+        ("{m}:", {}, "package.module:factory"),
+        ("{m}:build", {"depth": 3}, "cannot be called with kwargs.*accepts: hidden"),
     ],
 )
-def test_module_factory_fails_clearly(user_module, spec, match):
-    kwargs = {"depth": 3} if spec.endswith(":build") and "no_such" not in spec else {}
+def test_module_factory_fails_clearly(user_module, spec, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         create_model(spec.format(m=user_module), num_classes=5, input_shape=(3, 8, 8), **kwargs)
 

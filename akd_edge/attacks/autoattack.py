@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +109,12 @@ def _attack_subset(
     adversary.attacks_to_run = [attack]
     adversary.version = "custom"
     stray = io.StringIO()
-    with contextlib.redirect_stdout(stray):
-        x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    tracer = sys.gettrace()  # its dynamic-defence check calls sys.settrace(None): keep debuggers/coverage alive
+    try:
+        with contextlib.redirect_stdout(stray):
+            x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        sys.settrace(tracer)
     if stray.getvalue().strip():
         log.debug("pyautoattack output: %s", stray.getvalue().strip())
     return x_adv, y_adv.to(y.device) != y

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from akd_edge import __version__
@@ -54,7 +55,10 @@ def models_cmd(input_shape: str, num_classes: int) -> None:
         raise UsageError(f"--input-shape {input_shape!r}: expected C,H,W such as 3,32,32") from None
     table = Table("model", "role", "params", "MACs", "description", title=f"input {shape}, {num_classes} classes")
     for row in describe_models(shape, num_classes):
-        table.add_row(row["name"], row["role"], f"{row['params']:,}", f"{row['macs']:,}", row["description"])
+        if "error" in row:  # the architecture cannot take this input shape
+            table.add_row(row["name"], row["role"], "-", "-", f"[red]{escape(row['error'])}[/]")
+        else:
+            table.add_row(row["name"], row["role"], f"{row['params']:,}", f"{row['macs']:,}", row["description"])
     out.print(table)
 
 

@@ -7,19 +7,20 @@ with ``torch.load(weights_only=True)`` like any other (as Torch-Pruning's own ``
 
 Pruning is local: every prunable layer loses the same fraction of its output channels (the classifier
 and any layer the user keeps are left alone), ranked by group magnitude (L2) or by first-order Taylor
-importance of the adversarial training loss. Channel counts are rounded down to multiples of
-``round_to`` so the pruned model maps onto SIMD/tensor-core kernels, but a layer never drops below
-``round_to`` channels (torch-pruning alone would try to remove such a layer entirely and then skip it,
-which makes the channel count jump back up as the ratio grows).
+importance of the adversarial training loss. Each layer keeps the multiple of ``round_to`` nearest to
+the channel count the ratio asks for, so the pruned model maps onto SIMD/tensor-core kernels, and never
+fewer than ``round_to`` channels. (torch-pruning alone rounds down after flooring, so 32 channels at
+ratio 0.25 become 16, and it tries to remove a layer below ``round_to`` entirely, then skips it, so
+channel counts jump back up as the ratio grows; either breaks the ratio search for a budget.)
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,9 +153,10 @@ def _pruner_class() -> type:
 
     class RoundedPruner(tp.pruner.BasePruner):
         def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-            keep = current_channels - n_pruned
-            keep = max(keep - keep % round_to, min(round_to, current_channels))
-            return max(current_channels - keep, 0)
+            quotient, remainder = divmod(current_channels - n_pruned, round_to)
+            keep = (quotient + (remainder > round_to / 2)) * round_to  # nearest multiple, ties prune more
+            keep = min(max(keep, min(round_to, current_channels)), current_channels)
+            return current_channels - keep
 
     if not hasattr(tp.pruner.BasePruner, "_round_to"):  # guard against a torch-pruning refactor
         log.warning("torch-pruning %s has no BasePruner._round_to; channel rounding uses its default", tp.__version__)
@@ -179,7 +181,9 @@ def make_pruner(
 
     if importance not in IMPORTANCES:
         raise UsageError(f"importance {importance!r}: use one of {', '.join(IMPORTANCES)}")
-    scorer = tp.importance.GroupTaylorImportance() if importance == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
+    scorer = (
+        tp.importance.GroupTaylorImportance() if importance == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
+    )
     with eval_mode(model), torch.enable_grad():
         return _pruner_class()(
             model,
@@ -197,6 +201,9 @@ def accumulate_gradients(model: nn.Module, loss_fn: Callable[[], torch.Tensor], 
     model.zero_grad(set_to_none=True)
     for _ in range(batches):
         loss_fn().backward()
+    for param in model.parameters():  # torch-pruning's Taylor scores read .grad of every layer in a group
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,11 +211,11 @@ def accumulate_gradients(model: nn.Module, loss_fn: Callable[[], torch.Tensor], 
 
 
 def _plain_history(history: Iterable[Sequence[Any]]) -> list[list[Any]]:
-    """torch-pruning's history as plain lists of str/bool/int, safe for ``torch.load(weights_only=True)``."""
-    plain = []
-    for name, is_out, idxs in history:
-        plain.append([str(name), bool(is_out), [int(i) for i in idxs]])
-    return plain
+    """torch-pruning's history as plain lists of str/bool/int, safe for ``torch.load(weights_only=True)``.
+
+    Entries that removed nothing (rounding can cancel a layer's step) are dropped: replaying them is a no-op.
+    """
+    return [[str(name), bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in history if len(idxs)]
 
 
 def pruning_record(
@@ -264,7 +271,9 @@ def prune_model(
     ``before_step(k)`` runs before step k (1-based), for example to compute Taylor gradients;
     ``after_step(k, history)`` after it, for example to fine-tune.
     """
-    pruner = make_pruner(model, input_shape, ratio=ratio, steps=steps, importance=importance, round_to=round_to, keep=keep)
+    pruner = make_pruner(
+        model, input_shape, ratio=ratio, steps=steps, importance=importance, round_to=round_to, keep=keep
+    )
     for k in range(1, steps + 1):
         if before_step is not None:
             before_step(k)
@@ -278,3 +287,426 @@ def prune_model(
 def conv_channels(model: nn.Module) -> dict[str, int]:
     """Output channels of every convolution, by module name (for reports and tests)."""
     return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+# ----------------------------------------------------------------------------------------------
+# measurements for the before/after report
+
+
+def latency_ms(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30) -> float:
+    """Median wall time (ms) of one forward pass on a single image, on the model's device."""
+    import statistics
+    import time
+
+    x = example_input(model, input_shape)
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    times = []
+    with eval_mode(model), torch.inference_mode():
+        for i in range(repeats + 5):
+            sync()
+            start = time.perf_counter()
+            model(x)
+            sync()
+            if i >= 5:  # warm-up calls (kernel selection, caches) are not timed
+                times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def autoattack_accuracy(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    norm: str,
+    eps: float,
+    version: str = "fast",
+    n: int = 200,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[str, Any] | None:
+    """AutoAttack robust accuracy on the first ``n`` images of ``dataset``; None when it cannot run.
+
+    The targeted attacks of ``fast`` and ``standard`` need at least 4 classes; with fewer the figure is
+    skipped with a warning rather than failing the whole compression.
+    """
+    import numpy as np
+
+    from akd_edge.attacks.autoattack import run_autoattack
+    from akd_edge.data import iterate_batches
+
+    subset = dataset.subset(np.arange(min(n, len(dataset)))) if n else dataset
+    device = _device(model)
+    batches = list(iterate_batches(subset, batch_size, device=device))
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    with eval_mode(model), torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    if classes < 4 and version in ("fast", "standard"):
+        log.warning(
+            "AutoAttack %s needs >= 4 classes (the model has %d): AutoAttack accuracy skipped", version, classes
+        )
+        return None
+    _, per_attack = run_autoattack(model, x, y, norm=norm, eps=eps, version=version, seed=seed, batch_size=batch_size)
+    robust = torch.stack(list(per_attack.values())).all(0)
+    return {"aa_acc": float(robust.float().mean()), "aa_n": len(y), "aa_version": version}
+
+
+def measure(
+    model: nn.Module,
+    dataset: Any,
+    attack_cfg: Any,
+    *,
+    autoattack: str = "fast",
+    aa_n: int = 200,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[str, Any]:
+    """Parameters, MACs, single-image latency, clean / PGD accuracy and (optionally) AutoAttack accuracy."""
+    import time
+
+    from akd_edge.models import model_info
+    from akd_edge.train.validate import validate
+
+    device = _device(model)
+    start = time.perf_counter()
+    result: dict[str, Any] = dict(model_info(model, dataset.input_shape))
+    result["latency_ms"] = latency_ms(model, dataset.input_shape)
+    fork = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):
+        torch.manual_seed(seed)  # the same PGD random starts before and after pruning
+        val = validate(model, dataset, attack_cfg, batch_size=batch_size, device=device)
+    result |= {"clean_acc": val["clean_acc"], "pgd_acc": val["robust_acc"], "n": val["n"]}
+    result |= {"aa_acc": None, "aa_n": 0, "aa_version": None}
+    if autoattack != "none":
+        aa = autoattack_accuracy(
+            model,
+            dataset,
+            norm=attack_cfg.norm,
+            eps=attack_cfg.eps,
+            version=autoattack,
+            n=aa_n,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        result |= aa or {}
+    result["eval_s"] = time.perf_counter() - start
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# the pipeline behind `akd-edge compress`: prune in steps, fine-tune robustly after each, report
+
+REPORT_FORMAT = "akd-edge-compress/1"
+Stage = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What the before/after comparison measures, on the first ``n`` test images."""
+
+    n: int = 1000
+    """Test images for clean and PGD accuracy (0 = the whole test split)."""
+    autoattack: str = "fast"
+    """AutoAttack version (``fast``, ``standard``, ``square``) or ``none``."""
+    aa_n: int = 200
+    """Test images attacked by AutoAttack (its cost dominates; 0 = all of the ``n``)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or self.aa_n < 0:
+            raise UsageError("--n and --aa-n must be >= 0 (0 = all)")
+        if self.autoattack not in ("fast", "standard", "square", "none"):
+            raise UsageError(f"--autoattack {self.autoattack!r}: use fast, standard, square or none")
+
+
+def _finetune_recipe(
+    recipe_dict: dict[str, Any], name: str, epochs: int, overrides: Sequence[str], device: str | None
+) -> Any:
+    """The source run's recipe with the run renamed, ``train.epochs`` set, then the user's overrides."""
+    import json
+
+    from akd_edge.config import load_recipe
+
+    head = [f"run.name={json.dumps(name)}"] + ([f"train.epochs={epochs}"] if epochs > 0 else [])
+    tail = [f"run.device={json.dumps(device)}"] if device else []
+    return load_recipe(recipe_dict, [*head, *overrides, *tail])
+
+
+def _out_dir(out: str | Path | None, recipe: Any, source_name: str) -> Path:
+    from dataclasses import replace
+
+    from akd_edge.train.loop import new_run_dir
+
+    if out is not None:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(f"--out {path} already exists and is not an empty folder; choose another --out")
+        return path
+    renamed = replace(recipe, run=replace(recipe.run, name=f"{source_name}-pruned"))
+    return new_run_dir(renamed)
+
+
+def _write_recipe(recipe: Any, path: Path) -> None:
+    import tomli_w
+
+    from akd_edge.config import to_dict
+
+    path.write_text(tomli_w.dumps(to_dict(recipe)))
+
+
+def _taylor_loss(recipe: Any, model: nn.Module, splits: Any, device: torch.device) -> Callable[[], torch.Tensor]:
+    """A closure returning the training objective (e.g. AKD) on the next training batch, for Taylor scores."""
+    from akd_edge.attacks import build_attack
+    from akd_edge.data import iterate_batches
+    from akd_edge.methods import METHODS
+    from akd_edge.teachers import load_teachers
+
+    method = METHODS.get(recipe.method.name)
+    teacher = None
+    if method.needs_teacher and recipe.teachers:
+        teacher = load_teachers(recipe.teachers, device, splits.input_shape, splits.num_classes)
+    task = method(model, build_attack(recipe.train.attack), recipe.method, teacher)
+    state = {"epoch": 0, "batches": iter(())}
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        for _ in range(2):
+            for x, y, _ in state["batches"]:
+                return x, y
+            state["batches"] = iterate_batches(
+                splits.train,
+                recipe.data.batch_size,
+                shuffle=True,
+                seed=recipe.run.seed,
+                epoch=state["epoch"],
+                device=device,
+            )
+            state["epoch"] += 1
+        raise UsageError("the training split is empty: Taylor importance needs training batches")
+
+    def loss() -> torch.Tensor:
+        x, y = next_batch()
+        with eval_mode(model):  # BatchNorm statistics stay those of the trained model
+            return task(x, y)["loss"]
+
+    return loss
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import os
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def compress_run(
+    source: str | Path,
+    spec: PruneSpec,
+    *,
+    which: str = "best",
+    out: str | Path | None = None,
+    epochs: int = 1,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    evaluation: EvalSpec | None = None,
+    callbacks: Any = None,
+    on_stage: Stage | None = None,
+) -> dict[str, Any]:
+    """Prune a trained run's student, fine-tune it adversarially after each step, and compare before/after.
+
+    The fine-tuning uses the source run's own recipe (objective, teachers, data), with ``train.epochs``
+    set to ``epochs`` and ``overrides`` (``section.key=value``) applied; ``epochs=0`` prunes without
+    fine-tuning. Writes ``<out>/step-K/`` (one training run per step), ``<out>/best.pt`` (the final
+    pruned model, with its pruning history), ``recipe.toml`` and ``report.json``; returns the report.
+    The source run is only read.
+    """
+    import json
+    import time
+
+    import numpy as np
+
+    from akd_edge.config import to_dict
+    from akd_edge.data import load_dataset
+    from akd_edge.models import model_info
+    from akd_edge.train.checkpoint import FORMAT as CKPT_FORMAT
+    from akd_edge.train.checkpoint import load_checkpoint, load_model, save_atomic
+    from akd_edge.train.loop import resolve_device, train_run
+    from akd_edge.train.validate import validate
+
+    evaluation = evaluation or EvalSpec()
+    if epochs < 0:
+        raise UsageError(f"--epochs must be >= 0 (0 = prune without fine-tuning), got {epochs}")
+
+    def stage(text: str) -> None:
+        if on_stage is None:
+            log.info(text)
+        else:
+            log.debug(text)
+            on_stage(text)
+
+    started = time.perf_counter()
+    timings = {"search_s": 0.0, "prune_s": 0.0, "finetune_s": 0.0}
+    stage(f"loading {source}")
+    model, meta = load_model(source, which)
+    recipe_dict = meta.get("recipe")
+    if not recipe_dict:
+        raise CheckpointError(
+            f"{meta['path']} has no recipe: compress fine-tunes with the recipe of the run that trained the "
+            "model, so give a run directory (or checkpoint) written by akd-edge distill or train-teacher"
+        )
+    source_name = str(recipe_dict.get("run", {}).get("name") or Path(meta["path"]).parent.name)
+    recipe = _finetune_recipe(recipe_dict, f"{source_name}-pruned", epochs, overrides, device)
+    out_dir = _out_dir(out, recipe, source_name)
+    recipe = _finetune_recipe(recipe_dict, out_dir.name, epochs, overrides, device)
+    finetune = epochs > 0
+    dev = resolve_device(recipe.run.device)
+    model.to(dev)
+    input_shape = tuple(int(v) for v in meta["arch"]["input_shape"])
+    base = meta.get("pruning") or {}
+    base_history = list(base.get("history", []))
+    if base and list(base.get("example_shape", []))[1:] != list(input_shape):
+        raise CheckpointError(f"{meta['path']}: its pruning history was traced for another input shape")
+    resolve_keep(model, spec.keep)  # a bad --keep fails before any work
+
+    stage(f"loading data ({recipe.data.name})")
+    splits = load_dataset(recipe.data, recipe.run.seed)
+    test = splits.test
+    if evaluation.n and len(test) > evaluation.n:
+        test = test.subset(np.arange(evaluation.n))
+    measure_kw = {
+        "autoattack": evaluation.autoattack,
+        "aa_n": evaluation.aa_n,
+        "seed": evaluation.seed,
+        "batch_size": recipe.data.eval_batch_size,
+    }
+    stage(f"measuring the unpruned model on {len(test)} test images")
+    before = measure(model, test, recipe.eval.attack, **measure_kw)
+    channels_before = conv_channels(model)
+
+    search = None
+    ratio = spec.ratio
+    if spec.target is not None:
+        metric, target = spec.target
+        stage(f"searching the pruning ratio for at most {target:,} {metric}")
+        t0 = time.perf_counter()
+        from akd_edge.compress.search import search_ratio
+
+        search = search_ratio(model, input_shape, metric=metric, target=target, round_to=spec.round_to, keep=spec.keep)
+        ratio = search.ratio
+        timings["search_s"] = time.perf_counter() - t0
+        stage(f"ratio {ratio:.3f}: {search.params:,} params, {search.macs:,} MACs (target {target:,} {metric})")
+    assert ratio is not None
+
+    settings = {**spec.settings(), "ratio": ratio}
+    role = str(meta.get("role") or "student")
+    taylor = _taylor_loss(recipe, model, splits, dev) if spec.importance == "taylor" else None
+    steps_log: list[dict[str, Any]] = []
+    record: dict[str, Any] = {}
+    step_started = [time.perf_counter()]  # pruning time excludes fine-tuning
+
+    def before_step(k: int) -> None:
+        stage(f"step {k}/{spec.steps}: pruning")
+        if taylor is not None:
+            accumulate_gradients(model, taylor, spec.taylor_batches)
+
+    def after_step(k: int, history: list[list[Any]]) -> None:
+        nonlocal record
+        model.zero_grad(set_to_none=True)
+        record = pruning_record(base_history + history, input_shape, settings)
+        info = model_info(model, input_shape)
+        entry: dict[str, Any] = {"step": k, "ratio": ratio * k / spec.steps, **info}
+        timings["prune_s"] += time.perf_counter() - step_started[0]
+        if finetune:
+            step_dir = out_dir / f"step-{k}"
+            stage(f"step {k}/{spec.steps}: {info['params']:,} params; robust fine-tuning in {step_dir}")
+            t0 = time.perf_counter()
+            train_run(recipe, step_dir, role=role, callbacks=callbacks, model=model, ckpt_extra={"pruning": record})
+            timings["finetune_s"] += time.perf_counter() - t0
+            best = load_checkpoint(step_dir, "best")
+            model.load_state_dict(best["model"])  # continue from the step's early-stopped weights
+            entry |= {"best_epoch": best["epoch"], "val": best["val"], "dir": str(step_dir)}
+        model.eval()
+        steps_log.append(entry)
+        step_started[0] = time.perf_counter()
+
+    prune_model(
+        model,
+        input_shape,
+        ratio,
+        steps=spec.steps,
+        round_to=spec.round_to,
+        keep=spec.keep,
+        importance=spec.importance,
+        before_step=before_step,
+        after_step=after_step,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_recipe(recipe, out_dir / "recipe.toml")
+    if finetune:
+        _copy_atomic(out_dir / f"step-{spec.steps}" / "best.pt", out_dir / "best.pt")
+    else:
+        stage("validating the pruned model (no fine-tuning)")
+        val_set = splits.val
+        if recipe.eval.val_samples and len(val_set) > recipe.eval.val_samples:
+            val_set = val_set.subset(np.arange(recipe.eval.val_samples))
+        val = validate(model, val_set, recipe.eval.attack, batch_size=recipe.data.eval_batch_size, device=dev)
+        ckpt = {
+            "format": CKPT_FORMAT,
+            "model": model.state_dict(),
+            "arch": meta["arch"],
+            "data": meta.get("data", {}),
+            "threat": meta.get("threat", {}),
+            "role": role,
+            "recipe": to_dict(recipe),
+            "epoch": 0,
+            "val": val,
+            "pruning": record,
+        }
+        save_atomic(ckpt, out_dir / "best.pt")
+
+    stage(f"measuring the pruned model (reloaded from {out_dir / 'best.pt'})")
+    pruned, pruned_meta = load_model(out_dir, "best", dev)
+    after = measure(pruned, test, recipe.eval.attack, **measure_kw)
+    if search is not None and (after["params"], after["macs"]) != (search.params, search.macs):
+        log.warning("the pruned model's counts %s differ from the search's %s", after, search.as_dict())
+    attack = recipe.eval.attack
+    report = {
+        "format": REPORT_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": {"checkpoint": str(meta["path"]), "run": source_name, "which": which, "epoch": meta.get("epoch")},
+        "out": str(out_dir),
+        "model": meta["arch"]["name"],
+        "prune": {**settings, "library": record.get("library")},
+        "search": search.as_dict() if search is not None else None,
+        "finetune": {
+            "epochs_per_step": recipe.train.epochs if finetune else 0,
+            "method": recipe.method.name,
+            "teachers": [t.path for t in recipe.teachers],
+            "optim": to_dict(recipe.train.optim),
+            "attack": to_dict(recipe.train.attack),
+            "overrides": list(overrides),
+        },
+        "evaluation": {
+            "split": "test",
+            "n": before["n"],
+            "pgd": {
+                "norm": attack.norm,
+                "eps": attack.eps,
+                "steps": attack.steps,
+                "step_size": attack.resolved_step_size,
+            },
+            "autoattack": evaluation.autoattack,
+            "aa_n": after.get("aa_n", 0),
+            "seed": evaluation.seed,
+            "device": str(dev),
+        },
+        "before": before,
+        "after": after,
+        "steps": steps_log,
+        "channels": {"before": channels_before, "after": conv_channels(pruned)},
+        "time_s": {**timings, "total_s": time.perf_counter() - started},
+        "val": pruned_meta.get("val", {}),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

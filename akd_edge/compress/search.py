@@ -53,12 +53,14 @@ def search_ratio(
     keep: Iterable[str] = (),
     max_ratio: float = MAX_RATIO,
     tolerance: float = 1 / 512,
+    close_enough: float = 0.01,
 ) -> SearchResult:
     """Bisect the pruning ratio so the pruned ``model`` has at most ``target`` params (or MACs).
 
     Each trial prunes a deep copy, so ``model`` is untouched. Counts shrink monotonically with the ratio
     (local pruning, rounding down), so the result is the least pruning that fits the budget, found to
-    within ``tolerance`` in ratio. The number of iterative steps does not change the final counts.
+    within ``tolerance`` in ratio, or sooner once the count is within ``close_enough`` (a fraction) below
+    the target. The number of iterative steps does not change the final counts.
     """
     from akd_edge.models import model_info
 
@@ -96,6 +98,8 @@ def search_ratio(
         info = counts_at(mid)
         if info[metric] <= target:
             high, best = mid, info
+            if info[metric] >= (1 - close_enough) * target:
+                break
         else:
             low = mid
     result = SearchResult(metric, int(target), high, best["params"], best["macs"], trials)
@@ -103,6 +107,11 @@ def search_ratio(
         log.warning(
             "pruning ratio %.3f gives %s %s, %.1f%% below the target %s: channel steps of %d are coarse for "
             "this model; a smaller --round-to gets closer",
-            high, f"{result.achieved:,}", metric, 100 * (1 - result.achieved / target), f"{target:,}", round_to,
+            high,
+            f"{result.achieved:,}",
+            metric,
+            100 * (1 - result.achieved / target),
+            f"{target:,}",
+            round_to,
         )
     return result

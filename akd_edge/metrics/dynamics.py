@@ -214,3 +214,14 @@ def compare(
             names[1]: analyze(b, late_fraction=late_fraction, min_forgets=min_forgets),
         },
     }
+
+
+def per_sample(dyn: Dynamics, *, late_fraction: float = 0.25, min_forgets: int = 2) -> dict[str, np.ndarray]:
+    """Per-sample arrays for further analysis (for example, looking at the difficult images): learned
+    epoch and forgetting events of each record, and every set's mask (keys ``record/...``)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name in RECORDS:
+        arrays[f"{name}/learned_epoch"] = learned_epoch(dyn.record(name))
+        arrays[f"{name}/forgetting_events"] = forgetting_events(dyn.record(name))
+    arrays.update(all_sets(dyn, late_fraction=late_fraction, min_forgets=min_forgets))
+    return arrays

@@ -323,7 +323,9 @@ def verify_export(
     if latency:
         stage("latency and throughput")
         input_shape = tuple(int(v) for v in test.images.shape[1:])
-        verify["latency"], verify["latency_notes"] = models_latency(folder, models, torch_model, input_shape, latency_repeats)
+        verify["latency"], verify["latency_notes"] = models_latency(
+            folder, models, torch_model, input_shape, latency_repeats
+        )
     if write:
         report = report or {"format": "akd-edge-export/1"}
         report["verify"] = verify

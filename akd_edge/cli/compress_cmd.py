@@ -1,0 +1,238 @@
+"""``akd-edge compress``: structured pruning of a trained student with robust fine-tuning after each step.
+
+Nothing heavy is imported at module level (``akd-edge --help`` stays fast): torch, torch-pruning and the
+training loop are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from akd_edge.cli.common import console, out, user_errors
+from akd_edge.cli.train_cmd import RichCallbacks
+
+
+class _StepCallbacks(RichCallbacks):
+    """Training progress bars that start afresh for the fine-tuning of each pruning step."""
+
+    def on_train_start(self, run_dir: Path, info: dict[str, Any]) -> None:
+        for task in (self.epoch_task, self.batch_task):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.epoch_task = self.batch_task = None
+        super().on_train_start(run_dir, info)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _change(before: float | None, after: float | None, *, relative: bool) -> str:
+    if before is None or after is None:
+        return "-"
+    if relative:
+        return f"{after / before:.2f}x" if before else "-"
+    return f"{100 * (after - before):+.2f} pts"
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    """The before/after comparison of a compress report."""
+    before, after = report["before"], report["after"]
+    ev = report["evaluation"]
+    pgd = ev["pgd"]
+    threat = f"{pgd['norm']} eps {pgd['eps']:g}"
+    table = Table(
+        "", "before", "after", "change", title=f"{report['model']}: {report['source']['run']} -> {report['out']}"
+    )
+    table.add_row(
+        "parameters",
+        f"{before['params']:,}",
+        f"{after['params']:,}",
+        _change(before["params"], after["params"], relative=True),
+    )
+    table.add_row(
+        "MACs / image",
+        f"{before['macs']:,}",
+        f"{after['macs']:,}",
+        _change(before["macs"], after["macs"], relative=True),
+    )
+    table.add_row(
+        f"latency, 1 image ({ev['device']})",
+        f"{before['latency_ms']:.3f} ms",
+        f"{after['latency_ms']:.3f} ms",
+        _change(before["latency_ms"], after["latency_ms"], relative=True),
+    )
+    table.add_row(
+        f"clean accuracy (n={ev['n']})",
+        _pct(before["clean_acc"]),
+        _pct(after["clean_acc"]),
+        _change(before["clean_acc"], after["clean_acc"], relative=False),
+    )
+    table.add_row(
+        f"PGD-{pgd['steps']} accuracy ({threat})",
+        _pct(before["pgd_acc"]),
+        _pct(after["pgd_acc"]),
+        _change(before["pgd_acc"], after["pgd_acc"], relative=False),
+    )
+    if after.get("aa_version"):
+        table.add_row(
+            f"AutoAttack {after['aa_version']} ({threat}, n={after['aa_n']})",
+            _pct(before.get("aa_acc")),
+            _pct(after.get("aa_acc")),
+            _change(before.get("aa_acc"), after.get("aa_acc"), relative=False),
+        )
+    return table
+
+
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    prune, times, tune = report["prune"], report["time_s"], report["finetune"]
+    lines = [
+        f"pruned {prune['ratio']:.1%} of the channels of each layer in {prune['steps']} step(s), "
+        f"{prune['importance']} importance, channels rounded to multiples of {prune['round_to']}",
+    ]
+    if report.get("search"):
+        search = report["search"]
+        lines.append(
+            f"target {search['target']:,} {search['metric']}: achieved {search['params']:,} params and "
+            f"{search['macs']:,} MACs ({search['achieved_fraction_of_target']:.1%} of the target)"
+        )
+    if tune["epochs_per_step"]:
+        lines.append(f"robust fine-tuning: {tune['method']}, {tune['epochs_per_step']} epoch(s) after each step")
+    else:
+        lines.append("no fine-tuning (--epochs 0)")
+    lines.append(
+        f"time: {times['total_s']:.0f} s in all (search {times['search_s']:.0f} s, pruning {times['prune_s']:.1f} s, "
+        f"fine-tuning {times['finetune_s']:.0f} s)"
+    )
+    lines.append(f"wrote {report['out']}/best.pt and report.json; next: akd-edge export {report['out']}")
+    return lines
+
+
+@click.command("compress")
+@click.argument("source", metavar="RUN")
+@click.option("--ratio", type=float, help="Fraction of each layer's channels to remove, e.g. 0.5.")
+@click.option("--target-params", type=int, help="Prune to at most this many parameters (the ratio is searched).")
+@click.option("--target-macs", type=int, help="Prune to at most this many MACs per image (the ratio is searched).")
+@click.option(
+    "--steps", default=1, show_default=True, type=int, help="Iterative pruning steps, each followed by fine-tuning."
+)
+@click.option(
+    "--importance",
+    type=click.Choice(["magnitude", "taylor"]),
+    default="magnitude",
+    show_default=True,
+    help="Channel ranking: group L2 norm, or Taylor |w * grad| of the adversarial loss.",
+)
+@click.option(
+    "--round-to", default=8, show_default=True, type=int, help="Keep channel counts multiples of this (1 = off)."
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="MODULE",
+    help="Module name never pruned, as in model.named_modules() (repeatable); the classifier is always kept.",
+)
+@click.option(
+    "--epochs",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Robust fine-tuning epochs after each step (0 = prune only).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a field of the source run's recipe for fine-tuning, e.g. train.optim.lr=0.01 (repeatable).",
+)
+@click.option(
+    "--which", default="best", show_default=True, help="Checkpoint of the run to prune: best, last or an epoch number."
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Output run directory [default: runs/<name>-pruned]."
+)
+@click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N).")
+@click.option(
+    "--n",
+    "n_test",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="Test images for the before/after accuracy (0 = all).",
+)
+@click.option(
+    "--autoattack",
+    type=click.Choice(["fast", "standard", "square", "none"]),
+    default="fast",
+    show_default=True,
+    help="AutoAttack version of the before/after comparison.",
+)
+@click.option(
+    "--aa-n", default=200, show_default=True, type=int, help="Test images attacked by AutoAttack (0 = all of --n)."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the evaluation attacks.")
+@user_errors
+def compress_cmd(
+    source: str,
+    ratio: float | None,
+    target_params: int | None,
+    target_macs: int | None,
+    steps: int,
+    importance: str,
+    round_to: int,
+    keep: tuple[str, ...],
+    epochs: int,
+    overrides: tuple[str, ...],
+    which: str,
+    out_dir: str | None,
+    device: str | None,
+    n_test: int,
+    autoattack: str,
+    aa_n: int,
+    seed: int,
+) -> None:
+    """Prune RUN's model channel-wise (torch-pruning) and fine-tune it adversarially after each step.
+
+    Fine-tuning uses the run's own objective and teachers (AKD for a distilled student). The pruned
+    model is saved as weights plus the pruning history (no pickled model) and feeds `akd-edge export`.
+
+    \b
+    Examples:
+      akd-edge compress runs/fmnist-quickstart --ratio 0.5 --steps 2
+      akd-edge compress runs/fmnist-quickstart --target-params 12000 --set train.optim.lr=0.01
+    """
+    from akd_edge.compress.prune import EvalSpec, PruneSpec, compress_run
+
+    spec = PruneSpec(
+        ratio=ratio,
+        target_params=target_params,
+        target_macs=target_macs,
+        steps=steps,
+        importance=importance,
+        round_to=round_to,
+        keep=keep,
+    )
+    evaluation = EvalSpec(n=n_test, autoattack=autoattack, aa_n=aa_n, seed=seed)
+    if epochs < 0:
+        raise click.BadParameter("must be >= 0 (0 = prune without fine-tuning)", param_hint="--epochs")
+    with _StepCallbacks() as callbacks:
+        report = compress_run(
+            source,
+            spec,
+            which=which,
+            out=out_dir,
+            epochs=epochs,
+            overrides=overrides,
+            device=device,
+            evaluation=evaluation,
+            callbacks=callbacks,
+            on_stage=lambda text: callbacks.progress.console.print(f"[dim]{text}[/]"),
+        )
+    out.print(report_table(report))
+    for line in _summary_lines(report):
+        console.print(line)
