@@ -112,6 +112,10 @@ class AttackConfig:
         _check(self.steps >= 1, "attack.steps", "must be >= 1")
         _check(self.step_size >= 0, "attack.step_size", "must be >= 0 (0 = automatic)")
 
+    def settings(self) -> dict[str, Any]:
+        """The attack as reported next to a number it produced: every field, step size resolved."""
+        return {**to_dict(self), "step_size": self.resolved_step_size}
+
     @property
     def resolved_step_size(self) -> float:
         if self.step_size > 0:
@@ -391,3 +395,11 @@ def resolve_recipe_path(source: str | Path) -> Path:
     close = difflib.get_close_matches(name, list(shipped), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(f"recipe {source} not found.{hint} `akd-edge recipes` lists the shipped recipes.")
+
+
+def recipe_results(name: str) -> dict[str, Any] | None:
+    """What a shipped recipe reached, as measured by ``benchmarks/run_recipe.py`` (None if never run)."""
+    import json
+
+    path = RECIPES_DIR / "results" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -31,6 +31,16 @@ STUDENTS = {
 CLASSES = 4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make 2 threads
+    hundreds of times slower than 1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build(name: str) -> nn.Module:
     """A student with non-trivial BatchNorm statistics (so a wrong reload would show in the outputs)."""
     shape, kwargs = STUDENTS[name]
@@ -105,6 +115,7 @@ def test_pruned_student_runs_rounds_channels_and_reloads_identically(name: str, 
         assert torch.equal(reloaded(x), logits)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: fast enough for a unit test
 @pytest.mark.parametrize("name", list(STUDENTS))
 def test_pruned_student_exports_to_onnx_with_parity(name: str) -> None:
     import onnxruntime as ort

@@ -140,7 +140,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     "--epochs",
     default=1,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help="Robust fine-tuning epochs after each step (0 = prune only).",
 )
 @click.option(
@@ -162,7 +162,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     "n_test",
     default=1000,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help="Test images for the before/after accuracy (0 = all).",
 )
 @click.option(
@@ -173,7 +173,11 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     help="AutoAttack version of the before/after comparison.",
 )
 @click.option(
-    "--aa-n", default=200, show_default=True, type=int, help="Test images attacked by AutoAttack (0 = all of --n)."
+    "--aa-n",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Test images attacked by AutoAttack (0 = all of --n).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the evaluation attacks.")
 @user_errors
@@ -218,8 +222,6 @@ def compress_cmd(
         keep=keep,
     )
     evaluation = EvalSpec(n=n_test, autoattack=autoattack, aa_n=aa_n, seed=seed)
-    if epochs < 0:
-        raise click.BadParameter("must be >= 0 (0 = prune without fine-tuning)", param_hint="--epochs")
     with _StepCallbacks() as callbacks:
         report = compress_run(
             source,

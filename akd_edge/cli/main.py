@@ -30,12 +30,19 @@ def cli(verbose: bool) -> None:
 @cli.command("recipes")
 @user_errors
 def recipes_cmd() -> None:
-    """List the shipped recipes."""
-    from akd_edge.config import read_toml, shipped_recipes
+    """List the shipped recipes and what they reached where they were measured."""
+    from akd_edge.config import read_toml, recipe_results, shipped_recipes
 
-    table = Table("recipe", "description")
+    table = Table("recipe", "description", "measured (test clean / PGD-20, time)")
     for name, path in shipped_recipes().items():
-        table.add_row(name, read_toml(path).get("description", ""))
+        result = recipe_results(name)
+        measured = (
+            f"{result['test']['clean_acc']:.1%} / {result['test']['robust_acc']:.1%}, "
+            f"{result['wall_time_s'] / 60:.0f} min on {result['machine'].split(',')[0]}"
+            if result
+            else read_toml(path).get("expected", {}).get("note", "not measured yet")
+        )
+        table.add_row(name, read_toml(path).get("description", ""), measured)
     out.print(table)
 
 

@@ -148,7 +148,7 @@ def ignored_layers(model: nn.Module, keep: Iterable[str] = ()) -> list[nn.Module
 
 @functools.cache
 def _pruner_class() -> type:
-    """torch-pruning's BasePruner with rounding that never drops a layer below ``round_to`` channels."""
+    """torch-pruning's BasePruner keeping each layer at the nearest multiple of ``round_to``, never below it."""
     import torch_pruning as tp
 
     class RoundedPruner(tp.pruner.BasePruner):
@@ -191,7 +191,7 @@ def make_pruner(
             importance=scorer,
             pruning_ratio=float(ratio),
             iterative_steps=int(steps),
-            round_to=int(round_to) if round_to > 1 else None,
+            round_to=int(round_to),  # also 1: the override then keeps every layer at >= 1 channel
             ignored_layers=ignored_layers(model, keep),
         )
 
@@ -499,6 +499,262 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+class _Compression:
+    """State of one ``compress_run``: the source model and recipe, the data, and the report being built."""
+
+    def __init__(
+        self,
+        source: str | Path,
+        spec: PruneSpec,
+        *,
+        which: str,
+        out: str | Path | None,
+        epochs: int,
+        overrides: Sequence[str],
+        device: str | None,
+        evaluation: EvalSpec,
+        callbacks: Any,
+        on_stage: Stage | None,
+    ) -> None:
+        from akd_edge.train.checkpoint import load_model
+        from akd_edge.train.loop import resolve_device
+
+        if epochs < 0:
+            raise UsageError(f"--epochs must be >= 0 (0 = prune without fine-tuning), got {epochs}")
+        self.spec, self.evaluation, self.callbacks, self.on_stage = spec, evaluation, callbacks, on_stage
+        self.epochs, self.overrides, self.which = epochs, list(overrides), which
+        self.timings = {"search_s": 0.0, "prune_s": 0.0, "finetune_s": 0.0}
+        self.stage(f"loading {source}")
+        self.model, self.meta = load_model(source, which)
+        recipe_dict = self.meta.get("recipe")
+        if not recipe_dict:
+            raise CheckpointError(
+                f"{self.meta['path']} has no recipe: compress fine-tunes with the recipe of the run that trained "
+                "the model, so give a run directory (or checkpoint) written by akd-edge distill or train-teacher"
+            )
+        self.source_name = str(recipe_dict.get("run", {}).get("name") or Path(self.meta["path"]).parent.name)
+        recipe = _finetune_recipe(recipe_dict, f"{self.source_name}-pruned", epochs, overrides, device)
+        self.out_dir = _out_dir(out, recipe, self.source_name)
+        self.recipe = _finetune_recipe(recipe_dict, self.out_dir.name, epochs, overrides, device)
+        self.device = resolve_device(self.recipe.run.device)
+        self.model.to(self.device)
+        self.input_shape = tuple(int(v) for v in self.meta["arch"]["input_shape"])
+        base = self.meta.get("pruning") or {}
+        if base and list(base.get("example_shape", []))[1:] != list(self.input_shape):
+            raise CheckpointError(f"{self.meta['path']}: its pruning history was traced for another input shape")
+        self.base_history = list(base.get("history", []))
+        resolve_keep(self.model, spec.keep)  # a bad --keep fails before any work
+        self.record: dict[str, Any] = {}
+        self.steps: list[dict[str, Any]] = []
+
+    def stage(self, text: str) -> None:
+        if self.on_stage is None:
+            log.info(text)
+        else:
+            log.debug(text)
+            self.on_stage(text)
+
+    def load_data(self) -> None:
+        import numpy as np
+
+        from akd_edge.data import load_dataset
+
+        self.stage(f"loading data ({self.recipe.data.name})")
+        self.splits = load_dataset(self.recipe.data, self.recipe.run.seed)
+        self.test = self.splits.test
+        if self.evaluation.n and len(self.test) > self.evaluation.n:
+            self.test = self.test.subset(np.arange(self.evaluation.n))
+
+    def resolve_ratio(self) -> tuple[float, Any]:
+        """The spec's ratio, or the one searched for its budget (with the search result)."""
+        import time
+
+        from akd_edge.compress.search import search_ratio
+
+        if self.spec.target is None:
+            assert self.spec.ratio is not None
+            return self.spec.ratio, None
+        metric, target = self.spec.target
+        self.stage(f"searching the pruning ratio for at most {target:,} {metric}")
+        start = time.perf_counter()
+        search = search_ratio(
+            self.model, self.input_shape, metric=metric, target=target, round_to=self.spec.round_to, keep=self.spec.keep
+        )
+        self.timings["search_s"] = time.perf_counter() - start
+        self.stage(
+            f"ratio {search.ratio:.3f}: {search.params:,} params, {search.macs:,} MACs (target {target:,} {metric})"
+        )
+        return search.ratio, search
+
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        ev = self.evaluation
+        return measure(
+            model,
+            self.test,
+            self.recipe.eval.attack,
+            autoattack=ev.autoattack,
+            aa_n=ev.aa_n,
+            seed=ev.seed,
+            batch_size=self.recipe.data.eval_batch_size,
+        )
+
+    def prune(self, ratio: float) -> None:
+        """Prune in ``spec.steps`` steps; fine-tune after each one (unless ``epochs`` is 0)."""
+        import time
+
+        from akd_edge.models import model_info
+
+        spec, settings = self.spec, {**self.spec.settings(), "ratio": ratio}
+        taylor = (
+            _taylor_loss(self.recipe, self.model, self.splits, self.device) if spec.importance == "taylor" else None
+        )
+        started = [time.perf_counter()]  # pruning time, fine-tuning excluded
+
+        def before_step(k: int) -> None:
+            self.stage(f"step {k}/{spec.steps}: pruning")
+            if taylor is not None:
+                accumulate_gradients(self.model, taylor, spec.taylor_batches)
+
+        def after_step(k: int, history: list[list[Any]]) -> None:
+            self.model.zero_grad(set_to_none=True)
+            self.timings["prune_s"] += time.perf_counter() - started[0]
+            self.record = pruning_record(self.base_history + history, self.input_shape, settings)
+            entry = {"step": k, "ratio": ratio * k / spec.steps, **model_info(self.model, self.input_shape)}
+            if self.epochs:
+                entry |= self.finetune(k, entry["params"])
+            self.model.eval()
+            self.steps.append(entry)
+            started[0] = time.perf_counter()
+
+        prune_model(
+            self.model,
+            self.input_shape,
+            ratio,
+            steps=spec.steps,
+            round_to=spec.round_to,
+            keep=spec.keep,
+            importance=spec.importance,
+            before_step=before_step,
+            after_step=after_step,
+        )
+
+    def finetune(self, k: int, params: int) -> dict[str, Any]:
+        """Adversarial fine-tuning of step ``k`` in ``<out>/step-k``; continues from its best epoch."""
+        import time
+
+        from akd_edge.train.checkpoint import load_checkpoint
+        from akd_edge.train.loop import train_run
+
+        step_dir = self.out_dir / f"step-{k}"
+        self.stage(f"step {k}/{self.spec.steps}: {params:,} params; robust fine-tuning in {step_dir}")
+        start = time.perf_counter()
+        role = str(self.meta.get("role") or "student")
+        train_run(
+            self.recipe,
+            step_dir,
+            role=role,
+            callbacks=self.callbacks,
+            model=self.model,
+            ckpt_extra={"pruning": self.record},
+        )
+        self.timings["finetune_s"] += time.perf_counter() - start
+        best = load_checkpoint(step_dir, "best")
+        self.model.load_state_dict(best["model"])
+        return {"best_epoch": best["epoch"], "val": best["val"], "dir": str(step_dir)}
+
+    def save(self) -> None:
+        """``<out>/best.pt``: the last step's best, or (without fine-tuning) the pruned weights, validated."""
+        import numpy as np
+
+        from akd_edge.config import to_dict
+        from akd_edge.train.checkpoint import FORMAT as CKPT_FORMAT
+        from akd_edge.train.checkpoint import save_atomic
+        from akd_edge.train.validate import validate
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _write_recipe(self.recipe, self.out_dir / "recipe.toml")
+        if self.epochs:
+            _copy_atomic(self.out_dir / f"step-{self.spec.steps}" / "best.pt", self.out_dir / "best.pt")
+            return
+        self.stage("validating the pruned model (no fine-tuning)")
+        recipe, val_set = self.recipe, self.splits.val
+        if recipe.eval.val_samples and len(val_set) > recipe.eval.val_samples:
+            val_set = val_set.subset(np.arange(recipe.eval.val_samples))
+        val = validate(
+            self.model, val_set, recipe.eval.attack, batch_size=recipe.data.eval_batch_size, device=self.device
+        )
+        meta = self.meta
+        ckpt = {
+            "format": CKPT_FORMAT,
+            "model": self.model.state_dict(),
+            "arch": meta["arch"],
+            "data": meta.get("data", {}),
+            "threat": meta.get("threat", {}),
+            "role": meta.get("role") or "student",
+            "recipe": to_dict(recipe),
+            "epoch": 0,
+            "val": val,
+            "pruning": self.record,
+        }
+        save_atomic(ckpt, self.out_dir / "best.pt")
+
+    def report(
+        self,
+        before: dict[str, Any],
+        after: dict[str, Any],
+        search: Any,
+        pruned: nn.Module,
+        channels_before: dict[str, int],
+        total_s: float,
+    ) -> dict[str, Any]:
+        import time
+
+        from akd_edge.config import to_dict
+
+        recipe, attack, ev = self.recipe, self.recipe.eval.attack, self.evaluation
+        return {
+            "format": REPORT_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source": {
+                "checkpoint": str(self.meta["path"]),
+                "run": self.source_name,
+                "which": self.which,
+                "epoch": self.meta.get("epoch"),
+            },
+            "out": str(self.out_dir),
+            "model": self.meta["arch"]["name"],
+            "prune": {**self.record.get("settings", {}), "library": self.record.get("library")},
+            "search": search.as_dict() if search is not None else None,
+            "finetune": {
+                "epochs_per_step": recipe.train.epochs if self.epochs else 0,
+                "method": recipe.method.name,
+                "teachers": [t.path for t in recipe.teachers],
+                "optim": to_dict(recipe.train.optim),
+                "attack": to_dict(recipe.train.attack),
+                "overrides": self.overrides,
+            },
+            "evaluation": {
+                "split": "test",
+                "n": before["n"],
+                "autoattack": ev.autoattack,
+                "aa_n": after.get("aa_n", 0),
+                "pgd": {
+                    "norm": attack.norm,
+                    "eps": attack.eps,
+                    "steps": attack.steps,
+                    "step_size": attack.resolved_step_size,
+                },
+                "seed": ev.seed,
+                "device": str(self.device),
+            },
+            "before": before,
+            "after": after,
+            "steps": self.steps,
+            "channels": {"before": channels_before, "after": conv_channels(pruned)},
+            "time_s": {**self.timings, "total_s": total_s},
+        }
+
+
 def compress_run(
     source: str | Path,
     spec: PruneSpec,
@@ -512,201 +768,44 @@ def compress_run(
     callbacks: Any = None,
     on_stage: Stage | None = None,
 ) -> dict[str, Any]:
-    """Prune a trained run's student, fine-tune it adversarially after each step, and compare before/after.
+    """Prune a trained run's model, fine-tune it adversarially after each step, and compare before/after.
 
     The fine-tuning uses the source run's own recipe (objective, teachers, data), with ``train.epochs``
     set to ``epochs`` and ``overrides`` (``section.key=value``) applied; ``epochs=0`` prunes without
     fine-tuning. Writes ``<out>/step-K/`` (one training run per step), ``<out>/best.pt`` (the final
     pruned model, with its pruning history), ``recipe.toml`` and ``report.json``; returns the report.
-    The source run is only read.
+    The source run is only read. ``callbacks`` are the training loop's (progress display).
     """
     import json
     import time
 
-    import numpy as np
-
-    from akd_edge.config import to_dict
-    from akd_edge.data import load_dataset
-    from akd_edge.models import model_info
-    from akd_edge.train.checkpoint import FORMAT as CKPT_FORMAT
-    from akd_edge.train.checkpoint import load_checkpoint, load_model, save_atomic
-    from akd_edge.train.loop import resolve_device, train_run
-    from akd_edge.train.validate import validate
-
-    evaluation = evaluation or EvalSpec()
-    if epochs < 0:
-        raise UsageError(f"--epochs must be >= 0 (0 = prune without fine-tuning), got {epochs}")
-
-    def stage(text: str) -> None:
-        if on_stage is None:
-            log.info(text)
-        else:
-            log.debug(text)
-            on_stage(text)
+    from akd_edge.train.checkpoint import load_model
 
     started = time.perf_counter()
-    timings = {"search_s": 0.0, "prune_s": 0.0, "finetune_s": 0.0}
-    stage(f"loading {source}")
-    model, meta = load_model(source, which)
-    recipe_dict = meta.get("recipe")
-    if not recipe_dict:
-        raise CheckpointError(
-            f"{meta['path']} has no recipe: compress fine-tunes with the recipe of the run that trained the "
-            "model, so give a run directory (or checkpoint) written by akd-edge distill or train-teacher"
-        )
-    source_name = str(recipe_dict.get("run", {}).get("name") or Path(meta["path"]).parent.name)
-    recipe = _finetune_recipe(recipe_dict, f"{source_name}-pruned", epochs, overrides, device)
-    out_dir = _out_dir(out, recipe, source_name)
-    recipe = _finetune_recipe(recipe_dict, out_dir.name, epochs, overrides, device)
-    finetune = epochs > 0
-    dev = resolve_device(recipe.run.device)
-    model.to(dev)
-    input_shape = tuple(int(v) for v in meta["arch"]["input_shape"])
-    base = meta.get("pruning") or {}
-    base_history = list(base.get("history", []))
-    if base and list(base.get("example_shape", []))[1:] != list(input_shape):
-        raise CheckpointError(f"{meta['path']}: its pruning history was traced for another input shape")
-    resolve_keep(model, spec.keep)  # a bad --keep fails before any work
-
-    stage(f"loading data ({recipe.data.name})")
-    splits = load_dataset(recipe.data, recipe.run.seed)
-    test = splits.test
-    if evaluation.n and len(test) > evaluation.n:
-        test = test.subset(np.arange(evaluation.n))
-    measure_kw = {
-        "autoattack": evaluation.autoattack,
-        "aa_n": evaluation.aa_n,
-        "seed": evaluation.seed,
-        "batch_size": recipe.data.eval_batch_size,
-    }
-    stage(f"measuring the unpruned model on {len(test)} test images")
-    before = measure(model, test, recipe.eval.attack, **measure_kw)
-    channels_before = conv_channels(model)
-
-    search = None
-    ratio = spec.ratio
-    if spec.target is not None:
-        metric, target = spec.target
-        stage(f"searching the pruning ratio for at most {target:,} {metric}")
-        t0 = time.perf_counter()
-        from akd_edge.compress.search import search_ratio
-
-        search = search_ratio(model, input_shape, metric=metric, target=target, round_to=spec.round_to, keep=spec.keep)
-        ratio = search.ratio
-        timings["search_s"] = time.perf_counter() - t0
-        stage(f"ratio {ratio:.3f}: {search.params:,} params, {search.macs:,} MACs (target {target:,} {metric})")
-    assert ratio is not None
-
-    settings = {**spec.settings(), "ratio": ratio}
-    role = str(meta.get("role") or "student")
-    taylor = _taylor_loss(recipe, model, splits, dev) if spec.importance == "taylor" else None
-    steps_log: list[dict[str, Any]] = []
-    record: dict[str, Any] = {}
-    step_started = [time.perf_counter()]  # pruning time excludes fine-tuning
-
-    def before_step(k: int) -> None:
-        stage(f"step {k}/{spec.steps}: pruning")
-        if taylor is not None:
-            accumulate_gradients(model, taylor, spec.taylor_batches)
-
-    def after_step(k: int, history: list[list[Any]]) -> None:
-        nonlocal record
-        model.zero_grad(set_to_none=True)
-        record = pruning_record(base_history + history, input_shape, settings)
-        info = model_info(model, input_shape)
-        entry: dict[str, Any] = {"step": k, "ratio": ratio * k / spec.steps, **info}
-        timings["prune_s"] += time.perf_counter() - step_started[0]
-        if finetune:
-            step_dir = out_dir / f"step-{k}"
-            stage(f"step {k}/{spec.steps}: {info['params']:,} params; robust fine-tuning in {step_dir}")
-            t0 = time.perf_counter()
-            train_run(recipe, step_dir, role=role, callbacks=callbacks, model=model, ckpt_extra={"pruning": record})
-            timings["finetune_s"] += time.perf_counter() - t0
-            best = load_checkpoint(step_dir, "best")
-            model.load_state_dict(best["model"])  # continue from the step's early-stopped weights
-            entry |= {"best_epoch": best["epoch"], "val": best["val"], "dir": str(step_dir)}
-        model.eval()
-        steps_log.append(entry)
-        step_started[0] = time.perf_counter()
-
-    prune_model(
-        model,
-        input_shape,
-        ratio,
-        steps=spec.steps,
-        round_to=spec.round_to,
-        keep=spec.keep,
-        importance=spec.importance,
-        before_step=before_step,
-        after_step=after_step,
+    job = _Compression(
+        source,
+        spec,
+        which=which,
+        out=out,
+        epochs=epochs,
+        overrides=overrides,
+        device=device,
+        evaluation=evaluation or EvalSpec(),
+        callbacks=callbacks,
+        on_stage=on_stage,
     )
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_recipe(recipe, out_dir / "recipe.toml")
-    if finetune:
-        _copy_atomic(out_dir / f"step-{spec.steps}" / "best.pt", out_dir / "best.pt")
-    else:
-        stage("validating the pruned model (no fine-tuning)")
-        val_set = splits.val
-        if recipe.eval.val_samples and len(val_set) > recipe.eval.val_samples:
-            val_set = val_set.subset(np.arange(recipe.eval.val_samples))
-        val = validate(model, val_set, recipe.eval.attack, batch_size=recipe.data.eval_batch_size, device=dev)
-        ckpt = {
-            "format": CKPT_FORMAT,
-            "model": model.state_dict(),
-            "arch": meta["arch"],
-            "data": meta.get("data", {}),
-            "threat": meta.get("threat", {}),
-            "role": role,
-            "recipe": to_dict(recipe),
-            "epoch": 0,
-            "val": val,
-            "pruning": record,
-        }
-        save_atomic(ckpt, out_dir / "best.pt")
-
-    stage(f"measuring the pruned model (reloaded from {out_dir / 'best.pt'})")
-    pruned, pruned_meta = load_model(out_dir, "best", dev)
-    after = measure(pruned, test, recipe.eval.attack, **measure_kw)
+    job.load_data()
+    ratio, search = job.resolve_ratio()
+    job.stage(f"measuring the unpruned model on {len(job.test)} test images")
+    before = job.measure(job.model)
+    channels_before = conv_channels(job.model)
+    job.prune(ratio)
+    job.save()
+    job.stage(f"measuring the pruned model (reloaded from {job.out_dir / 'best.pt'})")
+    pruned, _ = load_model(job.out_dir, "best", job.device)
+    after = job.measure(pruned)
     if search is not None and (after["params"], after["macs"]) != (search.params, search.macs):
-        log.warning("the pruned model's counts %s differ from the search's %s", after, search.as_dict())
-    attack = recipe.eval.attack
-    report = {
-        "format": REPORT_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": {"checkpoint": str(meta["path"]), "run": source_name, "which": which, "epoch": meta.get("epoch")},
-        "out": str(out_dir),
-        "model": meta["arch"]["name"],
-        "prune": {**settings, "library": record.get("library")},
-        "search": search.as_dict() if search is not None else None,
-        "finetune": {
-            "epochs_per_step": recipe.train.epochs if finetune else 0,
-            "method": recipe.method.name,
-            "teachers": [t.path for t in recipe.teachers],
-            "optim": to_dict(recipe.train.optim),
-            "attack": to_dict(recipe.train.attack),
-            "overrides": list(overrides),
-        },
-        "evaluation": {
-            "split": "test",
-            "n": before["n"],
-            "pgd": {
-                "norm": attack.norm,
-                "eps": attack.eps,
-                "steps": attack.steps,
-                "step_size": attack.resolved_step_size,
-            },
-            "autoattack": evaluation.autoattack,
-            "aa_n": after.get("aa_n", 0),
-            "seed": evaluation.seed,
-            "device": str(dev),
-        },
-        "before": before,
-        "after": after,
-        "steps": steps_log,
-        "channels": {"before": channels_before, "after": conv_channels(pruned)},
-        "time_s": {**timings, "total_s": time.perf_counter() - started},
-        "val": pruned_meta.get("val", {}),
-    }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        log.warning("the pruned model's counts differ from the search's: %s vs %s", after, search.as_dict())
+    report = job.report(before, after, search, pruned, channels_before, time.perf_counter() - started)
+    (job.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

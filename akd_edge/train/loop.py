@@ -376,7 +376,7 @@ class Trainer:
             "split": "val",
             **val,
             "time_s": val_time,
-            "attack": to_dict(r.eval.attack),
+            "attack": r.eval.attack.settings(),
         }
         improved = not st.best or val["robust_acc"] > st.best["robust_acc"]
         if improved:
@@ -419,7 +419,7 @@ class Trainer:
             "val_time_s": sum(rec["time_s"] for rec in evals),
             "images_per_s": epochs[-1]["images_per_s"] if epochs else 0.0,
             "threat": {"norm": self.recipe.eval.attack.norm, "eps": self.recipe.eval.attack.eps},
-            "train_attack": to_dict(self.recipe.train.attack),
+            "train_attack": self.recipe.train.attack.settings(),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
