@@ -65,7 +65,18 @@ def plot_reliability(diagrams: dict[str, dict[str, Any]], path: str | Path) -> P
         ax.bar(lefts, accuracy, width=width, align="edge", edgecolor="black", alpha=0.8, label="accuracy")
         gap_bottom = [min(a, c) for a, c in zip(accuracy, confidence, strict=True)]
         gap = [abs(a - c) for a, c in zip(accuracy, confidence, strict=True)]
-        ax.bar(lefts, gap, bottom=gap_bottom, width=width, align="edge", color="red", alpha=0.3, label="gap")
+        ax.bar(
+            lefts,
+            gap,
+            bottom=gap_bottom,
+            width=width,
+            align="edge",
+            fill=False,
+            hatch="//",
+            edgecolor="red",
+            linewidth=0.5,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -87,6 +98,9 @@ def plot_dynamics(comparison: dict[str, Any], path: str | Path) -> Path:
         for record, style in (("clean", "--"), ("adv", "-")):
             curve = summaries[name][record]["learned_for_good_by_epoch"]
             left.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, marker=".", label=f"{name} {record}")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_ylabel("learned for good (% of training samples)")
     left.set_ylim(0, 100)

@@ -1,9 +1,9 @@
-"""Shared test settings: few threads (CI has 2 cores), quiet logging, deterministic seeds."""
+"""Shared test settings: one torch thread (tiny models gain nothing from more), deterministic seeds."""
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -418,15 +418,28 @@ class EvalSpec:
             raise UsageError(f"--autoattack {self.autoattack!r}: use fast, standard, square or none")
 
 
+FINETUNE_LR_FACTOR = 0.2
+"""Fine-tuning's peak learning rate as a fraction of the source run's."""
+
+
 def _finetune_recipe(
     recipe_dict: dict[str, Any], name: str, epochs: int, overrides: Sequence[str], device: str | None
 ) -> Any:
-    """The source run's recipe with the run renamed, ``train.epochs`` set, then the user's overrides."""
+    """The source run's recipe with the run renamed, ``train.epochs`` set, then the user's overrides.
+
+    Fine-tuning starts from trained weights, so by default it uses a cosine schedule from a fifth of the
+    source run's peak learning rate (``FINETUNE_LR_FACTOR``); ``--set train.optim.lr=...`` overrides it.
+    """
     import json
 
     from akd_edge.config import load_recipe
 
-    head = [f"run.name={json.dumps(name)}"] + ([f"train.epochs={epochs}"] if epochs > 0 else [])
+    source_lr = recipe_dict.get("train", {}).get("optim", {}).get("lr", 0.1)
+    head = [
+        f"run.name={json.dumps(name)}",
+        'train.optim.schedule="cosine"',
+        f"train.optim.lr={source_lr * FINETUNE_LR_FACTOR!r}",
+    ] + ([f"train.epochs={epochs}"] if epochs > 0 else [])
     tail = [f"run.device={json.dumps(device)}"] if device else []
     return load_recipe(recipe_dict, [*head, *overrides, *tail])
 
