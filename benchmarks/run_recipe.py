@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="run directory (default runs/bench-NAME)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume", action="store_true", help="continue a killed benchmark run")
+    parser.add_argument("--note", default="", help="context to publish with the figures (e.g. machine load)")
     parser.add_argument(
         "--measured-run", type=Path, help="measure this finished run of the recipe instead of training again"
     )
@@ -76,6 +77,12 @@ def main() -> None:
             "attack": threat.settings(),
         },
         "teachers": [to_dict(t) for t in recipe.teachers],
+        "per_epoch_images_per_s": [
+            round(json.loads(line)["images_per_s"], 1)
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line and json.loads(line)["event"] == "epoch"
+        ],
+        "note": args.note,
     }
     out = RECIPES_DIR / "results" / f"{path.stem}.json"
     out.parent.mkdir(exist_ok=True)

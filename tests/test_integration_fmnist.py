@@ -40,15 +40,15 @@ def test_akd_on_a_slice_learns_from_the_shipped_teacher(fmnist_test, tmp_path: P
     recipe = load_recipe(
         "fmnist-quickstart",
         [
-            "data.train_subset=1024",
+            "data.train_subset=2048",
             "data.val_size=1000",
-            "train.epochs=1",
+            "train.epochs=2",
             "train.attack.steps=2",
             "eval.val_samples=200",
             "eval.attack.steps=5",
         ],
     )
     summary = train_run(recipe, tmp_path / "run")
-    # 8 batches of AKD from the robust teacher reach well above chance (10%) on held-out images.
+    # 32 batches of AKD from the robust teacher reach well above chance (10%) on held-out images.
     assert summary["best"]["clean_acc"] > 0.3
     assert 0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"]

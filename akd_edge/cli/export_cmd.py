@@ -227,6 +227,13 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
     "--margin", default=0.02, show_default=True, type=float, help="Gradient-masking warning threshold (accuracy)."
 )
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure latency and throughput.")
+@click.option(
+    "--threads",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Threads for torch and onnxruntime (0 = their default; 1 is often faster on a busy small machine).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verify section as JSON on stdout.")
 @user_errors
@@ -243,6 +250,7 @@ def verify_cmd(
     eps: float | None,
     margin: float,
     latency: bool,
+    threads: int,
     seed: int,
     as_json: bool,
 ) -> None:
@@ -279,6 +287,7 @@ def verify_cmd(
             eps=eps,
             margin=margin,
             latency=latency,
+            threads=threads,
             on_stage=on_stage,
             on_progress=on_progress,
         )

@@ -78,14 +78,14 @@ def load_test_data(data: str, data_dir: str, n: int) -> TestData:
     return TestData(test.images, test.labels, name=data, source=data_dir or "default location")
 
 
-def _load_models(folder: Path, names: tuple[str, ...]) -> dict[str, OrtClassifier]:
+def _load_models(folder: Path, names: tuple[str, ...], threads: int = 0) -> dict[str, OrtClassifier]:
     if not folder.is_dir():
         raise ModelFileError(f"{folder} is not a folder; give the folder `akd-edge export` wrote (with model.onnx)")
     models = {}
     for name in names:
         path = folder / name
         if path.exists() or name == MODEL_FILES[0]:
-            models[name] = OrtClassifier.load(path)
+            models[name] = OrtClassifier.load(path, threads)
     return models
 
 
@@ -113,6 +113,7 @@ def _transfer(
     eps: float,
     version: str,
     seed: int,
+    threads: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
     """Correct flags on transferred examples per model, the settings, and the torch model (or None)."""
     if version == "none":
@@ -149,7 +150,7 @@ def models_latency(
     if torch_model is not None:
         from akd_edge.verify.transfer import torch_latency
 
-        results["torch eager (fp32)"] = torch_latency(torch_model, input_shape, repeats=repeats)
+        results["torch eager (fp32)"] = torch_latency(torch_model, input_shape, threads, repeats=repeats)
     for name, model in models.items():
         results[name] = {**ort_latency(model, input_shape, repeats=repeats), "bytes": file_size(model.path)}
     for name in ("model.ort", "model.int8.ort"):
@@ -186,6 +187,7 @@ def verify_export(
     margin: float = 0.02,
     latency: bool = True,
     latency_repeats: int = 100,
+    threads: int = 0,
     write: bool = True,
     on_stage: StageFn | None = None,
     on_progress: ProgressFn | None = None,
@@ -202,7 +204,7 @@ def verify_export(
     if n < 0 or square_queries < 0:
         raise DataError("--n and --square-queries must be >= 0")
     folder = Path(folder)
-    models = _load_models(folder, MODEL_FILES)
+    models = _load_models(folder, MODEL_FILES, threads)
     try:
         report = read_report(folder)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -237,7 +239,15 @@ def verify_export(
     if transfer != "none":
         stage(f"transfer: AutoAttack ({transfer}) on the torch model")
     transferred, transfer_info, torch_model = _transfer(
-        source_ckpt, checkpoint is not None, test, models, norm=norm, eps=eps, version=transfer, seed=seed
+        source_ckpt,
+        checkpoint is not None,
+        test,
+        models,
+        norm=norm,
+        eps=eps,
+        version=transfer,
+        seed=seed,
+        threads=threads,
     )
     timings["transfer_s"] = time.perf_counter() - start
 
@@ -312,6 +322,7 @@ def verify_export(
             "eps": eps,
             "seed": seed,
             "margin": margin,
+            "threads": threads or "default",
             "square": square_info,
             "transfer": transfer_info,
         },

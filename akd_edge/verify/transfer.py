@@ -7,7 +7,9 @@ int8 model is attacked by transfer (it has no gradients of its own) and by Squar
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,22 @@ from torch import nn
 from akd_edge.verify.runtime import as_float_images, measure_latency
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (0 = leave torch's setting), then restore it.
+
+    On a small machine shared with other work, 1 thread can be far faster than one per core: torch's
+    OpenMP threads wait on each other whenever one is descheduled.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_torch_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -37,13 +55,17 @@ def transfer_examples(
     version: str = "fast",
     seed: int = 0,
     batch_size: int = 250,
+    threads: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """AutoAttack on the torch model; returns ``(x_adv float32 numpy, settings and torch-side accuracy)``."""
     from akd_edge.attacks.autoattack import run_autoattack_report
 
     x = torch.from_numpy(as_float_images(images))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    result = run_autoattack_report(model, x, y, norm=norm, eps=eps, version=version, seed=seed, batch_size=batch_size)
+    with torch_threads(threads):
+        result = run_autoattack_report(
+            model, x, y, norm=norm, eps=eps, version=version, seed=seed, batch_size=batch_size
+        )
     info = {
         **result.settings,
         "torch_clean_acc": float(result.clean.float().mean()),
@@ -54,7 +76,7 @@ def transfer_examples(
     return result.x_adv.cpu().numpy().astype(np.float32), info
 
 
-def torch_latency(model: nn.Module, input_shape: tuple[int, ...], **kwargs: Any) -> dict[str, Any]:
+def torch_latency(model: nn.Module, input_shape: tuple[int, ...], threads: int = 0, **kwargs: Any) -> dict[str, Any]:
     """Eager torch timings on the CPU (inference mode), comparable with :func:`ort_latency`."""
 
     def run(x: np.ndarray) -> Any:
@@ -62,8 +84,9 @@ def torch_latency(model: nn.Module, input_shape: tuple[int, ...], **kwargs: Any)
             return model(torch.from_numpy(x))
 
     model.eval()
-    result = measure_latency(run, input_shape, **kwargs)
-    result["threads"] = torch.get_num_threads()
+    with torch_threads(threads):
+        result = measure_latency(run, input_shape, **kwargs)
+        result["threads"] = torch.get_num_threads()
     result["runtime"] = f"torch {torch.__version__} eager"
     result["bytes"] = int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
     result["bytes_note"] = "state_dict tensors"
