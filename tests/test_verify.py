@@ -62,6 +62,18 @@ def test_square_fools_weak_model_within_budget(norm: str, eps: float) -> None:
     assert (result.queries[result.fooled] >= 1).all() and result.queries.max() <= 301
 
 
+def test_square_takes_uint8_images_as_the_same_images_in_0_1() -> None:
+    """Datasets hold uint8 images: eps must stay relative to [0, 1], not to the 0-255 byte values."""
+    predict = make_predict(*linear_model(seed=5))
+    x_bytes = np.random.default_rng(6).integers(0, 256, (30, 1, 8, 8), dtype=np.uint8)
+    x = x_bytes.astype(np.float32) / 255
+    y = predict(x).argmax(1)
+    from_bytes = square_attack(predict, x_bytes, y, eps=0.05, n_queries=100, seed=0)
+    from_floats = square_attack(predict, x, y, eps=0.05, n_queries=100, seed=0)
+    assert np.array_equal(from_bytes.x_adv, from_floats.x_adv)
+    assert np.abs(from_bytes.x_adv - x).max() <= 0.05 + 1e-6
+
+
 def test_square_more_queries_never_hurt_and_is_seeded() -> None:
     predict = make_predict(*linear_model(seed=2))
     x, y = labelled_points(predict, seed=3)

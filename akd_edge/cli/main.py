@@ -10,6 +10,7 @@ from akd_edge import __version__
 from akd_edge.cli.common import out, setup_logging, user_errors
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.cli.eval_cmd import eval_cmd
+from akd_edge.cli.export_cmd import export_cmd, verify_cmd
 from akd_edge.cli.train_cmd import distill, train_teacher
 
 
@@ -96,6 +97,8 @@ def datasets_cmd() -> None:
 cli.add_command(train_teacher)
 cli.add_command(eval_cmd)
 cli.add_command(compress_cmd)
+cli.add_command(export_cmd)
+cli.add_command(verify_cmd)
 cli.add_command(distill)
 
 

@@ -130,7 +130,7 @@ def _transfer(
         return {}, {"skipped": f"source checkpoint {checkpoint!r} not found (pass --checkpoint)"}, None
     model, _ = transfer.load_torch_model(checkpoint)
     x_adv, info = transfer.transfer_examples(
-        model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed
+        model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed, threads=threads
     )
     info["checkpoint"] = str(checkpoint)
     flags = {name: m.correct(x_adv, data.labels) for name, m in models.items()}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from akd_edge.verify.runtime import as_float_images
+
 log = logging.getLogger(__name__)
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -219,7 +221,7 @@ def square_attack(
         raise ValueError(f"square attack loss must be 'margin' or 'ce', got {loss!r}")
     if eps < 0 or n_queries < 0 or not 0 < p_init <= 1:
         raise ValueError("square attack needs eps >= 0, n_queries >= 0 and 0 < p_init <= 1")
-    x = np.asarray(x, dtype=np.float32)
+    x = as_float_images(np.asarray(x))  # uint8 images are scaled to [0, 1]: eps is relative to that range
     y = np.asarray(y, dtype=np.int64)
     if x.ndim != 4 or len(x) != len(y):
         raise ValueError(f"expected images [N, C, H, W] and N labels, got {x.shape} and {y.shape}")
