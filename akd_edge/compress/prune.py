@@ -294,22 +294,19 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
 
 
 def latency_ms(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30) -> float:
-    """Median wall time (ms) of one forward pass on a single image, on the model's device."""
-    import statistics
-    import time
+    """Median wall time (ms) of one forward pass on a single image, timed as ``akd-edge verify`` times."""
+    from akd_edge.verify.runtime import measure_latency
 
-    x = example_input(model, input_shape)
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    times = []
-    with eval_mode(model), torch.inference_mode():
-        for i in range(repeats + 5):
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            if i >= 5:  # warm-up calls (kernel selection, caches) are not timed
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    device = _device(model)
+
+    def run(x: Any) -> torch.Tensor:
+        with eval_mode(model), torch.inference_mode():
+            out = model(torch.from_numpy(x).to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return measure_latency(run, tuple(input_shape), warmup=5, repeats=repeats, throughput_batch=0)["batch1_p50_ms"]
 
 
 def autoattack_accuracy(
@@ -456,14 +453,6 @@ def _out_dir(out: str | Path | None, recipe: Any, source_name: str) -> Path:
         return path
     renamed = replace(recipe, run=replace(recipe.run, name=f"{source_name}-pruned"))
     return new_run_dir(renamed)
-
-
-def _write_recipe(recipe: Any, path: Path) -> None:
-    import tomli_w
-
-    from akd_edge.config import to_dict
-
-    path.write_text(tomli_w.dumps(to_dict(recipe)))
 
 
 def _taylor_loss(recipe: Any, model: nn.Module, splits: Any, device: torch.device) -> Callable[[], torch.Tensor]:
@@ -682,10 +671,11 @@ class _Compression:
         from akd_edge.config import to_dict
         from akd_edge.train.checkpoint import FORMAT as CKPT_FORMAT
         from akd_edge.train.checkpoint import save_atomic
+        from akd_edge.train.loop import write_recipe
         from akd_edge.train.validate import validate
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        _write_recipe(self.recipe, self.out_dir / "recipe.toml")
+        write_recipe(self.recipe, self.out_dir / "recipe.toml")
         if self.epochs:
             _copy_atomic(self.out_dir / f"step-{self.spec.steps}" / "best.pt", self.out_dir / "best.pt")
             return

@@ -75,7 +75,8 @@ def new_run_dir(recipe: Recipe, out: str | Path | None = None) -> Path:
     return candidate
 
 
-def _write_recipe(recipe: Recipe, path: Path) -> None:
+def write_recipe(recipe: Recipe, path: Path) -> None:
+    """The fully resolved recipe as TOML, written through a temp file and a rename."""
     import tomli_w
 
     tmp = path.with_suffix(".tmp")
@@ -274,7 +275,7 @@ class Trainer:
             self._resume()
         elif (self.run_dir / "last.pt").exists():
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out")
-        _write_recipe(self.recipe, self.run_dir / "recipe.toml")
+        write_recipe(self.recipe, self.run_dir / "recipe.toml")
         info = model_info(self.model, self.splits.input_shape)
         info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
         self.cb.on_train_start(self.run_dir, info)
