@@ -242,7 +242,7 @@ def test_missing_files_error_lists_every_place_and_how_to_get_them(
         assert f"- {place} (" in message
     assert f"- {isolated / 'given'} (missing train-labels-idx1-ubyte.gz" in message  # partial folder: what lacks
     assert "apt-get install dataset-fashion-mnist" in message
-    assert "--download" in message
+    assert "--set data.download=true" in message
     assert "fashion-mnist.s3-website.eu-central-1.amazonaws.com" in message
     with pytest.raises(DataError) as info:
         load_test_split("mnist")

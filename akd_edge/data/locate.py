@@ -141,6 +141,6 @@ def how_to_get(name: str, urls: Sequence[str], *, downloadable: bool = True, the
         package, where = OS_PACKAGES[name]
         ways.append(f"`sudo apt-get install {package}` (installs into {where})")
     if downloadable:
-        ways.append("re-run with --download (recipe: data.download = true)")
+        ways.append("re-run with --set data.download=true (in a recipe: data.download = true)")
         ways.append(f"fetch them from {' or '.join(urls)} into one of the folders above{then}")
     return "To get them: " + "; or ".join(ways) + "."
