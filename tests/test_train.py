@@ -164,3 +164,14 @@ def test_distill_without_teacher_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["distill", "-r", str(recipe), "--out", str(tmp_path / "s")])
     assert result.exit_code == 2
     assert "[[teachers]]" in result.output
+
+
+def test_cli_data_dir_flag_overrides_the_recipe(tmp_path: Path) -> None:
+    recipe = tiny(run__name="flags", train__epochs=1)
+    recipe["data"]["data_dir"] = "n=10,test=4"  # too small for val_size=48: must be replaced by --data-dir
+    path = _write(tmp_path / "r.toml", recipe)
+    args = ["train-teacher", "-r", str(path), "--out", str(tmp_path / "r"), "--data-dir", SYNTH, "--device", "cpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    saved = tomllib.loads((tmp_path / "r" / "recipe.toml").read_text())
+    assert saved["data"]["data_dir"] == SYNTH and saved["run"]["device"] == "cpu"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,15 @@ _common = [
         "--resume", type=click.Path(exists=True, file_okay=False), help="Continue the killed run in this directory."
     ),
     click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N)."),
+    click.option("--data-dir", type=click.Path(), help="Folder with the dataset files (overrides data.data_dir)."),
 ]
+
+
+def _with_flags(overrides: tuple[str, ...], device: str | None, data_dir: str | None) -> tuple[str, ...]:
+    """The --set overrides plus those that --device and --data-dir stand for."""
+    extra = [f"run.device={json.dumps(device)}"] if device else []
+    extra += [f"data.data_dir={json.dumps(data_dir)}"] if data_dir else []
+    return (*overrides, *extra)
 
 
 def _options(func: Any) -> Any:
@@ -170,10 +179,10 @@ def distill(
     out_dir: str | None,
     resume: str | None,
     device: str | None,
+    data_dir: str | None,
 ) -> None:
     """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says."""
-    overrides += (f"run.device={device!r}",) if device else ()
-    cfg, run_dir = _load(recipe, overrides, resume)
+    cfg, run_dir = _load(recipe, _with_flags(overrides, device, data_dir), resume)
     if teachers:
         from dataclasses import replace
 
