@@ -151,11 +151,15 @@ def _options(func: Any) -> Any:
 @_options
 @user_errors
 def train_teacher(
-    recipe: str, overrides: tuple[str, ...], out_dir: str | None, resume: str | None, device: str | None
+    recipe: str,
+    overrides: tuple[str, ...],
+    out_dir: str | None,
+    resume: str | None,
+    device: str | None,
+    data_dir: str | None,
 ) -> None:
     """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy."""
-    overrides += (f"run.device={device!r}",) if device else ()
-    cfg, run_dir = _load(recipe, overrides, resume)
+    cfg, run_dir = _load(recipe, _with_flags(overrides, device, data_dir), resume)
     if cfg.method.name not in TEACHER_METHODS:
         raise ConfigError(f"method.name={cfg.method.name!r}: a teacher trains with {' or '.join(TEACHER_METHODS)}")
     _run(cfg, run_dir, out_dir, bool(resume), "teacher")
