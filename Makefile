@@ -10,7 +10,8 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 data:
 	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST present in $(FMNIST_DIR)"; \
 	elif command -v apt-get >/dev/null; then \
-	  $(SUDO) apt-get install -y dataset-fashion-mnist || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }; \
+	  $(SUDO) apt-get install -y dataset-fashion-mnist || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; } \
+	  || echo "warning: could not install dataset-fashion-mnist; real-data tests will be skipped"; \
 	else echo "no apt-get: put the Fashion-MNIST IDX files in \$$AKD_EDGE_DATA or pass --set data.download=true"; fi
 
 ## torch first, pinned to the CPU wheel this machine holds; then the package and its dependencies.
