@@ -10,15 +10,6 @@ from akd_edge.attacks.autoattack import run_autoattack, run_autoattack_report
 from akd_edge.errors import UsageError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a shared CPU (30x measured here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def prototype_model(
     n_classes: int = 4, shape: tuple[int, int, int] = (1, 8, 8), scale: float = 4.0, n: int = 24
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ def recipe(name: str, method: str, **extra: object) -> dict:
         "eval": {"val_samples": 32, "attack": {"eps": 0.1, "steps": 3}},
         **extra,
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """On a busy 2-core machine OpenMP barriers make 2 threads far slower than 1 for these tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,6 @@ from akd_edge.metrics.robust import AttackSpec, parse_attacks
 SYNTHETIC = "n=256,test=48,shape=1x8x8,classes=4,noise=0.25,seed=1"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread, above all on a shared CPU (30x measured here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def prototypes(n_classes: int = 4) -> torch.Tensor:
     return torch.rand(n_classes, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 

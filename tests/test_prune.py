@@ -31,16 +31,6 @@ STUDENTS = {
 CLASSES = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make 2 threads
-    hundreds of times slower than 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str) -> nn.Module:
     """A student with non-trivial BatchNorm statistics (so a wrong reload would show in the outputs)."""
     shape, kwargs = STUDENTS[name]
