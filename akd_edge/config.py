@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akd_edge.errors import ConfigError
+from akd_edge import registry
+from akd_edge.errors import ConfigError, UsageError
+from akd_edge.files import check_name
 
 NORMS = ("linf", "l2")
 
@@ -30,7 +33,8 @@ class RunConfig:
     """Where and how a run executes."""
 
     name: str = "run"
-    """Run name; the run directory defaults to ``runs/<name>``."""
+    """Run name, a plain name (letters, digits, ``._+=-``; no ``/``, ``..`` or leading dot; at most 100
+    characters); the run directory defaults to ``<out_dir>/<name>``."""
     seed: int = 0
     """Seed of every random choice (data order, augmentation, attack starts, initialisation)."""
     device: str = "auto"
@@ -41,7 +45,10 @@ class RunConfig:
     """Parent folder of run directories."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'")
+        try:
+            check_name(self.name, "run.name")
+        except UsageError as err:
+            raise ConfigError(str(err)) from None
         _check(self.threads >= 0, "run.threads", "must be >= 0")
         _check(
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
@@ -108,7 +115,13 @@ class AttackConfig:
     def __post_init__(self) -> None:
         _check(self.name in ("pgd", "fgsm", "none"), "attack.name", f"must be pgd, fgsm or none, got {self.name!r}")
         _check(self.norm in NORMS, "attack.norm", f"must be one of {NORMS}, got {self.norm!r}")
+        _check(math.isfinite(self.eps), "attack.eps", f"must be a finite number, got {self.eps}")
         _check(self.eps >= 0, "attack.eps", "must be >= 0")
+        _check(
+            self.norm != "linf" or self.eps <= 1,
+            "attack.eps",
+            f"must be <= 1 for a linf attack on images in [0, 1], got {self.eps}",
+        )
         _check(self.steps >= 1, "attack.steps", "must be >= 1")
         _check(self.step_size >= 0, "attack.step_size", "must be >= 0 (0 = automatic)")
 
@@ -249,11 +262,7 @@ class Recipe:
     """Teachers for distillation methods (ard, rslad, akd); their probabilities are averaged."""
 
     def __post_init__(self) -> None:
-        from akd_edge.methods import METHODS  # registry; lazy to keep config light
-
-        _check(
-            self.method.name in METHODS, "method.name", f"unknown method {self.method.name!r}; known: {METHODS.names()}"
-        )
+        registry.validate_names(self)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +296,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
     if tp is Any:
         return value
     wrong_bool = (tp is bool) != isinstance(value, bool)  # True is an int in Python: keep them apart
@@ -375,7 +386,8 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None
     return from_dict(Recipe, apply_overrides(data, overrides or []))
 
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+"""The shipped recipes, inside the package (so a wheel has them); the repository's ``recipes/`` links here."""
 
 
 def shipped_recipes() -> dict[str, Path]:

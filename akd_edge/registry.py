@@ -47,3 +47,62 @@ class Registry(Generic[F]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+# ----------------------------------------------------------------------------------------------
+# Names a recipe may use, checked without importing the families (which import torch).
+
+BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
+    "method": ("akd", "ard", "at", "rslad", "trades"),
+    "model": (
+        "cnn-student",
+        "cnn-teacher",
+        "mobilenetv2",
+        "preact-resnet18",
+        "resnet18",
+        "wrn-28-10",
+        "wrn-34-10",
+    ),
+    "dataset": ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "mnist", "svhn", "synthetic"),
+}
+"""The names akd-edge registers, by family; a test keeps them equal to the registries."""
+
+_FAMILY_MODULES = {
+    "method": ("akd_edge.methods.base", "METHODS"),
+    "model": ("akd_edge.models.zoo", "MODELS"),
+    "dataset": ("akd_edge.data.base", "DATASETS"),
+}
+
+
+def known_names(family: str) -> list[str]:
+    """Built-in names of ``family`` plus any registered at run time, without importing the family."""
+    import sys
+
+    names = set(BUILTIN_NAMES[family])
+    module_name, attr = _FAMILY_MODULES[family]
+    module = sys.modules.get(module_name)  # loaded already: user registrations count too
+    if module is not None:
+        names.update(getattr(module, attr).names())
+    return sorted(names)
+
+
+def check_known(family: str, name: str, key: str) -> None:
+    """Raise ConfigError naming ``key`` when ``name`` is not a known ``family`` name."""
+    from akd_edge.errors import ConfigError
+
+    known = known_names(family)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key}: unknown {family} {name!r}.{hint} Known: {', '.join(known)}")
+
+
+def validate_names(recipe: Any) -> None:
+    """Check the registry names a recipe uses (method, model, dataset), naming the key of a bad one.
+
+    A model may also be ``package.module:factory``: a recipe is the user's own, so its import is allowed.
+    """
+    check_known("method", recipe.method.name, "method.name")
+    if ":" not in recipe.model.name:
+        check_known("model", recipe.model.name, "model.name")
+    check_known("dataset", recipe.data.name, "data.name")

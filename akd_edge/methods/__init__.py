@@ -2,111 +2,33 @@
 
 Every method (AT, TRADES, ARD, RSLAD, AKD) is a :class:`Task` with the same call signature, so one
 training loop serves them all (as timm's ``task/distillation.py``). ``METHODS`` maps a recipe's
-``method.name`` to its class; ``akd-edge methods`` lists them.
+``method.name`` to its class; ``akd-edge methods`` lists them. The base class and registry live in
+:mod:`akd_edge.methods.base`, which the method files import (so this package never imports itself).
 """
 
-from __future__ import annotations
+from akd_edge.methods import akd, ard, at, rslad, trades  # noqa: F401  (the methods register themselves)
+from akd_edge.methods.base import (
+    METHODS,
+    Attack,
+    LossFn,
+    MissingTeacherError,
+    Task,
+    Teacher,
+    create_task,
+    kl_between_logits,
+    kl_to_probs,
+    soft_cross_entropy,
+)
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Protocol
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from akd_edge.errors import ConfigError
-from akd_edge.registry import Registry
-
-if TYPE_CHECKING:
-    from akd_edge.config import MethodConfig
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Attack = Callable[..., torch.Tensor]
-"""``attack(model, x, y, loss_fn=None) -> x_adv`` as built by :func:`akd_edge.attacks.build_attack`."""
-
-
-class Teacher(Protocol):
-    """What a task needs of a teacher: :class:`akd_edge.teachers.TeacherEnsemble` satisfies it."""
-
-    def probs(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor: ...
-
-
-class MissingTeacherError(ConfigError, ValueError):
-    """A distillation method was asked for without a teacher (a user mistake, hence a ConfigError)."""
-
-
-class Task:
-    """One training objective: builds the adversarial batch and the loss the student minimises.
-
-    ``task(x, y)`` returns ``{"loss": scalar, "logits": student logits on x_adv (detached), "x_adv":
-    the adversarial batch}``; methods that also run the student on the clean batch add
-    ``"clean_logits"`` (detached). With ``attack=None`` (clean training) ``x_adv`` is ``x``.
-    """
-
-    needs_teacher: ClassVar[bool] = False
-    name: ClassVar[str] = ""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        attack: Attack | None,
-        cfg: MethodConfig,
-        teacher: Teacher | None = None,
-    ) -> None:
-        if self.needs_teacher and teacher is None:
-            raise MissingTeacherError(
-                f"method {self.name!r} distils a teacher but none was given: add a [[teachers]] section "
-                "to the recipe (for example path = 'builtin:fmnist-teacher') or use method.name = 'at'"
-            )
-        self.model = model
-        self.attack = attack
-        self.cfg = cfg
-        self.teacher = teacher
-
-    def adversarial(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None) -> torch.Tensor:
-        """The attack's batch against the student (``x`` itself when training is clean)."""
-        if self.attack is None:
-            return x
-        return self.attack(self.model, x, y, loss_fn=loss_fn)
-
-    def teacher_probs(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """The teacher's probabilities, never part of the autograd graph (teachers are frozen)."""
-        assert self.teacher is not None
-        with torch.no_grad():
-            return self.teacher.probs(x, temperature).float()
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.forward(x, y)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """Batch mean of ``-sum_k q_k log softmax(logits)_k``: cross-entropy against a distribution."""
-    return -(target_probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
-
-
-def kl_to_probs(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """``KL(target || softmax(logits))`` averaged over the batch ("batchmean"); target is a constant."""
-    entropy_term = torch.xlogy(target_probs, target_probs).sum(dim=1)
-    return (entropy_term - (target_probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1)).mean()
-
-
-def kl_between_logits(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(target_logits) || softmax(logits))``, batch mean; differentiable in both arguments."""
-    log_p = F.log_softmax(target_logits.float(), dim=1)
-    log_q = F.log_softmax(logits.float(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
-
-
-METHODS: Registry[type[Task]] = Registry("method")
-
-
-def create_task(cfg: MethodConfig, model: nn.Module, attack: Attack | None, teacher: Teacher | None = None) -> Task:
-    """The task named by ``cfg.name``."""
-    return METHODS.get(cfg.name)(model, attack, cfg, teacher)
-
-
-# The methods register themselves on import.
-from akd_edge.methods import akd, ard, at, rslad, trades  # noqa: E402, F401
+__all__ = [
+    "METHODS",
+    "Attack",
+    "LossFn",
+    "MissingTeacherError",
+    "Task",
+    "Teacher",
+    "create_task",
+    "kl_between_logits",
+    "kl_to_probs",
+    "soft_cross_entropy",
+]

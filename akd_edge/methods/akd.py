@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from akd_edge.methods import METHODS, Task, soft_cross_entropy
+from akd_edge.methods.base import METHODS, Task, soft_cross_entropy
 
 
 @METHODS.register(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from akd_edge.methods import METHODS, Task, kl_to_probs
+from akd_edge.methods.base import METHODS, Task, kl_to_probs
 
 
 @METHODS.register("ard", help="Adversarially robust distillation (Goldblum et al. 2020): KD on x', CE on x")

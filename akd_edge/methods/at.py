@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from akd_edge.methods import METHODS, Task
+from akd_edge.methods.base import METHODS, Task
 
 
 @METHODS.register("at", help="PGD adversarial training (Madry et al. 2018): CE on the student's adversarial batch")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from akd_edge.methods import METHODS, Task, kl_to_probs
+from akd_edge.methods.base import METHODS, Task, kl_to_probs
 
 log = logging.getLogger(__name__)
 

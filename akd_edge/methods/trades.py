@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from akd_edge.attacks._mode import eval_mode
-from akd_edge.methods import METHODS, Task, kl_between_logits, kl_to_probs
+from akd_edge.methods.base import METHODS, Task, kl_between_logits, kl_to_probs
 
 
 @METHODS.register("trades", help="TRADES (Zhang et al. 2019): clean CE + beta * KL(clean || adversarial)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,17 @@ class ModelEntry:
 
 _ENTRIES: dict[str, ModelEntry] = {}
 
+MAX_PARAMS = 2_000_000_000
+"""Largest model :func:`create_model` builds; larger ones are refused before any memory is allocated."""
+MAX_SIDE = 4096
+"""Largest image height or width a model is built for."""
+MAX_CHANNELS = 64
+"""Most image channels a model is built for."""
+MAX_CLASSES = 100_000
+"""Most classes a model is built for."""
+MAX_KWARG = 1024
+"""Largest numeric keyword (width, depth, ...) a registered architecture accepts."""
+
 
 def register_model(name: str, role: str, description: str) -> Callable[[ModelFactory], ModelFactory]:
     """Register a factory under ``name`` with its role and a one-line description."""
@@ -53,13 +65,22 @@ def list_models() -> list[tuple[str, str, str]]:
     return [(e.name, e.role, e.description) for e in sorted(_ENTRIES.values(), key=lambda e: e.name)]
 
 
-def resolve_factory(name: str) -> ModelFactory:
-    """The factory of a registered name, or of ``package.module:factory`` imported with importlib."""
+def resolve_factory(name: str, *, allow_import: bool = True) -> ModelFactory:
+    """The factory of a registered name, or of ``package.module:factory`` imported with importlib.
+
+    ``allow_import=False`` accepts registered names only: for names read from files (checkpoints) rather than
+    given by the user, since importing a module runs its code.
+    """
     if ":" not in name:
         try:
             return MODELS.get(name)
         except KeyError as err:
             raise ConfigError(f"{err.args[0]}; or give 'package.module:factory' for your own architecture") from None
+    if not allow_import:
+        raise ConfigError(
+            f"model {name!r} is not a registered architecture, and importing modules named by a file is not "
+            f"allowed (it would run their code); if you trust it, pass the factory explicitly (--model-factory {name})"
+        )
     module_name, _, attr = name.partition(":")
     if not module_name or not attr or ":" in attr:
         raise ConfigError(f"model {name!r}: expected 'package.module:factory' (one colon, both parts non-empty)")
@@ -99,6 +120,46 @@ def _check_kwargs(
         ) from None
 
 
+def _check_size(name: str, num_classes: Any, input_shape: Any) -> tuple[int, tuple[int, int, int]]:
+    """``num_classes`` and ``(C, H, W)`` as ints, within the limits above (they may come from a file)."""
+    try:
+        classes = int(num_classes)
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"model {name!r}: num_classes must be an int and input_shape (channels, height, width), "
+            f"got {num_classes!r} and {input_shape!r}"
+        ) from None
+    if not 1 <= classes <= MAX_CLASSES:
+        raise ConfigError(f"model {name!r}: num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"model {name!r}: input_shape must be (channels, height, width), got {tuple(input_shape)}")
+    if shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_SIDE:
+        raise ConfigError(
+            f"model {name!r}: input_shape {shape} is too large (at most {MAX_CHANNELS} channels "
+            f"and {MAX_SIDE}x{MAX_SIDE} pixels)"
+        )
+    return classes, shape  # type: ignore[return-value]
+
+
+def _check_registered_size(
+    name: str, factory: ModelFactory, num_classes: int, shape: tuple[int, int, int], kwargs: dict
+) -> None:
+    """Refuse out-of-range numeric kwargs, then count parameters on the meta device (no memory, no init)."""
+    for key, value in kwargs.items():
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and not (math.isfinite(value) and abs(value) <= MAX_KWARG):
+            raise ConfigError(f"model {name!r}: {key}={value!r} is out of range (at most {MAX_KWARG})")
+    with torch.device("meta"):
+        net = factory(num_classes, input_shape=shape, **kwargs)
+    params = sum(p.numel() for p in net.parameters()) if isinstance(net, nn.Module) else 0
+    if params > MAX_PARAMS:
+        raise ConfigError(
+            f"model {name!r} with {kwargs or 'default kwargs'} would have {params:,} parameters, "
+            f"more than the limit of {MAX_PARAMS:,}"
+        )
+
+
 def create_model(
     name: str,
     *,
@@ -106,17 +167,20 @@ def create_model(
     input_shape: Sequence[int],
     mean: float | Sequence[float] = 0.0,
     std: float | Sequence[float] = 1.0,
+    allow_import: bool = True,
     **kwargs: Any,
 ) -> NormalizedModel:
-    """Build ``name`` for ``num_classes`` and images of ``input_shape`` (C, H, W) in [0, 1], normalised inside."""
-    if int(num_classes) < 1:
-        raise ConfigError(f"model {name!r}: num_classes must be >= 1, got {num_classes}")
-    shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"model {name!r}: input_shape must be (channels, height, width), got {tuple(input_shape)}")
-    factory = resolve_factory(name)
-    _check_kwargs(name, factory, int(num_classes), shape, kwargs)
-    net = factory(int(num_classes), input_shape=shape, **kwargs)
+    """Build ``name`` for ``num_classes`` and images of ``input_shape`` (C, H, W) in [0, 1], normalised inside.
+
+    ``allow_import=False`` refuses ``module:factory`` names (see :func:`resolve_factory`). Registered
+    architectures are first built on the meta device and refused above :data:`MAX_PARAMS` parameters.
+    """
+    num_classes, shape = _check_size(name, num_classes, input_shape)
+    factory = resolve_factory(name, allow_import=allow_import)
+    _check_kwargs(name, factory, num_classes, shape, kwargs)
+    if ":" not in name:
+        _check_registered_size(name, factory, num_classes, shape, kwargs)
+    net = factory(num_classes, input_shape=shape, **kwargs)
     if not isinstance(net, nn.Module):
         raise ConfigError(f"model {name!r}: the factory returned {type(net).__name__}, expected a torch.nn.Module")
     return NormalizedModel(Normalize(mean, std, channels=shape[0]), net)

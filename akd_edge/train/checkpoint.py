@@ -16,8 +16,8 @@ A checkpoint is a dict of tensors and plain values:
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from akd_edge.errors import CheckpointError
+from akd_edge.files import write_atomic
 
 FORMAT = "akd-edge/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -34,22 +35,7 @@ BUILTIN = {"fmnist-teacher": ASSETS / "fmnist-teacher.pt"}
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """Write ``obj`` to ``path`` through a temp file in the same folder and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual file mode
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
@@ -90,34 +76,61 @@ def load_checkpoint(source: str | Path, which: str = "best") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickle with code in it, not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_why_unreadable(err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"{path} is not an akd-edge checkpoint (expected format {FORMAT!r})")
     ckpt["path"] = str(path)
     return ckpt
 
 
-def build_model(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the architecture from ``ckpt['arch']``, replay any pruning, then load the weights."""
+def _why_unreadable(err: Exception) -> str:
+    """One line on why ``torch.load`` failed; torch's own text is long and advises turning the safety off."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "weights only" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        needs = f": {found.group(1)}" if found else ""
+        return f"it is not a plain-tensor checkpoint (it needs code to unpickle{needs}), refused for safety"
+    first = text.strip().splitlines()[0].split(". ")[0].rstrip(".") if text.strip() else type(err).__name__
+    return f"it is corrupt, truncated or not a torch file ({first})"
+
+
+def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
+    """Rebuild the architecture from ``ckpt['arch']``, replay any pruning, then load the weights.
+
+    A checkpoint may only name a registered architecture: ``module:factory`` names are imported only when
+    the user passes that ``factory`` explicitly (importing runs the module's code). Sizes read from the
+    checkpoint are capped before anything is allocated (see :func:`akd_edge.models.create_model`).
+    """
+    from akd_edge.errors import ConfigError
     from akd_edge.models import create_model
 
+    source = ckpt.get("path", "checkpoint")
     arch = ckpt["arch"]
-    model = create_model(
-        arch["name"],
-        num_classes=arch["num_classes"],
-        input_shape=tuple(arch["input_shape"]),
-        mean=arch["mean"],
-        std=arch["std"],
-        **arch.get("kwargs", {}),
-    )
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise CheckpointError(f"{source}: 'arch' must be a table with a 'name', got {arch!r:.200}")
+    kwargs = arch.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise CheckpointError(f"{source}: arch.kwargs must be a table of keyword arguments, got {kwargs!r:.200}")
+    try:
+        model = create_model(
+            factory or arch["name"],
+            num_classes=arch.get("num_classes"),
+            input_shape=arch.get("input_shape"),
+            mean=arch.get("mean", 0.0),
+            std=arch.get("std", 1.0),
+            allow_import=factory is not None,
+            **kwargs,
+        )
+    except ConfigError as err:
+        raise CheckpointError(f"{source} (arch {arch['name']!r}): {err}") from None
     if ckpt.get("pruning"):
-        from akd_edge.compress.prune import rebuild_pruned
+        from akd_edge.train.pruning_history import rebuild_pruned
 
         model = rebuild_pruned(model, ckpt["pruning"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"weights in {ckpt.get('path', 'checkpoint')} do not fit {arch['name']}: {err}") from None
+        raise CheckpointError(f"weights in {source} do not fit {arch['name']}: {err}") from None
     return model
 
 
