@@ -1,4 +1,9 @@
-"""`akd-edge train-teacher` and `akd-edge distill`: run a recipe through the training loop."""
+"""`akd-edge train-teacher` and `akd-edge distill`: run a recipe through the training loop.
+
+Exit status: 0 trained, 2 usage error (bad recipe, run directory in use or not a run, refused resume
+override), 3 training diverged (the loss became NaN or inf; the last good checkpoint is kept), 130 stopped
+by Ctrl-C after saving a resumable checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from akd_edge.cli.common import console, make_progress, out, user_errors
-from akd_edge.config import Recipe, load_recipe, read_toml
+from akd_edge.config import Recipe, load_recipe, parse_override, read_toml
 from akd_edge.errors import ConfigError
 
 TEACHER_METHODS = ("at", "trades")
 DEFAULT_DISTILL_RECIPE = "fmnist-quickstart"
 DEFAULT_TEACHER_RECIPE = "fmnist-teacher"
+EXIT_DIVERGED = 3
 
 
 class RichCallbacks:
@@ -89,29 +96,65 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _load(recipe: str, overrides: tuple[str, ...], resume: str | None) -> tuple[Recipe, Path | None]:
-    """The recipe to run: the run directory's own when resuming, else the named one with overrides."""
-    if resume:
-        run_dir = Path(resume)
-        saved = run_dir / "recipe.toml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {run_dir}: no recipe.toml there; is it a run directory?")
-        return load_recipe(read_toml(saved), list(overrides)), run_dir
-    return load_recipe(recipe, list(overrides)), None
+def _load(
+    recipe: str, overrides: tuple[str, ...], resume: str | None, flags: dict[str, object] | None = None
+) -> tuple[Recipe, Path | None]:
+    """The recipe to run: the run directory's own when resuming, else the named one with overrides.
 
+    A resumed run keeps its recipe: only the keys in RESUME_MAY_CHANGE (and --device) may be given; any
+    other override, or one of ``flags`` that was given (--recipe, --out, --teacher), is refused by name
+    instead of being applied or ignored.
+    """
+    if not resume:
+        return load_recipe(recipe, list(overrides)), None
+    from akd_edge.train.loop import RESUME_MAY_CHANGE
 
-def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, resume: bool, role: str) -> dict[str, Any]:
-    from akd_edge.train.loop import Interrupted, new_run_dir, train_run
-
-    run_dir = run_dir or new_run_dir(recipe, out_dir)
-    try:
-        with RichCallbacks() as callbacks:
-            summary = train_run(recipe, run_dir, resume=resume, role=role, callbacks=callbacks)
-    except Interrupted as stop:
-        console.print(
-            f"[yellow]stopped; checkpoint saved.[/] Resume with: akd-edge {_cmd(role)} --resume {stop.run_dir}"
+    run_dir = Path(resume)
+    refused = [flag for flag, given in (flags or {}).items() if given]
+    refused += [key for key in (".".join(parse_override(o)[0]) for o in overrides) if key not in RESUME_MAY_CHANGE]
+    if refused:
+        raise ConfigError(
+            f"--resume {run_dir} continues the run as its recipe.toml says; refused: {', '.join(refused)}. "
+            f"Only {', '.join(RESUME_MAY_CHANGE)} (and --device) may change when resuming; to train differently "
+            f"start a new run, e.g. --recipe {run_dir / 'recipe.toml'} --set ... --out NEW_DIR"
         )
-        raise click.exceptions.Exit(130) from None
+    saved = run_dir / "recipe.toml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {run_dir}: no recipe.toml there; is it a run directory?")
+    return load_recipe(read_toml(saved), list(overrides)), run_dir
+
+
+def _given(name: str) -> bool:
+    """Whether the user passed option ``name`` (not just its default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -> dict[str, Any]:
+    """Claim the run directory (locked, checked writable before any data loads), then train in it."""
+    from akd_edge.train.loop import Diverged, Interrupted, claim_run_dir, open_run_dir, torch_threads, train_run
+
+    with torch_threads(recipe.run.threads):
+        claimed = open_run_dir(run_dir) if run_dir else claim_run_dir(recipe, out_dir)
+        with claimed:
+            try:
+                with RichCallbacks() as callbacks:
+                    summary = train_run(
+                        recipe,
+                        claimed,
+                        resume=run_dir is not None,
+                        role=role,
+                        callbacks=callbacks,
+                        save_on_ctrl_c=True,
+                    )
+            except Interrupted as stop:
+                console.print(
+                    f"[yellow]stopped; checkpoint saved.[/] Resume with: akd-edge {_cmd(role)} --resume {stop.run_dir}"
+                )
+                raise click.exceptions.Exit(130) from None
+            except Diverged as stop:
+                console.print(f"[bold red]error:[/] {escape(str(stop))}", highlight=False)
+                raise click.exceptions.Exit(EXIT_DIVERGED) from None
     out.print(summary_table(summary))
     return summary
 
@@ -158,11 +201,15 @@ def train_teacher(
     device: str | None,
     data_dir: str | None,
 ) -> None:
-    """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy."""
-    cfg, run_dir = _load(recipe, _with_flags(overrides, device, data_dir), resume)
+    """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy.
+
+    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 130 stopped by Ctrl-C.
+    """
+    flags = _with_flags(overrides, device, data_dir)
+    cfg, run_dir = _load(recipe, flags, resume, {"--recipe": _given("recipe"), "--out": out_dir})
     if cfg.method.name not in TEACHER_METHODS:
         raise ConfigError(f"method.name={cfg.method.name!r}: a teacher trains with {' or '.join(TEACHER_METHODS)}")
-    _run(cfg, run_dir, out_dir, bool(resume), "teacher")
+    _run(cfg, run_dir, out_dir, "teacher")
 
 
 @click.command("distill")
@@ -185,12 +232,17 @@ def distill(
     device: str | None,
     data_dir: str | None,
 ) -> None:
-    """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says."""
-    cfg, run_dir = _load(recipe, _with_flags(overrides, device, data_dir), resume)
+    """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says.
+
+    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 130 stopped by Ctrl-C.
+    """
+    flags = _with_flags(overrides, device, data_dir)
+    given = {"--recipe": _given("recipe"), "--out": out_dir, "--teacher": teachers}
+    cfg, run_dir = _load(recipe, flags, resume, given)
     if teachers:
         from dataclasses import replace
 
         from akd_edge.config import TeacherSpec
 
         cfg = replace(cfg, teachers=[TeacherSpec(path=t) for t in teachers])
-    _run(cfg, run_dir, out_dir, bool(resume), "student")
+    _run(cfg, run_dir, out_dir, "student")

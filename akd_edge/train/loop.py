@@ -3,13 +3,21 @@
 The loop is resumable at batch granularity: data order is a function of (seed, epoch), augmentation of
 (seed, epoch, batch), and the RNG state is saved with the optimiser, so a killed run resumed with
 ``resume=True`` reaches the same weights as an uninterrupted run with the same seed.
+
+A run directory belongs to one process at a time (:class:`RunDir`: locked, marked as a run), a run stops
+with :class:`Diverged` rather than save NaN weights, and the library leaves process-wide state alone: the
+trainer draws random numbers from its own RNG state (the global one is put back), and the thread count
+(:func:`torch_threads`) and the Ctrl-C handler (``save_on_ctrl_c``) are for the caller to choose.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
+import math
+import os
 import signal
 import threading
 import time
@@ -23,9 +31,24 @@ import torch
 from torch import nn
 
 from akd_edge.attacks import build_attack, eval_mode
-from akd_edge.config import Recipe, to_dict
+from akd_edge.config import Recipe, read_toml, to_dict
 from akd_edge.data import DatasetSplits, iterate_batches, load_dataset, num_batches
-from akd_edge.errors import CheckpointError, ConfigError
+from akd_edge.env import resolve_device
+from akd_edge.errors import CheckpointError, ConfigError, UsageError
+from akd_edge.files import (
+    LOCK,
+    MARK,
+    TMP_SUFFIX,
+    FolderInUse,
+    FolderLock,
+    ensure_writable_dir,
+    mark,
+    marked_kind,
+    remove_orphans,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from akd_edge.methods import METHODS
 from akd_edge.models import create_model, model_info
 from akd_edge.teachers import load_teachers
@@ -33,7 +56,26 @@ from akd_edge.train.checkpoint import FORMAT, load_checkpoint, model_only, save_
 from akd_edge.train.schedule import build_optimizer, build_scheduler
 from akd_edge.train.validate import validate
 
+__all__ = [
+    "RESUME_MAY_CHANGE",
+    "Callbacks",
+    "Diverged",
+    "Interrupted",
+    "RunDir",
+    "Trainer",
+    "claim_run_dir",
+    "new_run_dir",
+    "open_run_dir",
+    "resolve_device",  # re-exported for benchmarks/run_recipe.py and akd_edge.compress until they import env
+    "torch_threads",
+    "train_run",
+    "write_recipe",
+]
+
 log = logging.getLogger(__name__)
+
+RESUME_MAY_CHANGE = ("run.threads", "run.device")
+"""Recipe keys that may differ when a run is resumed; any other change would make it a different run."""
 
 
 class Interrupted(Exception):
@@ -42,6 +84,25 @@ class Interrupted(Exception):
     def __init__(self, run_dir: Path) -> None:
         super().__init__(f"interrupted; resume with --resume {run_dir}")
         self.run_dir = run_dir
+
+
+class Diverged(Exception):
+    """The loss (or a weight) became NaN or inf: training stopped without saving; the last good checkpoint stays.
+
+    The CLI exits with status 3. Resuming would diverge again: start a new run with a lower learning rate or
+    gradient clipping.
+    """
+
+    def __init__(self, run_dir: Path, what: str, epoch: int, batch: int, saved: tuple[int, int] | None) -> None:
+        if saved is None:
+            kept = "no checkpoint had been saved yet"
+        else:
+            kept = f"the last good checkpoint, {run_dir / 'last.pt'} (epoch {saved[0]}, batch {saved[1]}), is kept"
+        super().__init__(
+            f"training diverged: {what} in epoch {epoch}, batch {batch}; stopped without saving, {kept}. "
+            "Start a new run with a lower train.optim.lr or with train.optim.grad_clip set"
+        )
+        self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
 
 
 class Callbacks:
@@ -54,34 +115,227 @@ class Callbacks:
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device: {name!r} asked for, but CUDA is not available; use auto or cpu")
-    return device
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` for the block (0: left as it is), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)
+
+
+# -- run directories -----------------------------------------------------------------------------
+
+
+class RunDir:
+    """A run directory this process holds: locked for the life of the run, marked as an akd-edge run.
+
+    Made by :func:`claim_run_dir` (a new run) or :func:`open_run_dir` (a resume); release it when the run
+    ends (``with claim_run_dir(recipe) as run: train_run(recipe, run)``).
+    """
+
+    def __init__(self, path: Path, lock: FolderLock) -> None:
+        self.path = path
+        self.lock = lock
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def _listing(names: set[str]) -> str:
+    shown = sorted(names)
+    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
+
+
+def _why_not_fresh(path: Path) -> str | None:
+    """Why a new run may not start in ``path``, or None: it is missing, empty, or a run that never saved.
+
+    A run that stopped before its first checkpoint leaves only its mark and recipe.toml (and maybe temp
+    files); starting again there loses nothing. Anything else belongs to someone: a run to resume, a
+    finished run, another akd-edge folder or the user's own files.
+    """
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return f"{path} exists and is not a folder"
+    names = {p.name for p in path.iterdir()} - {LOCK}
+    if not names:
+        return None
+    kind = marked_kind(path)
+    if (path / "last.pt").exists():
+        return f"{path} already holds a run; continue it with --resume {path}, or choose another --out"
+    if kind == "run":
+        if {n for n in names if not _is_temp(n)} <= {MARK, "recipe.toml"}:
+            return None
+        return f"{path} holds a finished akd-edge run (no last.pt to resume; it has {_listing(names)}); choose another --out"
+    if kind is not None:
+        return f"{path} is an akd-edge {kind} folder, not a run; choose another --out"
+    return (
+        f"{path} is not empty and is not an akd-edge run (it holds {_listing(names)}); "
+        "choose a new or empty folder for --out"
+    )
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a live process holds ``path``'s lock (probed without creating anything)."""
+    import fcntl
+
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _candidates(recipe: Recipe) -> Iterator[Path]:
+    """``<run.out_dir>/<run.name>``, then the same suffixed -2, -3, ..."""
+    base = Path(recipe.run.out_dir) / recipe.run.name
+    yield base
+    for n in itertools.count(2):
+        yield base.with_name(f"{base.name}-{n}")
 
 
 def new_run_dir(recipe: Recipe, out: str | Path | None = None) -> Path:
-    """``out`` as given, else ``<run.out_dir>/<run.name>``, suffixed -2, -3, ... if already used."""
+    """``out`` as given, else the first ``<run.out_dir>/<run.name>[-N]`` that is free: unused and not in use.
+
+    Only a suggestion: another process may take it next. A run claims its folder with :func:`claim_run_dir`.
+    """
     if out is not None:
         return Path(out)
-    base = Path(recipe.run.out_dir) / recipe.run.name
-    candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return next(c for c in _candidates(recipe) if _why_not_fresh(c) is None and not _in_use(c))
+
+
+def _take(path: Path, lock: FolderLock) -> RunDir:
+    """Clean up after killed writers (we hold the lock, so no temp file is live) and mark the folder a run."""
+    for folder in (path, path / "epochs"):
+        remove_orphans(folder)
+    for legacy in ("recipe.tmp", ".dynamics.tmp.npz"):  # temp names of versions before files.write_atomic
+        (path / legacy).unlink(missing_ok=True)
+    if marked_kind(path) != "run":
+        mark(path, "run")
+    return RunDir(path, lock)
+
+
+def claim_run_dir(recipe: Recipe, out: str | Path | None = None) -> RunDir:
+    """Lock and mark the folder of a new run: ``out``, or the first free ``<run.out_dir>/<run.name>[-N]``.
+
+    ``out`` must be missing or empty (a UsageError says what it holds otherwise); the default search skips
+    folders that are used or in use, taking each candidate's lock before deciding, so two runs started at
+    once never share a folder. Fails in a second on an unwritable folder, before any data is loaded.
+    """
+    if out is not None:
+        path = Path(out)
+        if (why := _why_not_fresh(path)) is not None:
+            raise UsageError(why)
+        ensure_writable_dir(path, "--out")
+        lock = FolderLock(path, "run directory").acquire()
+        if (why := _why_not_fresh(path)) is not None:  # filled between the check and the lock
+            lock.release()
+            raise UsageError(why)
+        return _take(path, lock)
+    ensure_writable_dir(recipe.run.out_dir, "run.out_dir")
+    for path in _candidates(recipe):
+        if _why_not_fresh(path) is not None:
+            continue
+        try:
+            lock = FolderLock(path, "run directory").acquire()
+        except FolderInUse:
+            continue
+        if _why_not_fresh(path) is None:
+            return _take(path, lock)
+        lock.release()
+    raise AssertionError("unreachable: the candidates never end")
+
+
+def open_run_dir(path: str | Path) -> RunDir:
+    """Lock a run directory to resume it: an akd-edge run with a last.pt, or a refusal that says why.
+
+    Runs made before folders were marked are accepted when their recipe.toml and last.pt read as akd-edge
+    files (and are marked now).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"cannot resume {path}: no such run directory")
+    ensure_writable_dir(path, "--resume")
+    lock = FolderLock(path, "run directory").acquire()
+    try:
+        kind = marked_kind(path)
+        if kind not in (None, "run"):
+            raise CheckpointError(f"cannot resume {path}: it is an akd-edge {kind} folder, not a training run")
+        if not (path / "last.pt").is_file():
+            hint = f"; start it again with --out {path}" if _why_not_fresh(path) is None else ""
+            raise CheckpointError(f"cannot resume {path}: it has no last.pt to continue from{hint}")
+        if kind is None:  # a run from before the mark: check that it is one
+            read_toml(path / "recipe.toml")
+            load_checkpoint(path / "last.pt")
+        return _take(path, lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def write_recipe(recipe: Recipe, path: Path) -> None:
-    """The fully resolved recipe as TOML, written through a temp file and a rename."""
+    """The fully resolved recipe as TOML, written atomically."""
     import tomli_w
 
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(tomli_w.dumps(to_dict(recipe)))
-    tmp.replace(path)
+    write_text_atomic(path, tomli_w.dumps(to_dict(recipe)))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two recipe dicts, except :data:`RESUME_MAY_CHANGE`.
+
+    Keys only one side has (a field added in a later version) are not a change.
+    """
+    old, new = _flat(saved), _flat(current)
+    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and k not in RESUME_MAY_CHANGE)
+
+
+def _rng_state(cuda: bool) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if cuda:
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -127,7 +381,7 @@ class Trainer:
     def __init__(
         self,
         recipe: Recipe,
-        run_dir: str | Path,
+        run_dir: str | Path | RunDir,
         role: str,
         callbacks: Callbacks | None = None,
         model: nn.Module | None = None,
@@ -135,13 +389,21 @@ class Trainer:
     ) -> None:
         self.recipe = recipe
         self.ckpt_extra = dict(ckpt_extra or {})
+        self.claimed = run_dir if isinstance(run_dir, RunDir) else None
         self.run_dir = Path(run_dir)
         self.role = role
         self.cb = callbacks or Callbacks()
         self.device = resolve_device(recipe.run.device)
-        if recipe.run.threads:
-            torch.set_num_threads(recipe.run.threads)
-        torch.manual_seed(recipe.run.seed)
+        outer = _rng_state(self.device.type == "cuda")
+        try:  # seeded from run.seed in an RNG state of its own; the caller's global state is put back
+            torch.manual_seed(recipe.run.seed)
+            self._build(model)
+            self._rng = _rng_state(self.device.type == "cuda")
+        finally:
+            _set_rng_state(outer)
+
+    def _build(self, model: nn.Module | None) -> None:
+        recipe = self.recipe
         self.splits: DatasetSplits = load_dataset(recipe.data, recipe.run.seed)
         self.model = model.to(self.device) if model is not None else self._build_model()
         self.teacher = self._build_teacher()
@@ -151,6 +413,7 @@ class Trainer:
         self.steps_per_epoch = num_batches(len(self.splits.train), recipe.data.batch_size)
         self.scheduler = build_scheduler(self.optimizer, recipe.train.optim, recipe.train.epochs * self.steps_per_epoch)
         self.state = _State()
+        self.saved_at: tuple[int, int] | None = None  # (epoch, batch) of last.pt, the resume point on disk
         self.sigint = _SigintFlag()
         self.dynamics = {"clean": [], "adv": []}
         amp = recipe.train.amp
@@ -159,6 +422,17 @@ class Trainer:
             log.warning("train.amp=%s is for GPUs; training in float32 on %s", amp, self.device)
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Draw random numbers (initialisation, attack starts) from this run's RNG state, not the caller's."""
+        outer = _rng_state(self.device.type == "cuda")
+        _set_rng_state(self._rng)
+        try:
+            yield
+        finally:
+            self._rng = _rng_state(self.device.type == "cuda")
+            _set_rng_state(outer)
 
     # -- construction -------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
@@ -224,7 +498,18 @@ class Trainer:
         }
 
     def _save_last(self, val: dict[str, Any] | None = None) -> None:
+        self._check_finite_weights()
         save_atomic(self._checkpoint(val), self.run_dir / "last.pt")
+        self.saved_at = (self.state.epoch, self.state.batch)
+
+    def _diverged(self, what: str) -> Diverged:
+        return Diverged(self.run_dir, what, self.state.epoch + 1, self.state.batch, self.saved_at)
+
+    def _check_finite_weights(self) -> None:
+        """Never save NaN: a step can leave non-finite weights even when its own loss was finite."""
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise self._diverged(f"the weights ({name}) became non-finite")
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -235,6 +520,15 @@ class Trainer:
             raise CheckpointError(
                 f"cannot resume: {path} holds {ckpt['arch']['name']}, the recipe builds {self.arch['name']}"
             )
+        if ckpt.get("role", self.role) != self.role:
+            raise CheckpointError(f"cannot resume: {self.run_dir} is a {ckpt['role']} run, not a {self.role} run")
+        changed = recipe_changes(ckpt.get("recipe") or {}, to_dict(self.recipe))
+        if changed:
+            raise ConfigError(
+                f"cannot resume {self.run_dir} with a different recipe ({', '.join(changed)} changed); "
+                f"only {', '.join(RESUME_MAY_CHANGE)} may change when resuming"
+            )
+        metrics = self._kept_metrics(ckpt["epoch"])  # checked before anything changes
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -249,43 +543,81 @@ class Trainer:
             best=dict(ckpt["best"]),
             dyn_row=dict(ckpt.get("dyn_row", {})),
         )
-        self._truncate_metrics(self.state.epoch)
+        self.saved_at = (self.state.epoch, self.state.batch)
+        if metrics is not None:
+            write_text_atomic(self.run_dir / "metrics.jsonl", metrics)
         dyn = self.run_dir / "dynamics.npz"
         if self.recipe.train.record_dynamics and dyn.is_file():
             with np.load(dyn) as arrays:
                 self.dynamics = {k: list(arrays[k][: self.state.epoch]) for k in ("clean", "adv")}
         log.info("resuming %s at epoch %d, batch %d", self.run_dir, self.state.epoch + 1, self.state.batch)
 
-    def _truncate_metrics(self, epochs_done: int) -> None:
-        """Drop metric lines of epochs that the checkpoint does not contain (a kill between the two writes)."""
+    def _kept_metrics(self, epochs_done: int) -> str | None:
+        """metrics.jsonl without lines of epochs that the checkpoint does not contain (a kill between writes).
+
+        A last line cut off mid-write is such a line; any other unreadable line is an error naming it.
+        """
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
-            return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-        path.write_text("".join(line + "\n" for line in kept))
+            return None
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                epoch = int(record["epoch"])
+            except (ValueError, KeyError, TypeError) as err:
+                if number == len(lines) and not text.endswith("\n"):
+                    break  # cut off by a kill while it was written: its epoch was never saved
+                raise CheckpointError(
+                    f"cannot resume: {path} line {number} is not a metrics record ({type(err).__name__}: "
+                    f"{line[:60]!r}); fix or delete that line and resume again ({self.run_dir / 'last.pt'} is intact)"
+                ) from None
+            if epoch <= epochs_done:
+                kept.append(line)
+        return "".join(line + "\n" for line in kept)
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     # -- training -------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def run(self, resume: bool = False, save_on_ctrl_c: bool = False) -> dict[str, Any]:
+        """Train (or continue, with ``resume``) to ``train.epochs``; returns the summary dict.
+
+        Holds the run directory for the whole run (claiming it unless given a :class:`RunDir`).
+        ``save_on_ctrl_c`` installs a SIGINT handler for the run: Ctrl-C saves a resumable checkpoint after
+        the current batch and raises :class:`Interrupted` (the previous handler is put back).
+        """
+        if self.claimed is not None:
+            claimed = self.claimed
+        else:
+            claimed = open_run_dir(self.run_dir) if resume else claim_run_dir(self.recipe, self.run_dir)
+        try:
+            ctrl_c = self.sigint.installed() if save_on_ctrl_c else contextlib.nullcontext()
+            with self._own_rng(), ctrl_c:
+                return self._run(resume)
+        finally:
+            if claimed is not self.claimed:
+                claimed.release()
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         if resume:
-            self._resume()
-        elif (self.run_dir / "last.pt").exists():
-            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose --out")
-        write_recipe(self.recipe, self.run_dir / "recipe.toml")
+            self._resume()  # recipe.toml stays as the run wrote it
+        else:
+            write_recipe(self.recipe, self.run_dir / "recipe.toml")
         info = model_info(self.model, self.splits.input_shape)
         info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
         self.cb.on_train_start(self.run_dir, info)
-        with self.sigint.installed():
-            while self.state.epoch < self.recipe.train.epochs:
-                self._train_epoch()
-                if self.sigint.requested:
-                    self._save_last()
-                    raise Interrupted(self.run_dir)
-                self._end_epoch()
+        while self.state.epoch < self.recipe.train.epochs:
+            self._train_epoch()
+            if self.sigint.requested:
+                self._save_last()
+                raise Interrupted(self.run_dir)
+            self._end_epoch()
         return self._summary(info)
 
     def _train_epoch(self) -> None:
@@ -311,7 +643,10 @@ class Trainer:
             t0 = time.perf_counter()
             out = self._step(x, y)
             st.sums["time"] += time.perf_counter() - t0
-            st.sums["loss"] += out["loss"].item() * len(y)
+            loss = out["loss"].item()
+            if not math.isfinite(loss):
+                raise self._diverged(f"the loss became {loss}")
+            st.sums["loss"] += loss * len(y)
             correct = out["logits"].argmax(1) == y
             st.sums["correct"] += correct.sum().item()
             st.sums["n"] += len(y)
@@ -360,6 +695,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         r, st = self.recipe, self.state
+        self._check_finite_weights()
         stats = self._train_stats()
         self.cb.on_validate(st.epoch + 1)
         val_set = self.splits.val
@@ -392,15 +728,14 @@ class Trainer:
         self._log(epoch_record)
         self._log(eval_record)
         save_atomic(ckpt, self.run_dir / "last.pt")
+        self.saved_at = (st.epoch, st.batch)
         self.cb.on_epoch_end({**epoch_record, "val": val, "best": dict(st.best), "improved": improved})
 
     def _save_dynamics(self) -> None:
         for key in ("clean", "adv"):
             self.dynamics[key].append(self.state.dyn_row[key].numpy().copy())
-        path = self.run_dir / "dynamics.npz"
-        tmp = path.with_name(".dynamics.tmp.npz")
-        np.savez_compressed(tmp, clean=np.stack(self.dynamics["clean"]), adv=np.stack(self.dynamics["adv"]))
-        tmp.replace(path)
+        clean, adv = np.stack(self.dynamics["clean"]), np.stack(self.dynamics["adv"])
+        write_atomic(self.run_dir / "dynamics.npz", lambda fh: np.savez_compressed(fh, clean=clean, adv=adv))
 
     def _summary(self, info: dict[str, Any]) -> dict[str, Any]:
         records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -422,23 +757,28 @@ class Trainer:
             "threat": {"norm": self.recipe.eval.attack.norm, "eps": self.recipe.eval.attack.eps},
             "train_attack": self.recipe.train.attack.settings(),
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
 
 
 def train_run(
     recipe: Recipe,
-    run_dir: str | Path,
+    run_dir: str | Path | RunDir,
     *,
     resume: bool = False,
     role: str = "student",
     callbacks: Callbacks | None = None,
     model: nn.Module | None = None,
     ckpt_extra: dict[str, Any] | None = None,
+    save_on_ctrl_c: bool = False,
 ) -> dict[str, Any]:
     """Train ``recipe`` into ``run_dir`` (or continue it with ``resume``); returns the summary dict.
 
-    ``model`` starts from given weights (for example a pruned student being fine-tuned) instead of a fresh
-    ``recipe.model``; ``ckpt_extra`` is stored in every checkpoint (for example ``{"pruning": ...}``).
+    ``run_dir`` is a folder (locked for the run; a new run needs it missing or empty) or a :class:`RunDir`
+    already claimed. ``model`` starts from given weights (for example a pruned student being fine-tuned)
+    instead of a fresh ``recipe.model``; ``ckpt_extra`` is stored in every checkpoint (for example
+    ``{"pruning": ...}``). Raises :class:`Diverged` if the loss becomes NaN or inf, :class:`Interrupted`
+    on Ctrl-C with ``save_on_ctrl_c``. Thread count and global RNG are left as they were.
     """
-    return Trainer(recipe, run_dir, role, callbacks, model, ckpt_extra).run(resume=resume)
+    trainer = Trainer(recipe, run_dir, role, callbacks, model, ckpt_extra)
+    return trainer.run(resume=resume, save_on_ctrl_c=save_on_ctrl_c)
