@@ -211,7 +211,6 @@ def test_search_order_data_dir_then_env_then_os_location_then_cache(
         return len(load_test_split("fashion-mnist", data_dir)[0])
 
     assert found(str(isolated / "given")) == 1
-    assert found(str(isolated / "nothing-here")) == 2  # an empty data_dir falls through to $AKD_EDGE_DATA
     assert found() == 2
     monkeypatch.delenv(locate.ENV_DATA)
     assert found() == 3
@@ -231,16 +230,21 @@ def test_missing_files_error_lists_every_place_and_how_to_get_them(
     with pytest.raises(DataError) as info:
         load_dataset(DataConfig(name="fashion-mnist", data_dir=str(isolated / "given")), seed=0)
     message = str(info.value)
-    for place in [
-        isolated / "given",
-        isolated / "given" / "fashion-mnist",
+    given = [isolated / "given", isolated / "given" / "fashion-mnist"]
+    elsewhere = [
         isolated / "env",
         isolated / "env" / "fashion-mnist",
         isolated / "os" / "fashion-mnist",
         isolated / "xdg-cache" / "akd-edge" / "data" / "fashion-mnist",
-    ]:
-        assert f"- {place} (" in message
+    ]
+    assert all(f"- {place} (" in message for place in given)
+    assert not any(f"- {place} (" in message for place in elsewhere), "an explicit data_dir is the only place"
+    assert "only it is searched" in message
     assert f"- {isolated / 'given'} (missing train-labels-idx1-ubyte.gz" in message  # partial folder: what lacks
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(name="fashion-mnist"), seed=0)
+    message = str(info.value)
+    assert all(f"- {place} (" in message for place in elsewhere)
     assert "apt-get install dataset-fashion-mnist" in message
     assert "--set data.download=true" in message
     assert "fashion-mnist.s3-website.eu-central-1.amazonaws.com" in message

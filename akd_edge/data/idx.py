@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -37,6 +38,28 @@ FILES = {
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+GZIP_MAX_RATIO = 1032
+"""Deflate expands at most about 1032:1, so a gzip file of S bytes holds at most that times S bytes."""
+
+
+def _check_size(path: Path, gzipped: bool, header_bytes: int, dims: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse header dimensions the file cannot hold, before allocating them (a crafted header asks for TBs)."""
+    data_bytes = math.prod(dims) * dtype.itemsize
+    file_bytes = path.stat().st_size
+    if gzipped:
+        with path.open("rb") as fh:  # the gzip trailer holds the uncompressed size modulo 2**32
+            fh.seek(-4, 2)
+            stored = int.from_bytes(fh.read(4), "little")
+        fits = (header_bytes + data_bytes) % 2**32 == stored and data_bytes <= GZIP_MAX_RATIO * file_bytes
+    else:
+        fits = header_bytes + data_bytes == file_bytes
+    if not fits:
+        raise DataError(
+            f"{path}: its header announces shape {dims} ({data_bytes:,} bytes of data), which does not match the "
+            "file's size; the file is truncated or corrupt, re-download it"
+        )
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (gzip detected from its magic bytes) straight into a writable numpy array."""
     with path.open("rb") as probe:
@@ -49,7 +72,9 @@ def read_idx(path: Path) -> np.ndarray:
                 raise DataError(f"{path} is not an IDX file (bad magic {header.hex()}); re-download it")
             ndim = header[3]
             dims = tuple(int.from_bytes(fh.read(4), "big") for _ in range(ndim))
-            array = np.empty(dims, dtype=np.dtype(_IDX_DTYPES[header[2]]))
+            dtype = np.dtype(_IDX_DTYPES[header[2]])
+            _check_size(path, gzipped, 4 + 4 * ndim, dims, dtype)
+            array = np.empty(dims, dtype=dtype)
             got = fh.readinto(memoryview(array).cast("B")) if array.size else 0
             if got != array.nbytes or fh.read(1):
                 raise DataError(

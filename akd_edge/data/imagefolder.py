@@ -12,9 +12,13 @@ Rules, so that train and test (and a deployed model) agree:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +32,34 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 LAYOUT = "DIR/train/<class>/*.png and DIR/test/<class>/*.png (one subfolder per class)"
+
+MAX_PIXELS = 4096 * 4096
+"""Largest image decoded (width x height); checked from the header, so a decompression bomb is never decoded."""
+
+
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)`` after checking its header size; any unreadable or oversized image is a DataError.
+
+    PIL's own decompression-bomb warning becomes an error here, without touching its global settings.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise DataError(
+                        f"image {path} is {width}x{height} pixels, more than the limit of {MAX_PIXELS:,} "
+                        "(a decompression bomb, or far larger than a model takes); resize it"
+                    )
+                yield img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"image {path} refused as a decompression bomb: {err}") from None
+    except OSError as err:  # PIL.UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {err}") from None
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -58,33 +90,25 @@ def _read_images(files: list[Path], mode: str, size: tuple[int, int]) -> tuple[n
     out = np.empty((len(files), channels, size[1], size[0]), dtype=np.uint8)
     resized = 0
     for i, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                    resized += 1
-                pixels = np.asarray(img, dtype=np.uint8)
-        except OSError as err:  # PIL.UnidentifiedImageError is an OSError
-            raise DataError(f"cannot read image {path}: {err}") from None
+        with open_image(path) as img:
+            img = img.convert(mode)
+            if img.size != size:
+                img = img.resize(size, Image.Resampling.BILINEAR)
+                resized += 1
+            pixels = np.asarray(img, dtype=np.uint8)
         out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return out, resized
 
 
 def _probe(files: list[Path]) -> tuple[bool, tuple[int, int]]:
     """Whether every image is greyscale, and the size of the first one (headers only, no decoding)."""
-    from PIL import Image
-
     grey, first_size = True, (0, 0)
     for i, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                if i == 0:
-                    first_size = img.size
-                if img.mode not in _GREY_MODES:
-                    grey = False
-        except OSError as err:
-            raise DataError(f"cannot read image {path}: {err}") from None
+        with open_image(path) as img:
+            if i == 0:
+                first_size = img.size
+            if img.mode not in _GREY_MODES:
+                grey = False
     return grey, first_size
 
 

@@ -1,9 +1,11 @@
 """Where dataset files are looked for, in order, and the error that lists every place when they are missing.
 
-Search order for dataset ``NAME``: ``data_dir`` and ``data_dir/NAME`` (when given), ``$AKD_EDGE_DATA`` and
-``$AKD_EDGE_DATA/NAME`` (when set), the OS location (``/usr/share/datasets/fashion-mnist`` from the Debian
-package ``dataset-fashion-mnist``), then the download cache ``~/.cache/akd-edge/data/NAME``. In each folder
-a loader may also look one level down (the folder a CIFAR archive unpacks to).
+An explicit ``data_dir`` (``data.data_dir``, ``--data-dir``) is the only place searched: ``data_dir`` and
+``data_dir/NAME``; when it is missing, a file, empty or lacks the files, that is an error naming it (a run
+must never record a folder it did not read). Without one, the search order for dataset ``NAME`` is
+``$AKD_EDGE_DATA`` and ``$AKD_EDGE_DATA/NAME`` (when set), the OS location (``/usr/share/datasets/fashion-mnist``
+from the Debian package ``dataset-fashion-mnist``), then the download cache ``~/.cache/akd-edge/data/NAME``.
+In each folder a loader may also look one level down (the folder a CIFAR archive unpacks to).
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ def cache_root() -> Path:
 
 
 def candidate_dirs(name: str, data_dir: str = "") -> list[Path]:
-    """Every folder searched for dataset ``name``, in order, without duplicates."""
-    dirs: list[Path] = []
+    """Every folder searched for dataset ``name``, in order, without duplicates (only ``data_dir`` when given)."""
     if data_dir:
         root = Path(data_dir).expanduser()
-        dirs += [root, root / name]
+        return [root, root / name]
+    dirs: list[Path] = []
     env = os.environ.get(ENV_DATA, "")
     if env:
         root = Path(env).expanduser()
@@ -101,10 +103,15 @@ def missing_error(name: str, required: Required, data_dir: str, subdirs: Sequenc
             lines.append(f"  - {folder} (no such folder)")
         else:
             lines.append(f"  - {folder} (missing {', '.join(missing_in(folder, required))})")
-    if not data_dir:
+    if data_dir:
+        lines.append(
+            "  (data.data_dir / --data-dir was given, so only it is searched; leave it empty to search "
+            f"${ENV_DATA}, the OS location and the download cache)"
+        )
+    else:
         lines.append("  (data.data_dir / --data-dir not given)")
-    if not os.environ.get(ENV_DATA):
-        lines.append(f"  (${ENV_DATA} not set)")
+        if not os.environ.get(ENV_DATA):
+            lines.append(f"  (${ENV_DATA} not set)")
     lines.append(how_to_get)
     return DataError("\n".join(lines))
 
@@ -120,6 +127,8 @@ def resolve(
     how_to_get: str = "",
 ) -> Path:
     """The folder holding ``required``; with ``download``, ``fetch(target)`` first fills the download folder."""
+    if data_dir:
+        check_data_dir(name, data_dir, required, download=download and fetch is not None, how_to_get=how_to_get)
     folder = find_folder(name, required, data_dir, subdirs)
     if folder is not None:
         return folder
@@ -132,6 +141,32 @@ def resolve(
                 return folder
         raise DataError(f"{name}: downloaded into {target} but still missing {', '.join(missing_in(target, required))}")
     raise missing_error(name, required, data_dir, subdirs, how_to_get)
+
+
+def check_data_dir(
+    name: str, data_dir: str, required: Required, *, download: bool = False, how_to_get: str = ""
+) -> None:
+    """A DataError unless the explicit ``data_dir`` is a non-empty folder (or, with ``download``, absent or empty)."""
+    root = Path(data_dir).expanduser()
+    wanted = ", ".join(" or ".join(names) for names in required)
+    expected = f"expected a folder holding the {name} files ({wanted}), or their folder {root / name}"
+    if how_to_get:
+        expected += f". {how_to_get}"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{name}: data_dir {root} is a file, not a folder; {expected}")
+    if download:
+        return  # an absent or empty folder is where the download goes
+    if not root.exists():
+        raise DataError(
+            f"{name}: data_dir {root} does not exist; {expected} (Or fix data.data_dir / --data-dir, or leave it "
+            f"empty to search ${ENV_DATA}, the OS location and the download cache.)"
+        )
+    try:
+        empty = not any(root.iterdir())
+    except OSError as err:
+        raise DataError(f"{name}: cannot read data_dir {root} ({err.strerror}); {expected}") from None
+    if empty:
+        raise DataError(f"{name}: data_dir {root} is empty; {expected}")
 
 
 def how_to_get(name: str, urls: Sequence[str], *, downloadable: bool = True, then: str = "") -> str:
