@@ -29,11 +29,14 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from akd_edge.files import write_atomic
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
+    try:
+        write_atomic(path, lambda fh: fig.savefig(fh, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
+    finally:
+        _pyplot().close(fig)
+    return Path(path)
 
 
 def plot_eps_curve(curves: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> Path:

@@ -3,7 +3,7 @@
 
 Fashion-MNIST, Linf epsilon 0.1, recipe ``fmnist-akd`` (cnn-student, teacher ``builtin:fmnist-teacher``);
 only ``method.name`` changes between rows. Each student is judged on the test split by clean accuracy,
-PGD-20, AutoAttack and ECE (``akd_edge.evaluate``), and the result is a markdown table for the README
+PGD-20, AutoAttack and ECE (``akd_edge.evaluation``), and the result is a markdown table for the README
 that says which settings produced it and how long it took.
 
     python benchmarks/akd_vs_at.py                 # a subset that fits a 2-core CPU (see DEFAULT)
@@ -113,7 +113,7 @@ def train(method: str, settings: dict[str, Any], run_dir: Path, reuse: bool, dyn
 
 
 def evaluate_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    from akd_edge.evaluate import EvalOptions, evaluate
+    from akd_edge.evaluation.report import EvalOptions, evaluate
 
     attacks = ("pgd",) if settings["aa"] == "none" else ("pgd", settings["aa"])
     options = EvalOptions(
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "akd_vs_at.md").write_text(table)
     (out / "akd_vs_at.json").write_text(json.dumps({"settings": settings, "rows": rows, "seconds": total}, indent=2))
     if args.dynamics and {"at", "akd"} <= set(settings["methods"]):
-        from akd_edge.evaluate import evaluate_dynamics
+        from akd_edge.evaluation.dynamics import evaluate_dynamics
 
         _, path = evaluate_dynamics([out / "at", out / "akd"], names=["at", "akd"], out_dir=out)
         log.info("training dynamics comparison: %s", path)

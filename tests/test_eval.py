@@ -13,7 +13,8 @@ from torch import nn
 
 from akd_edge import checks
 from akd_edge.cli.eval_cmd import eval_cmd
-from akd_edge.evaluate import EvalOptions, evaluate, evaluate_model
+from akd_edge.evaluation.engine import evaluate_model
+from akd_edge.evaluation.report import EvalOptions, evaluate
 from akd_edge.metrics.robust import AttackSpec, parse_attacks
 
 SYNTHETIC = "n=256,test=48,shape=1x8x8,classes=4,noise=0.25,seed=1"
@@ -285,7 +286,7 @@ def test_cli_dynamics_comparison(tmp_path: Path) -> None:
 
 
 def test_dynamics_of_one_run_with_plot(tmp_path: Path) -> None:
-    from akd_edge.evaluate import evaluate_dynamics
+    from akd_edge.evaluation.dynamics import evaluate_dynamics
 
     record = np.array([[0, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=np.uint8)
     np.savez(tmp_path / "dynamics.npz", clean=np.ones_like(record), adv=record)

@@ -35,7 +35,13 @@ VERSIONS: dict[str, tuple[str, ...]] = {
 """Attack sets by version name, in the order AutoAttack runs them."""
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
 BLACK_BOX = ("square",)
+TARGETED = ("apgd-t", "fab-t")
 NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+def min_classes(version: str) -> int:
+    """Classes a model needs for ``version``: the targeted attacks need at least 4."""
+    return 4 if any(attack in TARGETED for attack in VERSIONS[version]) else 2
 
 
 @dataclass
@@ -160,7 +166,7 @@ def run_autoattack_report(
         with eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
             logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
             n_classes = logits.shape[1]
-            if n_classes < 4 and any(a in ("apgd-t", "fab-t") for a in attacks):
+            if n_classes < min_classes(version):
                 raise UsageError(
                     f"the targeted attacks of AutoAttack need at least 4 classes, the model has {n_classes}; "
                     "use version='square' (or PGD)"

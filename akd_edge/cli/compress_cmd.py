@@ -210,7 +210,8 @@ def compress_cmd(
       akd-edge compress runs/fmnist-quickstart --ratio 0.5 --steps 2
       akd-edge compress runs/fmnist-quickstart --target-params 12000 --set train.optim.lr=0.01
     """
-    from akd_edge.compress.prune import EvalSpec, PruneSpec, compress_run
+    from akd_edge.compress.pipeline import EvalSpec, compress_run
+    from akd_edge.compress.prune import PruneSpec
 
     spec = PruneSpec(
         ratio=ratio,

@@ -115,14 +115,6 @@ def print_dynamics(report: dict[str, Any]) -> None:
         console.print(f"[yellow]{note}[/]", highlight=False)
 
 
-def _device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 @click.command("eval")
 @click.argument("sources", nargs=-1, required=True, metavar="RUN_OR_CHECKPOINT [RUN_B]")
 @click.option(
@@ -214,7 +206,9 @@ def eval_cmd(
       akd-edge eval runs/fmnist-akd --attack pgd,aa-fast --eps-curve 0,0.05,0.1,0.15,0.2
       akd-edge eval --dynamics runs/fmnist-at runs/fmnist-akd --names at,akd
     """
-    from akd_edge.evaluate import EvalOptions, evaluate, evaluate_dynamics
+    from akd_edge.env import resolve_device
+    from akd_edge.evaluation.dynamics import evaluate_dynamics
+    from akd_edge.evaluation.report import EvalOptions, evaluate
 
     if threads < 0:
         raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
@@ -249,7 +243,7 @@ def eval_cmd(
         plots=not no_plots,
         data_dir=data_dir,
         which=which,
-        device=_device(device),
+        device=str(resolve_device(device)),
     )
     with make_progress(transient=True) as progress:
         task = progress.add_task("eval", total=None, info="")

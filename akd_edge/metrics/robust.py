@@ -3,6 +3,9 @@
 Every function here works on one batch and returns per-sample flags, so the caller can stream a test set
 of any size in flat memory and combine the flags: a sample is robust under a set of attacks only when it
 is classified correctly and no attack fools it (the worst case per sample, as AutoAttack reports it).
+The evaluation attacks are :class:`AttackSpec` (PGD with per-batch seeds, AutoAttack, Square) and
+:class:`ConfigAttack` (a recipe's training attack, as validation runs it); the streaming engine that
+runs them over a dataset is :mod:`akd_edge.evaluation.engine`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +21,15 @@ from torch import nn
 
 from akd_edge.errors import UsageError
 
+if TYPE_CHECKING:
+    from akd_edge.config import AttackConfig
+
 ATTACKS = ("pgd", "aa-fast", "aa-standard", "square")
 """Attack names of ``akd-edge eval --attack`` (``clean`` is always measured)."""
 ALIASES = {"aa": "aa-standard", "autoattack": "aa-standard", "fast": "aa-fast", "apgd": "aa-fast"}
 AA_VERSION = {"aa-fast": "fast", "aa-standard": "standard", "square": "square"}
+AA_NAME = {version: name for name, version in AA_VERSION.items()}
+"""AutoAttack version (``fast``, ``standard``, ``square``) -> attack name."""
 
 
 def _check_norm_eps(norm: str, eps: float) -> None:
@@ -96,6 +104,10 @@ class AttackSpec:
                 out["apgd_iterations"] = 100
         return out
 
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 0) -> AttackOutcome:
+        """This attack on one batch (``batch`` seeds its random starts)."""
+        return run_attack(model, x, y, self, batch)
+
 
 def parse_attacks(names: Sequence[str]) -> list[str]:
     """Attack names from ``--attack`` values (repeatable and/or comma separated), aliases resolved."""
@@ -123,6 +135,59 @@ class AttackOutcome:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     """Flags after each component (PGD restarts merged; AutoAttack's cascade, as it reports it)."""
     warnings: list[str] = field(default_factory=list)
+
+
+class EvalAttack(Protocol):
+    """What the evaluation engine runs: a name, its settings, and one batch in, per-sample flags out."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def white_box(self) -> tuple[str, ...]: ...
+
+    @property
+    def black_box(self) -> tuple[str, ...]: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 0) -> AttackOutcome: ...
+
+
+@dataclass(frozen=True)
+class ConfigAttack:
+    """A recipe's attack (:class:`~akd_edge.config.AttackConfig`: pgd, fgsm or none) as an evaluation attack.
+
+    This is the attack validation (early stopping) and compress measure with: random starts come from
+    the global RNG, so seed it before the pass (``torch.manual_seed``) for reproducible numbers. A sample
+    counts as robust when the model classifies its adversarial example correctly.
+    """
+
+    cfg: AttackConfig
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def white_box(self) -> tuple[str, ...]:
+        return () if self.cfg.name == "none" else (self.cfg.name,)
+
+    @property
+    def black_box(self) -> tuple[str, ...]:
+        return ()
+
+    def settings(self) -> dict[str, Any]:
+        return self.cfg.settings()
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 0) -> AttackOutcome:
+        from akd_edge.attacks import build_attack, eval_mode
+
+        attack = build_attack(self.cfg)
+        with eval_mode(model):
+            x_adv = attack(model, x, y) if attack is not None else x.detach().clone()
+        robust = (predict(model, x_adv).argmax(1) == y).cpu()
+        return AttackOutcome(x_adv=x_adv, robust=robust, parts={self.name: robust})
 
 
 @torch.no_grad()

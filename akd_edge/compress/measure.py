@@ -1,0 +1,131 @@
+"""Measure a model for the before/after report of ``akd-edge compress``: size, speed and robustness.
+
+Clean, PGD and AutoAttack accuracy come from the one evaluation engine (:mod:`akd_edge.evaluation.engine`),
+so compress, validation and ``akd-edge eval`` count a sample as robust the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from akd_edge.attacks import eval_mode
+from akd_edge.config import AttackConfig
+from akd_edge.evaluation.engine import evaluate_dataset
+from akd_edge.metrics.robust import AA_NAME, AttackSpec, ConfigAttack
+
+log = logging.getLogger(__name__)
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def latency_ms(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30) -> float:
+    """Median wall time (ms) of one forward pass on a single image, timed as ``akd-edge verify`` times."""
+    from akd_edge.verify.runtime import measure_latency
+
+    device = _device(model)
+
+    def run(x: Any) -> torch.Tensor:
+        with eval_mode(model), torch.inference_mode():
+            out = model(torch.from_numpy(x).to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return measure_latency(run, tuple(input_shape), warmup=5, repeats=repeats, throughput_batch=0)["batch1_p50_ms"]
+
+
+def pgd_accuracy(
+    model: nn.Module, dataset: Any, attack_cfg: AttackConfig, *, seed: int, batch_size: int
+) -> dict[str, Any]:
+    """Clean and ``attack_cfg`` accuracy, its random starts seeded by ``seed`` (the same before and after pruning)."""
+    device = _device(model)
+    attack = ConfigAttack(attack_cfg)
+    fork = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):
+        torch.manual_seed(seed)
+        run = evaluate_dataset(
+            model, dataset, [attack], batch_size=batch_size, device=device, calibration=False, checks=False
+        )
+    return {"clean_acc": run.acc("clean"), "pgd_acc": run.acc(attack.name), "n": run.results["clean"]["n"]}
+
+
+def autoattack_accuracy(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    norm: str,
+    eps: float,
+    version: str = "fast",
+    n: int = 200,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[str, Any] | None:
+    """AutoAttack robust accuracy on the first ``n`` images of ``dataset``; None when it cannot run.
+
+    The targeted attacks of ``fast`` and ``standard`` need at least 4 classes; with fewer the figure is
+    skipped with a warning rather than failing the whole compression.
+    """
+    import numpy as np
+
+    from akd_edge.attacks.autoattack import min_classes
+    from akd_edge.data import iterate_batches
+
+    subset = dataset.subset(np.arange(min(n, len(dataset)))) if n else dataset
+    device = _device(model)
+    first, _, _ = next(iterate_batches(subset, 1, device=device))
+    with eval_mode(model), torch.no_grad():
+        classes = model(first).shape[1]
+    if classes < min_classes(version):
+        log.warning(
+            "AutoAttack %s needs >= %d classes (the model has %d): AutoAttack accuracy skipped",
+            version,
+            min_classes(version),
+            classes,
+        )
+        return None
+    spec = AttackSpec(AA_NAME[version], norm=norm, eps=eps, seed=seed)
+    run = evaluate_dataset(model, subset, [spec], batch_size=batch_size, device=device, calibration=False, checks=False)
+    return {"aa_acc": run.acc(spec.name), "aa_n": run.results["clean"]["n"], "aa_version": version}
+
+
+def measure(
+    model: nn.Module,
+    dataset: Any,
+    attack_cfg: AttackConfig,
+    *,
+    autoattack: str = "fast",
+    aa_n: int = 200,
+    seed: int = 0,
+    batch_size: int = 250,
+) -> dict[str, Any]:
+    """Parameters, MACs, single-image latency, clean / PGD accuracy and (optionally) AutoAttack accuracy."""
+    from akd_edge.models import model_info
+
+    start = time.perf_counter()
+    result: dict[str, Any] = dict(model_info(model, dataset.input_shape))
+    result["latency_ms"] = latency_ms(model, dataset.input_shape)
+    result |= pgd_accuracy(model, dataset, attack_cfg, seed=seed, batch_size=batch_size)
+    result |= {"aa_acc": None, "aa_n": 0, "aa_version": None}
+    if autoattack != "none":
+        aa = autoattack_accuracy(
+            model,
+            dataset,
+            norm=attack_cfg.norm,
+            eps=attack_cfg.eps,
+            version=autoattack,
+            n=aa_n,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        result |= aa or {}
+    result["eval_s"] = time.perf_counter() - start
+    return result
