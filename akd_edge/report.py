@@ -6,56 +6,53 @@ model card is always re-rendered from it, never edited by hand. numpy/torch-free
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import hashlib
 from pathlib import Path
 from typing import Any
 
+from akd_edge import files
+
 REPORT_NAME = "report.json"
 CARD_NAME = "MODEL_CARD.md"
+REPORT_FORMAT = "akd-edge-export/1"
+"""``format`` of an export's report.json."""
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write through a temp file in the same folder and a rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def file_record(path: str | Path) -> dict[str, Any]:
+    """What report.json's ``files`` section holds for a model file: its size and SHA-256."""
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
 
 
 def write_report(folder: str | Path, report: dict[str, Any]) -> None:
-    """Write ``report.json`` and re-render ``MODEL_CARD.md`` from it, both atomically."""
+    """Write ``report.json`` and re-render ``MODEL_CARD.md`` from it, both atomically (NaN is written as null)."""
     folder = Path(folder)
-    write_text_atomic(folder / REPORT_NAME, json.dumps(report, indent=2, default=_json_default) + "\n")
-    write_text_atomic(folder / CARD_NAME, render_model_card(report))
+    files.write_json_atomic(folder / REPORT_NAME, report)
+    files.write_text_atomic(folder / CARD_NAME, render_model_card(files.json_ready(report)))
 
 
 def read_report(folder: str | Path) -> dict[str, Any] | None:
-    """The folder's report, or None when it has none."""
+    """The folder's report, or None when it has none; a UsageError when it is not a JSON object."""
     path = Path(folder) / REPORT_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return files.read_json_object(path, "export report")
 
 
 def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * float(value):.2f}%"
+
+
+def _sci(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.2e}"
 
 
 def _size(num: Any) -> str:
@@ -181,7 +178,7 @@ def _checks(report: dict[str, Any]) -> list[str]:
             [
                 f"torch vs onnxruntime fp32 ({parity['n']} images)",
                 _ok(parity["passed"]),
-                f"max abs logit diff {parity['max_abs_logit_diff']:.2e} (<= {parity['max_abs_logit_diff_threshold']:.2e}), "
+                f"max abs logit diff {_sci(parity['max_abs_logit_diff'])} (<= {_sci(parity['max_abs_logit_diff_threshold'])}), "
                 f"argmax agreement {_pct(parity['argmax_agreement'])} (>= {_pct(parity['argmax_agreement_threshold'])})",
             ]
         )
@@ -201,7 +198,7 @@ def _checks(report: dict[str, Any]) -> list[str]:
             [
                 f"`{name}` vs `{info['from']}`",
                 _ok(parity_ort["argmax_agreement"] == 1.0),
-                f"max abs logit diff {parity_ort['max_abs_logit_diff']:.2e}, argmax agreement {_pct(parity_ort['argmax_agreement'])}",
+                f"max abs logit diff {_sci(parity_ort['max_abs_logit_diff'])}, argmax agreement {_pct(parity_ort['argmax_agreement'])}",
             ]
         )
     return lines + _table(["check", "result", "detail"], rows)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from akd_edge.errors import CheckpointError
+from akd_edge.files import mark
 from akd_edge.export import ExportCheckFailed, ExportData, export_checkpoint, run_name
 from akd_edge.export.onnx import export_onnx, mobile_friendly
 from akd_edge.models import create_model, list_models
@@ -182,6 +183,7 @@ def test_failed_export_never_replaces_earlier_output(
     out = tmp_path / "export" / "run"
     out.mkdir(parents=True)
     (out / "model.onnx").write_bytes(b"earlier good export")
+    mark(out, "export")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):

@@ -1,35 +1,34 @@
-"""Export a checkpoint to one folder of deployable files, checked on the way out.
+"""The export pipeline, one function per stage: load, fp32 ONNX, parity, int8, mobile, report, publish.
 
-``export_checkpoint`` writes ``model.onnx`` (fp32), ``model.int8.onnx`` (static int8 QDQ), ``model.ort``
-and ``model.int8.ort`` (onnxruntime-mobile, fixed batch), ``report.json`` and ``MODEL_CARD.md``. The
-folder is built under a temporary name and renamed into place at the end, so a failed export never
-replaces an earlier good one. See ``export/README.md`` for the files and the report's fields.
+:func:`export_checkpoint` runs them in order on an :class:`_Job`. The folder is built beside its final
+place and renamed into it at the end (:mod:`akd_edge.export.folder`), so a failed export never replaces
+an earlier good one, and only an earlier export is ever replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from akd_edge.errors import DataError, UsageError
+from akd_edge.errors import CheckpointError, DataError, UsageError
+from akd_edge.export import folder as export_folder
+from akd_edge.files import check_name
+from akd_edge.report import REPORT_FORMAT
 
 if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = "akd-edge-export/1"
 FILES = {
     "fp32": "model.onnx",
     "int8": "model.int8.onnx",
@@ -62,12 +61,19 @@ class ExportData:
 
 
 def run_name(meta: dict[str, Any]) -> str:
-    """The run's name from the checkpoint's recipe, else the checkpoint file's stem."""
-    name = ((meta.get("recipe") or {}).get("run") or {}).get("name")
-    if name:
-        return str(name)
+    """The run's name from the checkpoint's recipe, else the checkpoint file's stem; always a plain name.
+
+    It names the default folder ``export/<name>``, so a name from the file such as ``../x`` or ``/home``
+    is refused (UsageError) rather than joined to a path.
+    """
+    recipe = meta.get("recipe")
+    run = recipe.get("run") if isinstance(recipe, dict) else None
+    name = run.get("name") if isinstance(run, dict) else None
+    if name is not None and name != "":
+        return check_name(name, f"run.name in checkpoint {meta.get('path', '')}".rstrip())
     path = Path(str(meta.get("path", "model")))
-    return path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
+    stem = path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
+    return check_name(stem, f"export name taken from {path} (give --out)")
 
 
 def load_export_data(meta: dict[str, Any], data_dir: str | None, *, calib: int, n_test: int, seed: int) -> ExportData:
@@ -113,29 +119,6 @@ def quiet_libraries() -> Iterator[None]:
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from akd_edge import __version__
-
-    return {
-        "akd_edge": __version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -211,13 +194,173 @@ def _torch_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) ->
     return float((pred.numpy() == labels).mean())
 
 
-def _mobile(tmp: Path, names: list[str], batch: int, report: dict[str, Any], parity_images: np.ndarray) -> None:
-    """Usability of each graph as exported and with a fixed batch, and the .ort files (from the fixed batch)."""
+@dataclass
+class _Job:
+    """One export under way: what it reads, where it writes, and the report it fills in."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    out: Path
+    data: ExportData
+    data_dir: str | None
+    seed: int
+    tmp: Path = Path()
+    """The partial folder the files are built in (set by :func:`export_checkpoint`)."""
+    report: dict[str, Any] = field(default_factory=dict)
+    onnx_files: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.meta["arch"]["input_shape"])
+
+    @property
+    def parity_images(self) -> np.ndarray:
+        """Up to 256 test images, else 64 seeded random images in [0, 1]."""
+        if self.data.test_images is not None:
+            return self.data.test_images[:256]
+        return np.random.default_rng(self.seed).random((64, *self.input_shape), dtype=np.float32)
+
+
+def _check_options(int8: bool, calib: int, n_test: int, mobile_batch: int, min_int8_agreement: float) -> None:
+    if calib < 0 or n_test < 0 or mobile_batch < 0:
+        raise UsageError("--calib, --n and --mobile-batch must be >= 0")
+    if int8 and calib == 0:
+        raise UsageError("int8 quantization needs calibration images: give --calib N > 0, or --no-int8")
+    if not 0 <= min_int8_agreement <= 1:  # also refuses NaN
+        raise UsageError(f"--min-int8-agreement must be in [0, 1], got {min_int8_agreement}")
+
+
+def load_source(source: str | Path, which: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Stage 1: the model and its checkpoint; a model with NaN or infinite weights is refused up front."""
+    import torch
+
+    from akd_edge.train.checkpoint import load_model
+
+    model, meta = load_model(source, which)
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint {meta.get('path', source)} has NaN or infinite weights ({listed}): the training diverged; "
+            "export an earlier checkpoint (--which) or retrain"
+        )
+    return model, meta
+
+
+def _resolve_data(
+    meta: dict[str, Any], data: ExportData | None, data_dir: str | None, int8: bool, calib: int, n_test: int, seed: int
+) -> ExportData:
+    """Stage 1b: calibration and test images (given, or from the checkpoint's dataset)."""
+    if data is not None:
+        return data
+    try:
+        return load_export_data(meta, data_dir, calib=calib if int8 else 0, n_test=n_test, seed=seed)
+    except DataError as err:
+        if int8:
+            raise DataError(f"{err} (int8 calibration needs the training images; or export with --no-int8)") from None
+        log.warning("no test data (%s): parity runs on random images, accuracy figures are skipped", err)
+        return ExportData(None, None, None)
+
+
+def _start_report(job: _Job, source: str | Path) -> None:
+    """Stage 2a: what the export is of (source, data, threat model, input/output contract)."""
+    from akd_edge.env import package_versions
+
+    meta = job.meta
+    metadata = onnx_metadata(meta)
+    job.report = {
+        "format": REPORT_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "source": {
+            "checkpoint": str(meta.get("path", source)),
+            "run": run_name(meta),
+            "arch": meta["arch"],
+            "role": meta.get("role"),
+            "epoch": meta.get("epoch"),
+            "params": int(sum(p.numel() for p in job.model.parameters())),
+            "val": meta.get("val") or {},
+            "pruned": bool(meta.get("pruning")),
+        },
+        "data": {
+            "name": (meta.get("data") or {}).get("name"),
+            "data_dir": (meta.get("data") or {}).get("data_dir", "") if job.data_dir is None else job.data_dir,
+            "source": job.data.source,
+        },
+        "threat": meta.get("threat") or {},
+        "checks": {"onnx_checker": {}},
+        "verify": None,
+        "model": {
+            "input": {
+                "name": "images",
+                "shape": ["batch", *job.input_shape],
+                "dtype": "float32",
+                "range": [0.0, 1.0],
+                "layout": "NCHW",
+            },
+            "output": {"name": "logits", "shape": ["batch", int(meta["arch"]["num_classes"])]},
+            "class_names": metadata["class_names"],
+            "normalization": metadata["normalization"],
+        },
+    }
+
+
+def _export_fp32(job: _Job) -> None:
+    """Stage 2b: the fp32 ONNX graph, rewritten for mobile, with metadata, through the ONNX checker."""
+    from akd_edge.export.onnx import export_onnx
+
+    path = job.tmp / FILES["fp32"]
+    job.report["export"] = export_onnx(job.model, path, job.input_shape, onnx_metadata(job.meta))
+    job.report["checks"]["onnx_checker"][FILES["fp32"]] = job.report["export"].pop("checker")
+    job.onnx_files.append(FILES["fp32"])
+
+
+def _check_parity(job: _Job) -> None:
+    """Stage 3: torch vs onnxruntime logits, and torch's accuracy on the test images."""
+    from akd_edge.export import onnx as export_onnx
+
+    job.report["checks"]["parity"] = export_onnx.check_parity(job.model, job.tmp / FILES["fp32"], job.parity_images)
+    if job.data.test_images is not None:
+        job.report["checks"]["torch_clean_acc"] = _torch_accuracy(job.model, job.data.test_images, job.data.test_labels)
+
+
+def _quantize(job: _Job, min_agreement: float, stage: StageFn) -> None:
+    """Stage 4: static int8 QDQ calibrated on training images, checked, and compared with fp32 on the test split."""
+    from akd_edge.compress.quantize import quantize_int8
+    from akd_edge.export.onnx import check_onnx
+
+    fp32, int8 = job.tmp / FILES["fp32"], job.tmp / FILES["int8"]
+    calibration = job.data.calibration
+    if calibration is None or len(calibration) == 0:
+        raise DataError("int8 quantization needs calibration images; give data with training images, or --no-int8")
+    stage(f"quantizing to int8 (calibrating on {len(calibration)} training images)")
+    job.report["quantization"] = quantize_int8(fp32, int8, calibration)
+    job.report["checks"]["onnx_checker"][FILES["int8"]] = check_onnx(int8)
+    job.onnx_files.append(FILES["int8"])
+    if job.data.test_images is None:
+        return
+    stage("comparing fp32 and int8 on the test split")
+    agreement = _agreement(fp32, int8, job.data.test_images, job.data.test_labels, min_agreement)
+    job.report["checks"]["int8_agreement"] = agreement
+    if not agreement["passed"]:
+        log.warning(
+            "int8 and fp32 agree on only %.2f%% of test images (threshold %.2f%%)",
+            100 * agreement["argmax_agreement"],
+            100 * min_agreement,
+        )
+
+
+def _mobile(job: _Job, batch: int) -> None:
+    """Stage 5: usability of each graph as exported and with a fixed batch, and the .ort files (from the fixed batch)."""
     from akd_edge.export.mobile import fix_batch, mobile_usability, to_ort
 
     mobile: dict[str, Any] = {"batch": batch or "dynamic", "usability": {}, "ort": {}}
-    for name in names:
-        src = tmp / name
+    for name in job.onnx_files:
+        src = job.tmp / name
         mobile["usability"][name] = mobile_usability(src)
         ort_name = name.removesuffix(".onnx") + ".ort"
         with tempfile.TemporaryDirectory() as work:
@@ -227,20 +370,38 @@ def _mobile(tmp: Path, names: list[str], batch: int, report: dict[str, Any], par
                 mobile["usability"][f"{ort_name} (batch {batch})"] = mobile_usability(fixed)
             else:
                 shutil.copy(src, fixed)
-            settings = to_ort(fixed, tmp / ort_name)
-        mobile["ort"][ort_name] = {"from": name, **settings, "parity": _ort_parity(src, tmp / ort_name, parity_images)}
-    report["mobile"] = mobile
+            settings = to_ort(fixed, job.tmp / ort_name)
+        parity = _ort_parity(src, job.tmp / ort_name, job.parity_images)
+        mobile["ort"][ort_name] = {"from": name, **settings, "parity": parity}
+    job.report["mobile"] = mobile
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place; an earlier export is removed only once the new one is in."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _write_report(job: _Job) -> None:
+    """Stage 6: size and SHA-256 of every model file (verify checks them), report.json and MODEL_CARD.md."""
+    from akd_edge.report import file_record, write_report
+
+    job.report["files"] = {
+        path.name: file_record(path) for path in sorted(job.tmp.iterdir()) if path.suffix in (".onnx", ".ort")
+    }
+    write_report(job.tmp, job.report)
+
+
+def _publish(job: _Job) -> None:
+    """Stage 7: into place if the checker and parity passed; else kept in ``<name>.failed`` and ExportCheckFailed."""
+    checks = job.report["checks"]
+    failed = [name for name, result in checks["onnx_checker"].items() if not result["passed"]]
+    if not failed and checks["parity"]["passed"]:
+        export_folder.publish(job.tmp, job.out)
+        return
+    kept = export_folder.keep_failed(job.tmp, job.out)
+    parity = checks["parity"]
+    raise ExportCheckFailed(
+        f"export checks failed (checker: {', '.join(failed) or 'ok'}; parity max |diff| "
+        f"{parity['max_abs_logit_diff']:.2e} vs {parity['max_abs_logit_diff_threshold']:.2e}, argmax "
+        f"agreement {parity['argmax_agreement']:.4f}); the attempt is in {kept}, {job.out} is unchanged",
+        job.report,
+        kept,
+    )
 
 
 def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
@@ -248,6 +409,7 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwarg
 
     Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``data_dir``, ``n_test``,
     ``mobile_batch``, ``min_int8_agreement``, ``seed``, ``data``, ``on_stage``). Returns the folder and report.
+    ``out`` must be missing, empty or an earlier export (UsageError otherwise; nothing is deleted).
     """
     with quiet_libraries():
         return _export(source, out, **kwargs)
@@ -268,138 +430,40 @@ def _export(
     data: ExportData | None = None,
     on_stage: StageFn | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """The export pipeline (see :func:`export_checkpoint`).
+    """The stages in order (see :func:`export_checkpoint`).
 
     ``data`` overrides the dataset lookup (tests, or images the user loaded). Without test images the
-    parity check runs on random images and the int8 agreement is skipped. Returns the folder and report.
+    parity check runs on random images and the int8 agreement is skipped.
     """
-    from akd_edge.export.onnx import check_onnx, check_parity, export_onnx
-    from akd_edge.report import write_report
-    from akd_edge.train.checkpoint import load_model
 
     def stage(text: str) -> None:
         log.info(text)
         if on_stage is not None:
             on_stage(text)
 
-    if calib < 0 or n_test < 0 or mobile_batch < 0:
-        raise UsageError("--calib, --n and --mobile-batch must be >= 0")
-    if int8 and calib == 0:
-        raise UsageError("int8 quantization needs calibration images: give --calib N > 0, or --no-int8")
+    _check_options(int8, calib, n_test, mobile_batch, min_int8_agreement)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:  # a bad --out fails before the model is even loaded
+        export_folder.prepare_out(out_dir)
     stage(f"loading {source}")
-    model, meta = load_model(source, which)
-    out = Path(out) if out is not None else Path("export") / run_name(meta)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder; choose another path")
-    input_shape = tuple(int(v) for v in meta["arch"]["input_shape"])
-    if data is None:
-        try:
-            data = load_export_data(meta, data_dir, calib=calib if int8 else 0, n_test=n_test, seed=seed)
-        except DataError as err:
-            if int8:
-                raise DataError(
-                    f"{err} (int8 calibration needs the training images; or export with --no-int8)"
-                ) from None
-            log.warning("no test data (%s): parity runs on random images, accuracy figures are skipped", err)
-            data = ExportData(None, None, None)
-    if data.test_images is not None:
-        parity_images = data.test_images[:256]
-    else:
-        parity_images = np.random.default_rng(seed).random((64, *input_shape), dtype=np.float32)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        report: dict[str, Any] = {
-            "format": REPORT_FORMAT,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": _versions(),
-            "source": {
-                "checkpoint": str(meta.get("path", source)),
-                "run": run_name(meta),
-                "arch": meta["arch"],
-                "role": meta.get("role"),
-                "epoch": meta.get("epoch"),
-                "params": int(sum(p.numel() for p in model.parameters())),
-                "val": meta.get("val") or {},
-                "pruned": bool(meta.get("pruning")),
-            },
-            "data": {
-                "name": (meta.get("data") or {}).get("name"),
-                "data_dir": (meta.get("data") or {}).get("data_dir", "") if data_dir is None else data_dir,
-                "source": data.source,
-            },
-            "threat": meta.get("threat") or {},
-            "checks": {"onnx_checker": {}},
-            "verify": None,
-        }
-        metadata = onnx_metadata(meta)
-        report["model"] = {
-            "input": {
-                "name": "images",
-                "shape": ["batch", *input_shape],
-                "dtype": "float32",
-                "range": [0.0, 1.0],
-                "layout": "NCHW",
-            },
-            "output": {"name": "logits", "shape": ["batch", int(meta["arch"]["num_classes"])]},
-            "class_names": metadata["class_names"],
-            "normalization": metadata["normalization"],
-        }
-
+    model, meta = load_source(source, which)
+    if out_dir is None:
+        out_dir = Path("export") / run_name(meta)
+        export_folder.prepare_out(out_dir)
+    data = _resolve_data(meta, data, data_dir, int8, calib, n_test, seed)
+    job = _Job(model, meta, out_dir, data, data_dir, seed)
+    _start_report(job, source)
+    with export_folder.building(out_dir) as tmp:
+        job.tmp = tmp
         stage("exporting fp32 ONNX")
-        report["export"] = export_onnx(model, tmp / FILES["fp32"], input_shape, metadata)
-        report["checks"]["onnx_checker"][FILES["fp32"]] = report["export"].pop("checker")
+        _export_fp32(job)
         stage("checking parity with torch")
-        report["checks"]["parity"] = check_parity(model, tmp / FILES["fp32"], parity_images)
-        names = [FILES["fp32"]]
-        if data.test_images is not None:
-            report["checks"]["torch_clean_acc"] = _torch_accuracy(model, data.test_images, data.test_labels)
+        _check_parity(job)
         if int8:
-            from akd_edge.compress.quantize import quantize_int8
-
-            stage(f"quantizing to int8 (calibrating on {len(data.calibration)} training images)")
-            report["quantization"] = quantize_int8(tmp / FILES["fp32"], tmp / FILES["int8"], data.calibration)
-            report["checks"]["onnx_checker"][FILES["int8"]] = check_onnx(tmp / FILES["int8"])
-            names.append(FILES["int8"])
-            if data.test_images is not None:
-                stage("comparing fp32 and int8 on the test split")
-                report["checks"]["int8_agreement"] = _agreement(
-                    tmp / FILES["fp32"], tmp / FILES["int8"], data.test_images, data.test_labels, min_int8_agreement
-                )
-                if not report["checks"]["int8_agreement"]["passed"]:
-                    log.warning(
-                        "int8 and fp32 agree on only %.2f%% of test images (threshold %.2f%%)",
-                        100 * report["checks"]["int8_agreement"]["argmax_agreement"],
-                        100 * min_int8_agreement,
-                    )
+            _quantize(job, min_int8_agreement, stage)
         stage("onnxruntime-mobile: .ort files and NNAPI/CoreML coverage")
-        _mobile(tmp, names, mobile_batch, report, parity_images)
-        report["files"] = {
-            path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-            for path in sorted(tmp.iterdir())
-            if path.suffix in (".onnx", ".ort")
-        }
-        write_report(tmp, report)
-        failed = [k for k, v in report["checks"]["onnx_checker"].items() if not v["passed"]]
-        if failed or not report["checks"]["parity"]["passed"]:
-            kept = out.with_name(f"{out.name}.failed")
-            shutil.rmtree(kept, ignore_errors=True)
-            os.replace(tmp, kept)
-            parity = report["checks"]["parity"]
-            raise ExportCheckFailed(
-                f"export checks failed (checker: {', '.join(failed) or 'ok'}; parity max |diff| "
-                f"{parity['max_abs_logit_diff']:.2e} vs {parity['max_abs_logit_diff_threshold']:.2e}, argmax "
-                f"agreement {parity['argmax_agreement']:.4f}); the attempt is in {kept}, {out} is unchanged",
-                report,
-                kept,
-            )
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    stage(f"wrote {out}")
-    return out, report
-
-
-__all__ = ["ExportCheckFailed", "ExportData", "export_checkpoint", "load_export_data", "onnx_metadata", "run_name"]
+        _mobile(job, mobile_batch)
+        _write_report(job)
+        _publish(job)
+    stage(f"wrote {out_dir}")
+    return out_dir, job.report
