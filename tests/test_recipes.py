@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from akd_edge.config import DataConfig, ModelConfig, TeacherSpec, load_recipe, read_toml, shipped_recipes
+from akd_edge.config import RECIPES_DIR, ModelConfig, TeacherSpec, load_recipe, read_toml, shipped_recipes
 from akd_edge.data import iterate_batches
 from akd_edge.methods import METHODS
 from akd_edge.models import create_model
@@ -73,10 +73,21 @@ def test_one_training_step_of_each_recipe(name: str, tmp_path: Path) -> None:
         model=ModelConfig(name="cnn-student", kwargs={"width": 0.25}),
         teachers=[TeacherSpec(path=_tiny_teacher(tmp_path / "t.pt", shape, 10))] if recipe.teachers else [],
     )
-    assert isinstance(recipe.data, DataConfig)
     trainer = Trainer(recipe, tmp_path / "run", "student")
+    # the step below must run on the tiny synthetic stand-in, never on the recipe's real dataset
+    assert (trainer.splits.name, trainer.splits.input_shape, trainer.splits.num_classes) == ("synthetic", shape, 10)
+    assert len(trainer.splits.train) == 96 - 16
     before = [p.detach().clone() for p in trainer.model.parameters()]
     x, y, _ = next(iter(iterate_batches(trainer.splits.train, 8, shuffle=True)))
     out = trainer._step(x, y)
     assert torch.isfinite(out["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_recipes_ship_inside_the_package_and_the_top_level_folder_is_the_same() -> None:
+    package = Path(__import__("akd_edge").__file__).resolve().parent
+    assert RECIPES_DIR.resolve() == package / "recipes"
+    top = package.parent / "recipes"
+    if top.exists():  # a source checkout: recipes/ is a symlink to the package's copy, one source of truth
+        assert top.resolve() == RECIPES_DIR.resolve()
+    assert sorted(p.name for p in (RECIPES_DIR / "results").glob("*.json")), "published results ship too"
