@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.config import load_recipe, read_toml
+from akd_edge.files import marked_kind
 from akd_edge.models import model_info
 from akd_edge.train.checkpoint import load_checkpoint, load_model
 from akd_edge.train.loop import train_run
@@ -100,6 +101,11 @@ def test_compress_prunes_fine_tunes_with_akd_and_reports(student_run: Path, tmp_
     step_best = load_checkpoint(out / "step-2", "best")["model"]
     assert all(torch.equal(v, step_best[k]) for k, v in model.state_dict().items())
     assert _digest(student_run) == source_files  # the source run is never modified
+    assert marked_kind(out) == "compress"
+
+    # The output is never replaced: a second compress into it is refused before any work.
+    again = _invoke(str(student_run), "--ratio", "0.5", "--epochs", "0", "--out", str(out), "--autoattack", "none")
+    assert again.exit_code == 2 and "earlier compress output" in again.output
 
 
 def test_target_params_without_fine_tuning_feeds_export(student_run: Path, tmp_path: Path) -> None:

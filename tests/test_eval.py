@@ -297,3 +297,45 @@ def test_dynamics_of_one_run_with_plot(tmp_path: Path) -> None:
     with np.load(tmp_path / "dynamics_samples.npz") as arrays:
         assert arrays["at/adv/learned_epoch"].tolist() == [2, 1, 0]
         assert arrays["at/adv/never_learned"].tolist() == [False, False, True]
+
+
+def test_unwritable_out_fails_before_any_attack_runs(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from akd_edge.evaluation import report as eval_report
+
+    def no_attacks(*args, **kwargs):
+        pytest.fail("the attacks ran although the output folder cannot be written")
+
+    monkeypatch.setattr(eval_report, "evaluate_model", no_attacks)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "eval"  # its parent is a regular file: unwritable for root too
+    result = CliRunner().invoke(eval_cmd, [str(run_dir), "--n", "16", "--out", str(out)])
+    assert result.exit_code == 2 and "cannot write" in result.output, result.output
+    assert blocker.read_text() == "not a folder"
+
+
+def test_eval_json_is_written_atomically(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from akd_edge import files
+
+    (tmp_path / "eval.json").write_text('{"old": true}\n')
+
+    def full_disk(fd: int) -> None:  # fails after the temp file was written, before the rename
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate(run_dir, EvalOptions(n=16, steps=1, plots=False, checks=False), out_dir=tmp_path)
+    assert json.loads((tmp_path / "eval.json").read_text()) == {"old": True}  # the old report is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # and no temp file is left
+
+
+def test_dynamics_with_unwritable_out_fails_up_front(tmp_path: Path) -> None:
+    from akd_edge.errors import UsageError
+    from akd_edge.evaluation.dynamics import evaluate_dynamics
+
+    record = np.array([[0, 1], [1, 1]], dtype=np.uint8)
+    np.savez(tmp_path / "dynamics.npz", clean=np.ones_like(record), adv=record)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UsageError, match="cannot write|not a folder"):
+        evaluate_dynamics([tmp_path], out_dir=tmp_path / "f" / "out", plots=False)
+    assert not (tmp_path / "dynamics.json").exists()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from akd_edge.checks import CheckResult, check_gradient_masking, run_model_checks
-from akd_edge.errors import DataError
+from akd_edge.errors import DataError, UsageError
 from akd_edge.metrics.calibration import CalibrationMeter
 from akd_edge.metrics.robust import AttackSpec, EvalAttack, accuracy, eps_curve_flags, predict
 
@@ -115,6 +115,9 @@ def evaluate_batches(
     """
     if curve and curve_spec is None:
         raise ValueError("an eps curve needs the attack that measures it (curve_spec)")
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"attack names must be distinct (each one is a column of the results), got {names}")
     stream = _Stream(curve=[[] for _ in curve])
     model_checks: list[CheckResult] = []
     done = 0

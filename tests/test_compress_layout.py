@@ -1,0 +1,78 @@
+"""Compress's module layout and output folder: imports go downward only; the output folder is marked and
+never replaces anything."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import akd_edge
+from akd_edge.compress.pipeline import _out_dir
+from akd_edge.errors import UsageError
+from akd_edge.files import MARK, mark
+
+PACKAGE = Path(akd_edge.__file__).parent
+
+# A low-level module may not import these (imports inside functions count).
+UPWARD = ("akd_edge.cli", "akd_edge.compress", "akd_edge.train.loop", "akd_edge.evaluation.report", "akd_edge.teachers")
+LOW_LEVEL = {
+    "train/pruning_history.py": UPWARD,
+    "train/checkpoint.py": UPWARD,
+    "train/validate.py": UPWARD,
+    "evaluation/engine.py": (*UPWARD, "akd_edge.train"),
+    "metrics/robust.py": (*UPWARD, "akd_edge.train", "akd_edge.evaluation"),
+    "compress/prune.py": ("akd_edge.cli", "akd_edge.compress.pipeline", "akd_edge.train.loop", "akd_edge.teachers"),
+    "compress/measure.py": ("akd_edge.cli", "akd_edge.compress.pipeline", "akd_edge.train.loop", "akd_edge.teachers"),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("relative", sorted(LOW_LEVEL))
+def test_low_level_modules_import_nothing_above_them(relative: str) -> None:
+    upward = [
+        name
+        for name in imported_modules(PACKAGE / relative)
+        if any(name == bad or name.startswith(f"{bad}.") for bad in LOW_LEVEL[relative])
+    ]
+    assert not upward, f"{relative} imports {upward}"
+
+
+def test_out_dir_takes_new_empty_or_mark_only_folders(tmp_path: Path) -> None:
+    assert _out_dir(tmp_path / "new", None, "src") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    assert _out_dir(tmp_path / "empty", None, "src") == tmp_path / "empty"
+    mark(tmp_path / "stopped", "compress")  # a compress run that stopped before writing anything
+    assert _out_dir(tmp_path / "stopped", None, "src") == tmp_path / "stopped"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("compress", "earlier compress output"), ("run", "akd-edge run folder"), (None, "not an empty folder")],
+)
+def test_out_dir_refuses_folders_with_contents(tmp_path: Path, kind: str | None, message: str) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "report.json").write_text("{}")
+    if kind is not None:
+        mark(folder, kind)
+    with pytest.raises(UsageError, match=message):
+        _out_dir(folder, None, "src")
+    assert (folder / "report.json").read_text() == "{}"
+    assert (folder / MARK).exists() == (kind is not None)
+
+
+def test_out_dir_refuses_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="not a folder"):
+        _out_dir(tmp_path / "f", None, "src")
