@@ -11,11 +11,14 @@ source checkpoint, verification runs Square and clean accuracy on numpy and onnx
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import math
 import os
 import platform
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from akd_edge.errors import CheckpointError, DataError
-from akd_edge.report import read_report, write_report
+from akd_edge.errors import CheckpointError, DataError, UsageError
+from akd_edge.files import FolderLock, check_name
+from akd_edge.report import REPORT_FORMAT, read_report, sha256_file, write_report
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier, file_size, ort_latency
 from akd_edge.verify.square import square_attack
 
 log = logging.getLogger(__name__)
 
 MODEL_FILES = ("model.onnx", "model.int8.onnx")
+MOBILE_FILES = ("model.ort", "model.int8.ort")
+NPZ_HELP = "expected an .npz with arrays 'images' [N, C, H, W] (uint8, or float in [0, 1]) and 'labels' [N]"
 TRANSFER_VERSIONS = ("fast", "standard", "none")
 StageFn = Callable[[str], None]
 ProgressFn = Callable[[str, int, int], None]
@@ -46,31 +52,46 @@ class TestData:
     source: str
 
 
+def _check_images(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Shapes, dtypes and values of labelled images from a file: NaN or out-of-range pixels would fake robustness."""
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{path}: expected images [N, C, H, W] and labels [N], got {images.shape} and {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be integers, got {labels.dtype}")
+    if images.dtype == np.uint8:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
+        raise DataError(f"{path}: images must be uint8 (0-255) or float in [0, 1], got {images.dtype}")
+    bad = int((~np.isfinite(images)).reshape(len(images), -1).any(1).sum())
+    if bad:
+        raise DataError(f"{path}: {bad} image(s) hold NaN or infinite values; images must be finite, in [0, 1]")
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise DataError(f"{path}: float images must be in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
+
+
 def load_npz(path: Path, n: int = 0) -> TestData:
-    """Images ``[N, C, H, W]`` (uint8, or float in [0, 1]) and ``labels`` from an ``.npz`` file."""
+    """Images ``[N, C, H, W]`` (uint8, or float in [0, 1]) and ``labels`` from an ``.npz`` file, checked."""
     if not path.is_file():
-        raise DataError(
-            f"data file {path} does not exist; expected an .npz with arrays 'images' [N, C, H, W] and 'labels' [N]"
-        )
+        raise DataError(f"data file {path} does not exist; {NPZ_HELP}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz archive (numpy.savez writes a zip of .npy arrays); {NPZ_HELP}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             images, labels = archive["images"], archive["labels"]
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(
-            f"cannot read {path} ({err}); expected an .npz with arrays 'images' [N, C, H, W] and 'labels' [N]"
-        ) from None
-    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"{path}: expected images [N, C, H, W] and labels [N], got {images.shape} and {labels.shape}")
-    if images.dtype != np.uint8 and (images.min() < 0 or images.max() > 1):
-        raise DataError(f"{path}: float images must be in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"cannot read {path} ({err}); {NPZ_HELP}") from None
     if n:
         images, labels = images[:n], labels[:n]
+    _check_images(path, images, labels)
     return TestData(images, labels.astype(np.int64), name=path.name, source=str(path))
 
 
-def load_test_data(data: str, data_dir: str, n: int) -> TestData:
-    """A dataset name (its test split, through akd_edge.data) or an ``.npz`` file."""
-    if data.endswith(".npz") or Path(data).is_file():
+def load_test_data(data: str, data_dir: str, n: int, *, files_allowed: bool = True) -> TestData:
+    """A dataset name (its test split, through akd_edge.data) or, when ``files_allowed``, an ``.npz`` file.
+
+    A dataset name read from the model or its report gets ``files_allowed=False``: it is a name, never a path.
+    """
+    if files_allowed and (data.endswith(".npz") or Path(data).is_file()):
         return load_npz(Path(data), n)
     from akd_edge.data import load_test_split
 
@@ -78,9 +99,57 @@ def load_test_data(data: str, data_dir: str, n: int) -> TestData:
     return TestData(test.images, test.labels, name=data, source=data_dir or "default location")
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """A section of a report or of a model's metadata, or {} when it is missing or not an object."""
+    return value if isinstance(value, dict) else {}
+
+
+def _read_report(folder: Path) -> dict[str, Any] | None:
+    """The folder's report.json (None when absent); a UsageError when it is not an export report."""
+    report = read_report(folder)
+    if report is not None and report.get("format") != REPORT_FORMAT:
+        raise ModelFileError(
+            f"{folder / 'report.json'} is not an akd-edge export report (format {report.get('format')!r}, "
+            f"expected {REPORT_FORMAT!r}); re-export the model"
+        )
+    return report
+
+
+def check_files(folder: Path, report: dict[str, Any] | None) -> dict[str, str]:
+    """SHA-256 of each model file in ``folder``, checked against what report.json recorded at export.
+
+    A file changed, swapped in, or missing since the export is refused (ModelFileError): its results
+    would otherwise be recorded under the exported model's name. Without a report nothing can be checked
+    (a warning); the digests go into the verify section either way.
+    """
+    present = [name for name in (*MODEL_FILES, *MOBILE_FILES) if (folder / name).is_file()]
+    digests = {name: sha256_file(folder / name) for name in present}
+    if report is None:
+        log.warning("%s has no report.json: the model files cannot be checked against their export", folder)
+        return digests
+    where = folder / "report.json"
+    recorded = report.get("files")
+    if not isinstance(recorded, dict):
+        raise ModelFileError(f"{where} records no model files (no 'files' section); re-export the model")
+    for name, entry in recorded.items():
+        check_name(name, f"file name in {where}")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
+            raise ModelFileError(f"{where}: the entry of {name!r} under 'files' has no sha256; re-export the model")
+        if name not in digests:
+            raise ModelFileError(f"{folder / name} is listed in {where} but missing; re-export the model")
+    for name, digest in digests.items():
+        if name not in recorded:
+            raise ModelFileError(f"{folder / name} is not listed in {where}: it is not part of this export")
+        if recorded[name]["sha256"] != digest:
+            raise ModelFileError(
+                f"{folder / name} does not match the SHA-256 that {where} recorded at export "
+                f"({recorded[name]['sha256'][:12]}... vs {digest[:12]}...): it was changed or replaced since; "
+                "re-export it, or verify the folder it was exported to"
+            )
+    return digests
+
+
 def _load_models(folder: Path, names: tuple[str, ...], threads: int = 0) -> dict[str, OrtClassifier]:
-    if not folder.is_dir():
-        raise ModelFileError(f"{folder} is not a folder; give the folder `akd-edge export` wrote (with model.onnx)")
     models = {}
     for name in names:
         path = folder / name
@@ -89,18 +158,29 @@ def _load_models(folder: Path, names: tuple[str, ...], threads: int = 0) -> dict
     return models
 
 
+def _finite_eps(value: Any, what: str) -> float:
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        eps = math.nan
+    if not math.isfinite(eps) or eps <= 0:
+        raise UsageError(f"{what}: epsilon must be a finite number > 0, got {value!r}")
+    return eps
+
+
 def _threat(
     models: dict[str, OrtClassifier], report: dict[str, Any] | None, norm: str | None, eps: float | None
 ) -> tuple[str, float]:
-    meta_threat = next(iter(models.values())).metadata.get("threat_model") or {}
-    report_threat = (report or {}).get("threat") or {}
+    meta_threat = _dict(next(iter(models.values())).metadata.get("threat_model"))
+    report_threat = _dict((report or {}).get("threat"))
     norm = norm or meta_threat.get("norm") or report_threat.get("norm")
-    eps = eps if eps is not None else meta_threat.get("eps", report_threat.get("eps"))
-    if norm not in ("linf", "l2") or eps is None or float(eps) <= 0:
+    if eps is None:  # --eps was checked by verify_export
+        eps = meta_threat.get("eps", report_threat.get("eps"))
+    if norm not in ("linf", "l2") or eps is None:
         raise ModelFileError(
             f"the model's metadata gives no usable threat model (norm={norm!r}, eps={eps!r}); pass --norm and --eps"
         )
-    return norm, float(eps)
+    return norm, _finite_eps(eps, "the threat model recorded in the model (pass --eps)")
 
 
 def _transfer(
@@ -203,31 +283,94 @@ def verify_export(
         raise DataError(f"--transfer {transfer!r}: use one of {', '.join(TRANSFER_VERSIONS)}")
     if n < 0 or square_queries < 0:
         raise DataError("--n and --square-queries must be >= 0")
+    if eps is not None:
+        _finite_eps(eps, "--eps")
+    if not math.isfinite(margin):
+        raise UsageError(f"--margin must be a finite number, got {margin}")
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder} is not a folder; give the folder `akd-edge export` wrote (with model.onnx)")
+    # writing the report back: hold the folder's lock, so an export replacing this folder cannot interleave
+    with FolderLock(folder, "export folder") if write else contextlib.nullcontext():
+        return _verify(
+            folder,
+            data,
+            data_dir,
+            n,
+            seed,
+            square_queries,
+            p_init,
+            transfer,
+            checkpoint,
+            norm,
+            eps,
+            margin,
+            latency,
+            latency_repeats,
+            threads,
+            write,
+            stage,
+            on_progress,
+        )
+
+
+def _open_export(
+    folder: Path, data: str | None, data_dir: str | None, n: int, norm: str | None, eps: float | None, threads: int
+) -> tuple[dict[str, Any] | None, dict[str, str], dict[str, OrtClassifier], str, float, TestData]:
+    """The report, the checked SHA-256 of the model files, the onnxruntime models, the threat model and the data."""
+    report = _read_report(folder)
+    digests = check_files(folder, report)
     models = _load_models(folder, MODEL_FILES, threads)
-    try:
-        report = read_report(folder)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelFileError(f"{folder / 'report.json'} is corrupt ({err}); re-export the model") from None
     first = models[MODEL_FILES[0]]
     norm, eps = _threat(models, report, norm, eps)
-    report_data = (report or {}).get("data") or {}
-    data = data or first.metadata.get("dataset") or report_data.get("name")
-    if not data:
-        raise DataError("no dataset given and none recorded in the model; pass --data NAME or --data FILE.npz")
-    data_dir = report_data.get("data_dir", "") if data_dir is None else data_dir
-    stage(f"loading test data ({data})")
-    test = load_test_data(data, data_dir, n)
+    report_data = _dict((report or {}).get("data"))
+    files_allowed = data is not None
+    if data is None:  # a name read from the model or its report: a dataset name, never a path
+        data = first.metadata.get("dataset") or report_data.get("name")
+        if not data:
+            raise DataError("no dataset given and none recorded in the model; pass --data NAME or --data FILE.npz")
+        check_name(data, f"dataset recorded in {first.path} or its report.json (pass --data)")
+    if data_dir is None:
+        data_dir = report_data.get("data_dir") or ""
+        if not isinstance(data_dir, str):
+            raise ModelFileError(f"{folder / 'report.json'}: data.data_dir is not a string; pass --data-dir")
+    log.info("loading test data (%s)", data)
+    test = load_test_data(data, data_dir, n, files_allowed=files_allowed)
     for model in models.values():
         model.check_images(test.images, f"dataset {test.name!r} ({test.source})")
-    num_classes = int(first.predict(test.images[:1]).shape[1])
     if len(test.labels) == 0:
         raise DataError(f"dataset {test.name!r} has no test images")
+    num_classes = int(first.predict(test.images[:1]).shape[1])
     if test.labels.min() < 0 or test.labels.max() >= num_classes:
         raise DataError(
             f"labels of {test.name!r} span [{test.labels.min()}, {test.labels.max()}] but {first.path} has {num_classes} outputs"
         )
+    return report, digests, models, norm, eps, test
 
+
+def _verify(
+    folder: Path,
+    data: str | None,
+    data_dir: str | None,
+    n: int,
+    seed: int,
+    square_queries: int,
+    p_init: float,
+    transfer: str,
+    checkpoint: str | None,
+    norm: str | None,
+    eps: float | None,
+    margin: float,
+    latency: bool,
+    latency_repeats: int,
+    threads: int,
+    write: bool,
+    stage: StageFn,
+    on_progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """The body of :func:`verify_export`, run under the folder's lock when it writes."""
+    stage("checking the export and loading test data")
+    report, digests, models, norm, eps, test = _open_export(folder, data, data_dir, n, norm, eps, threads)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     stage("clean accuracy under onnxruntime")
@@ -235,7 +378,9 @@ def verify_export(
     timings["clean_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    source_ckpt = ((report or {}).get("source") or {}).get("checkpoint") if checkpoint is None else checkpoint
+    source_ckpt = _dict((report or {}).get("source")).get("checkpoint") if checkpoint is None else checkpoint
+    if not isinstance(source_ckpt, str | None):
+        raise ModelFileError(f"{folder / 'report.json'}: source.checkpoint is not a path; pass --checkpoint")
     if transfer != "none":
         stage(f"transfer: AutoAttack ({transfer}) on the torch model")
     transferred, transfer_info, torch_model = _transfer(
@@ -327,6 +472,7 @@ def verify_export(
             "transfer": transfer_info,
         },
         "models": results,
+        "files": {name: {"sha256": digest} for name, digest in digests.items()},
         "warnings": warnings,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
@@ -338,7 +484,7 @@ def verify_export(
             folder, models, torch_model, input_shape, latency_repeats
         )
     if write:
-        report = report or {"format": "akd-edge-export/1"}
+        report = report or {"format": REPORT_FORMAT}
         report["verify"] = verify
         write_report(folder, report)
     return verify
