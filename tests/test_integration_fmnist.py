@@ -40,15 +40,19 @@ def test_akd_on_a_slice_learns_from_the_shipped_teacher(fmnist_test, tmp_path: P
     recipe = load_recipe(
         "fmnist-quickstart",
         [
-            "data.train_subset=2048",
+            "data.train_subset=4096",
             "data.val_size=1000",
             "train.epochs=2",
             "train.attack.steps=2",
-            "eval.val_samples=200",
+            "eval.val_samples=500",
             "eval.attack.steps=5",
         ],
     )
     summary = train_run(recipe, tmp_path / "run")
-    # 32 batches of AKD from the robust teacher reach well above chance (10%) on held-out images.
-    assert summary["best"]["clean_acc"] > 0.3
-    assert 0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"]
+    best = summary["best"]
+    # 64 batches of AKD from the robust teacher, judged on 500 held-out images under PGD-5 at eps 0.1.
+    # Measured at seed 0 (torch 2.13, 1 CPU thread): clean 0.58, robust 0.32 (seed 1: 0.64 / 0.40).
+    # Chance is 0.10; the same run with train.attack.name=none ends at robust 0.03 (best epoch: 0.09).
+    assert best["n"] == 500
+    assert best["clean_acc"] > 0.45
+    assert 0.2 < best["robust_acc"] <= best["clean_acc"]
