@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 RESUME_MAY_CHANGE = ("run.threads", "run.device")
 """Recipe keys that may differ when a run is resumed; any other change would make it a different run."""
+_WHERE_KEYS = ("run.name", "run.out_dir")  # where a new run's folder goes: moot once the folder is given
 
 
 class Interrupted(Exception):
@@ -99,7 +100,7 @@ class Diverged(Exception):
         else:
             kept = f"the last good checkpoint, {run_dir / 'last.pt'} (epoch {saved[0]}, batch {saved[1]}), is kept"
         super().__init__(
-            f"training diverged: {what} in epoch {epoch}, batch {batch}; stopped without saving, {kept}. "
+            f"training diverged: {what} batch {batch} of epoch {epoch}; stopped without saving, {kept}. "
             "Start a new run with a lower train.optim.lr or with train.optim.grad_clip set"
         )
         self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
@@ -319,10 +320,12 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def recipe_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two recipe dicts, except :data:`RESUME_MAY_CHANGE`.
 
-    Keys only one side has (a field added in a later version) are not a change.
+    Keys only one side has (a field added in a later version) are not a change, nor is where the run's
+    folder was made (a run folder may be moved or copied).
     """
     old, new = _flat(saved), _flat(current)
-    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and k not in RESUME_MAY_CHANGE)
+    same = (*RESUME_MAY_CHANGE, *_WHERE_KEYS)
+    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and k not in same)
 
 
 def _rng_state(cuda: bool) -> dict[str, Any]:
@@ -502,14 +505,14 @@ class Trainer:
         save_atomic(self._checkpoint(val), self.run_dir / "last.pt")
         self.saved_at = (self.state.epoch, self.state.batch)
 
-    def _diverged(self, what: str) -> Diverged:
-        return Diverged(self.run_dir, what, self.state.epoch + 1, self.state.batch, self.saved_at)
+    def _diverged(self, what: str, batch: int) -> Diverged:
+        return Diverged(self.run_dir, what, self.state.epoch + 1, batch, self.saved_at)
 
     def _check_finite_weights(self) -> None:
         """Never save NaN: a step can leave non-finite weights even when its own loss was finite."""
         for name, tensor in self.model.state_dict().items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise self._diverged(f"the weights ({name}) became non-finite")
+                raise self._diverged(f"the weights ({name}) became non-finite after", self.state.batch)
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
@@ -645,7 +648,7 @@ class Trainer:
             st.sums["time"] += time.perf_counter() - t0
             loss = out["loss"].item()
             if not math.isfinite(loss):
-                raise self._diverged(f"the loss became {loss}")
+                raise self._diverged(f"the loss became {loss} in", st.batch + 1)
             st.sums["loss"] += loss * len(y)
             correct = out["logits"].argmax(1) == y
             st.sums["correct"] += correct.sum().item()
