@@ -65,10 +65,6 @@ def test_multistep_multiplies_by_gamma_at_each_milestone_fraction() -> None:
     assert rates[75] == rates[99] == pytest.approx(0.004)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_scheduler dedups milestones with a set: fractions that round to the same step decay once",
-)
 def test_multistep_applies_every_milestone_even_in_a_short_run() -> None:
     """3 steps, milestones 0.5 and 0.75 both round to step 2: the last batch should train at lr * gamma^2."""
     rates = lrs(OptimConfig(lr=LR, schedule="multistep", milestones=[0.5, 0.75], gamma=0.1), total_steps=3)

@@ -29,6 +29,6 @@ def build_scheduler(
     if cfg.schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     if cfg.schedule == "multistep":
-        milestones = sorted({max(1, round(m * total_steps)) for m in cfg.milestones})
+        milestones = sorted(max(1, round(m * total_steps)) for m in cfg.milestones)  # duplicates decay twice
         return sched.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
     return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
