@@ -79,7 +79,8 @@ def resolve_factory(name: str, *, allow_import: bool = True) -> ModelFactory:
     if not allow_import:
         raise ConfigError(
             f"model {name!r} is not a registered architecture, and importing modules named by a file is not "
-            f"allowed (it would run their code); if you trust it, pass the factory explicitly (--model-factory {name})"
+            f"allowed (it would run their code); if you trust it, pass the factory explicitly "
+            f"(Python: build_model(ckpt, factory={name!r}))"
         )
     module_name, _, attr = name.partition(":")
     if not module_name or not attr or ":" in attr:
