@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from torch import nn
 
 from akd_edge.errors import CheckpointError
-from akd_edge.files import mark
 from akd_edge.export import ExportCheckFailed, ExportData, export_checkpoint, run_name
 from akd_edge.export.onnx import export_onnx, mobile_friendly
+from akd_edge.files import mark
 from akd_edge.models import create_model, list_models
 from akd_edge.train.checkpoint import save_atomic
 from akd_edge.verify.runtime import OrtClassifier

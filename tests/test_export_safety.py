@@ -33,8 +33,14 @@ def save_checkpoint(path: Path, run: str | None = None, nan: bool = False) -> Pa
     ckpt = {
         "format": "akd-edge/1",
         "model": state,
-        "arch": {"name": "cnn-student", "kwargs": {}, "num_classes": 4, "input_shape": list(SHAPE)}
-        | {"mean": [0.5], "std": [0.25]},
+        "arch": {
+            "name": "cnn-student",
+            "kwargs": {},
+            "num_classes": 4,
+            "input_shape": list(SHAPE),
+            "mean": [0.5],
+            "std": [0.25],
+        },
         "data": {"name": "synthetic", "class_names": ["a", "b", "c", "d"], "data_dir": "n=64,test=32,shape=1x12x12"},
         "threat": {"norm": "linf", "eps": 0.1},
         "role": "student",

@@ -29,11 +29,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("verify-safety")
     torch.manual_seed(0)
     model = create_model("cnn-student", num_classes=4, input_shape=SHAPE, mean=[0.5], std=[0.25])
-    arch = {"name": "cnn-student", "kwargs": {}, "num_classes": 4, "input_shape": list(SHAPE), "mean": [0.5]}
+    arch = {
+        "name": "cnn-student",
+        "kwargs": {},
+        "num_classes": 4,
+        "input_shape": list(SHAPE),
+        "mean": [0.5],
+        "std": [0.25],
+    }
     ckpt = {
         "format": "akd-edge/1",
         "model": model.state_dict(),
-        "arch": arch | {"std": [0.25]},
+        "arch": arch,
         "data": {"name": "synthetic", "class_names": ["a", "b", "c", "d"], "data_dir": ""},
         "threat": {"norm": "linf", "eps": 0.1},
         "role": "student",
