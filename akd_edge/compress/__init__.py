@@ -1,1 +1,2 @@
-"""Compression: pruning (torch-pruning, robust fine-tune) and int8 quantization (onnxruntime)."""
+"""Compression: pruning (``prune``: torch-pruning; ``search``: ratio for a budget; ``measure``: size, speed,
+robustness; ``pipeline``: ``akd-edge compress``) and int8 quantization (``quantize``: onnxruntime)."""
