@@ -115,5 +115,5 @@ def test_a_file_that_is_not_an_npz_is_a_data_error(isolated: Path) -> None:
 
     for name, content in [("fake.npz", b"not a zip at all"), ("pickle.npz", b"\x80\x04K\x01.")]:
         (isolated / name).write_bytes(content)
-        with pytest.raises(DataError, match=f"cannot read .*{name}"):
+        with pytest.raises(DataError, match=name):
             load_npz(isolated / name)
