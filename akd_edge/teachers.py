@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -31,18 +32,44 @@ class TeacherEnsemble(nn.Module):
         for param in self.parameters():
             param.requires_grad_(False)
         self.eval()
+        self.configure()
+
+    def configure(self, *, channels_last: bool = False, precision: str = "fp32", needs_grad: bool = False) -> None:
+        """How :meth:`probs` runs the members (see ``akd_edge.train.accel.accelerate_teacher``).
+
+        ``channels_last`` converts inputs (the members must have been converted too); ``precision`` is the
+        autocast precision (fp32, bf16, fp16); ``needs_grad=False`` runs under ``torch.inference_mode``,
+        ``True`` keeps autograd so an objective can differentiate the teacher's output.
+        """
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"teacher precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.channels_last, self.precision, self.needs_grad = channels_last, precision, needs_grad
 
     def train(self, mode: bool = True) -> TeacherEnsemble:
         return super().train(False)  # teachers stay in eval mode whatever the student does
 
-    @torch.no_grad()
     def probs(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Weighted average of the members' ``softmax(logits / temperature)``."""
+        """Weighted average of the members' ``softmax(logits / temperature)``, in float32.
+
+        Without ``needs_grad`` no autograd graph is built (``inference_mode``); the result is a normal
+        tensor, usable as a target in the student's loss.
+        """
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        grad_mode = contextlib.nullcontext() if self.needs_grad else torch.inference_mode()
+        precision = (
+            torch.autocast(x.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+            if self.precision != "fp32"
+            else contextlib.nullcontext()
+        )
         total = None
-        for weight, member in zip(self.weights, self.members, strict=True):
-            p = torch.softmax(member(x).float() / temperature, dim=1) * weight
-            total = p if total is None else total + p
-        return total
+        with grad_mode:
+            with precision:
+                logits = [member(x) for member in self.members]
+            for weight, member_logits in zip(self.weights, logits, strict=True):
+                p = torch.softmax(member_logits.float() / temperature, dim=1) * weight
+                total = p if total is None else total + p
+        return total if self.needs_grad else total.clone()  # clone outside inference_mode: a normal tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the ensemble probabilities: usable as logits by evaluation code."""

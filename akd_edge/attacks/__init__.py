@@ -13,12 +13,12 @@ from torch import nn
 
 from akd_edge.attacks._mode import eval_mode
 from akd_edge.attacks.fgsm import fgsm
-from akd_edge.attacks.pgd import LossFn, pgd
+from akd_edge.attacks.pgd import LossFn, check_unit_range, pgd
 
 if TYPE_CHECKING:
     from akd_edge.config import AttackConfig
 
-__all__ = ["TrainingAttack", "build_attack", "eval_mode", "fgsm", "pgd"]
+__all__ = ["TrainingAttack", "build_attack", "check_unit_range", "eval_mode", "fgsm", "pgd"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class TrainingAttack:
     """``attack(model, x, y, loss_fn=None) -> x_adv`` for one :class:`AttackConfig` (pgd or fgsm)."""
 
     cfg: AttackConfig
+    check_range: bool = True
+    """Check per call that inputs are in [0, 1]; False where the dataset was checked once (no host sync)."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None
@@ -37,16 +39,20 @@ class TrainingAttack:
             "norm": cfg.norm,
             "random_start": cfg.random_start,
             "loss_fn": loss_fn,
+            "check_range": self.check_range,
         }
         if cfg.name == "fgsm":
             return fgsm(model, x, y, **common)
         return pgd(model, x, y, steps=cfg.steps, **common)
 
 
-def build_attack(cfg: AttackConfig) -> TrainingAttack | None:
-    """The training attack a config describes, or None for ``name = "none"`` (clean training)."""
+def build_attack(cfg: AttackConfig, *, check_range: bool = True) -> TrainingAttack | None:
+    """The training attack a config describes, or None for ``name = "none"`` (clean training).
+
+    ``check_range=False`` for batches whose [0, 1] range is guaranteed where the data is loaded.
+    """
     if cfg.name == "none":
         return None
     if cfg.name not in ("pgd", "fgsm"):
         raise ValueError(f"unknown training attack {cfg.name!r}; use pgd, fgsm or none")
-    return TrainingAttack(cfg)
+    return TrainingAttack(cfg, check_range=check_range)

@@ -63,17 +63,48 @@ def iterate_batches(
     augment: bool = False,
     device: str | torch.device = "cpu",
     drop_last: bool = False,
+    prefetch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x float32 NCHW in [0, 1], y int64, idx int64)``; ``idx`` are the samples' indices in ``ds``.
 
     Batches before ``start_batch`` are skipped without being built. ``drop_last`` drops a final partial
-    batch (``num_batches(len(ds), batch_size, drop_last)`` counts the batches either way).
+    batch (``num_batches(len(ds), batch_size, drop_last)`` counts the batches either way). ``prefetch > 0``
+    builds up to that many batches ahead in a background thread (pinned memory and asynchronous copies on
+    CUDA), overlapping batch making with the step; the batches, their order and augmentation are the same.
+    Every ``x`` is in [0, 1] by construction (uint8 / 255), so attacks on these batches need no range check.
     """
+    import torch
+
+    device = torch.device(device)
+    pin = prefetch > 0 and device.type == "cuda" and torch.cuda.is_available()
+    host = _host_batches(ds, batch_size, shuffle, seed, epoch, start_batch, augment, device, drop_last, pin)
+    if prefetch > 0:
+        host = _prefetched(host, prefetch)
+    for images, labels, idx in host:
+        if device.type == "cpu":
+            yield images, labels, idx
+        else:  # uint8 shipped (4x fewer bytes) and converted on the device
+            x = images.to(device, non_blocking=True).float().div_(255.0)
+            yield x, labels.to(device, non_blocking=True), idx.to(device, non_blocking=True)
+
+
+def _host_batches(
+    ds: ImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    start_batch: int,
+    augment: bool,
+    device: torch.device,
+    drop_last: bool,
+    pin: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Host tensors of each batch: float32 images for a CPU run, uint8 (pinned if ``pin``) for a device."""
     import torch
 
     total = num_batches(len(ds), batch_size, drop_last)
     order = epoch_order(len(ds), shuffle=shuffle, seed=seed, epoch=epoch)
-    device = torch.device(device)
     for batch in range(max(start_batch, 0), total):
         idx = order[batch * batch_size : (batch + 1) * batch_size]
         images = ds.images[idx]
@@ -81,7 +112,56 @@ def iterate_batches(
             images = augment_batch(images, _rng(_AUGMENT, seed, epoch, batch))
         if device.type == "cpu":  # numpy converts single-threaded: no OpenMP stalls on a busy machine
             x = torch.from_numpy(np.divide(images, np.float32(255.0), dtype=np.float32))
-        else:  # ship uint8 (4x fewer bytes) and convert on the device
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).float().div_(255.0)
-        y = torch.from_numpy(ds.labels[idx]).to(device, non_blocking=True)
-        yield x, y, torch.from_numpy(idx.astype(np.int64)).to(device)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images))
+        y = torch.from_numpy(ds.labels[idx])
+        index = torch.from_numpy(idx.astype(np.int64))
+        if pin:
+            x, y, index = x.pin_memory(), y.pin_memory(), index.pin_memory()
+        yield x, y, index
+
+
+_DONE = object()
+
+
+def _prefetched(source: Iterator, depth: int) -> Iterator:
+    """``source``'s items, produced up to ``depth`` ahead by one thread (so in order); the thread stops when
+    the consumer does (break, exception) and its exceptions are raised in the consumer."""
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            items.put(err)
+
+    worker = threading.Thread(target=produce, name="akd-edge-batches", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
