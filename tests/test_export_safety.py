@@ -225,3 +225,9 @@ def test_nan_model_is_refused_up_front(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     with pytest.raises(CheckpointError, match="NaN"):
         export_checkpoint(ckpt, tmp_path / "out", int8=False, data=images())
+
+
+@pytest.mark.parametrize("out", [".", "..", "a/..", "/"])
+def test_out_must_name_a_folder_of_its_own(out: str) -> None:
+    with pytest.raises(UsageError, match="does not name a folder"):
+        export_folder.check_out(Path(out))

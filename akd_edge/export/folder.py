@@ -64,6 +64,8 @@ def replaceable(folder: Path) -> str | None:
 
 def check_out(out: Path) -> None:
     """Refuse (UsageError, nothing touched) an ``out`` that a new export must not replace."""
+    if out.name in ("", ".", ".."):
+        raise UsageError(f"--out {out} does not name a folder of its own; give a path such as export/my-model")
     if out.is_symlink():
         raise UsageError(f"--out {out} is a symbolic link; give the folder itself, or choose another --out")
     if out.exists() and not out.is_dir():
