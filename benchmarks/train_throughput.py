@@ -2,16 +2,20 @@
 
 Prints a markdown table: images/s for teacher AT and for the student trained with AT, TRADES, RSLAD and AKD
 (1 and 3 teachers), the model FLOPs of one step (torch's FlopCounterMode, attack included) and the FLOP/s
-reached as a share of a large float32 matmul's FLOP/s measured in the same run on the same machine.
+reached as a share of a large matmul's FLOP/s measured in the same run on the same device (in the step's
+precision). ``--suite cifar`` runs the CIFAR-shape configurations (WRN-34-10 teacher AT, ResNet-18 and
+MobileNetV2 AKD students from WRN-34-10, PGD-10 Linf 8/255, batch 128 and 512); ``--device cuda`` runs on
+the GPU (bf16 autocast by default there, cudnn.benchmark on). ``--tiny`` is a seconds-long smoke check of
+the code path (batch 4, one step, PGD-1) whose numbers mean nothing.
 
     python benchmarks/train_throughput.py [--batches 10] [--batch-size 128] [--threads 0]
+    python benchmarks/train_throughput.py --suite cifar --device cuda [--channels-last] [--compile]
+    python benchmarks/train_throughput.py --suite cifar --device cpu --tiny
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,14 +25,17 @@ from akd_edge.config import AttackConfig, MethodConfig, OptimConfig
 from akd_edge.methods import METHODS
 from akd_edge.models import create_model
 from akd_edge.teachers import TeacherEnsemble
+from akd_edge.train import accel
 from akd_edge.train.schedule import build_optimizer
 
 SHAPE = (1, 28, 28)
 EPS = 0.1
+CIFAR_SHAPE, CIFAR_EPS, CIFAR_STEPS = (3, 32, 32), 8 / 255, 10
 
 
-def make(name: str) -> torch.nn.Module:
-    return create_model(name, num_classes=10, input_shape=SHAPE, mean=[0.286], std=[0.353])
+def make(name: str, shape: tuple[int, ...] = SHAPE) -> torch.nn.Module:
+    channels = shape[0]
+    return create_model(name, num_classes=10, input_shape=shape, mean=[0.4] * channels, std=[0.25] * channels)
 
 
 class _GlobalOnly:
@@ -52,25 +59,42 @@ def count_flops(fn: callable, *args: object) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a large float32 matmul: the machine's practical peak for these kernels."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large matmul in ``dtype``: the device's practical peak for these kernels."""
+    if device != "cpu":
+        n, repeats = 8192, 50
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    accel.time_alternating({"warm": lambda: a @ b}, device, repeats=1, warmup=0)
+    seconds = accel.time_alternating({"matmul": lambda: [a @ b for _ in range(repeats)]}, device, repeats=1)
+    return 2 * n**3 * repeats / seconds["matmul"]
 
 
-def step_fn(model: torch.nn.Module, method: str, steps: int, teachers: int) -> callable:
-    teacher = TeacherEnsemble([make("cnn-teacher") for _ in range(teachers)]) if teachers else None
-    attack = build_attack(AttackConfig(eps=EPS, steps=steps))
-    task = METHODS.get(method)(model, attack, MethodConfig(name=method), teacher)
+def step_fn(
+    model: torch.nn.Module, method: str, steps: int, teachers: int, args: argparse.Namespace, setting: dict
+) -> callable:
+    shape, teacher_name = setting["shape"], setting["teacher"]
+    members = [make(teacher_name, shape).to(args.device) for _ in range(teachers)]
+    teacher = TeacherEnsemble(members) if teachers else None
+    plan = accel.SpeedPlan(
+        channels_last=args.channels_last,
+        precision=args.amp,
+        compile=args.compile,
+        teacher_channels_last=args.channels_last,
+        teacher_precision=args.amp,
+        cudnn_benchmark=args.device.startswith("cuda"),
+    )
+    if teacher is not None:
+        teacher = accel.accelerate_teacher(teacher, plan)
+    runnable = accel.prepare_student(model, plan)
+    attack = build_attack(AttackConfig(eps=setting["eps"], steps=steps), check_range=False)
+    task = METHODS.get(method)(runnable, attack, MethodConfig(name=method), teacher)
     optimizer = build_optimizer(model, OptimConfig())
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         model.train()
-        loss = task(x, y)["loss"]
+        with accel.step_autocast(x.device, plan):
+            loss = task(accel.as_input(x, plan.channels_last), y)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -78,49 +102,87 @@ def step_fn(model: torch.nn.Module, method: str, steps: int, teachers: int) -> c
     return step
 
 
-def measure(label: str, model_name: str, method: str, steps: int, teachers: int, args: argparse.Namespace) -> dict:
+def measure(
+    label: str, model_name: str, method: str, steps: int, teachers: int, args: argparse.Namespace, setting: dict
+) -> dict:
     torch.manual_seed(0)
-    model = make(model_name)
-    step = step_fn(model, method, steps, teachers)
-    x = torch.rand(args.batch_size, *SHAPE)
-    y = torch.randint(0, 10, (args.batch_size,))
+    batch_size = setting.get("batch_size", args.batch_size)
+    model = make(model_name, setting["shape"]).to(args.device)
+    step = step_fn(model, method, steps, teachers, args, setting)
+    x = torch.rand(batch_size, *setting["shape"], device=args.device)
+    y = torch.randint(0, 10, (batch_size,), device=args.device)
     flops = count_flops(step, x, y)
-    step(x, y)  # warm-up
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        step(x, y)
-    seconds = time.perf_counter() - start
+    step(x, y)  # warm-up (and compilation)
+    seconds = accel.time_alternating({"run": lambda: [step(x, y) for _ in range(args.batches)]}, args.device, 1, 0)
+    seconds = seconds["run"]
     return {
         "label": label,
-        "images_per_s": args.batches * args.batch_size / seconds,
+        "images_per_s": args.batches * batch_size / seconds,
         "gflop_per_step": flops / 1e9,
         "gflop_per_s": flops * args.batches / seconds / 1e9,
     }
 
 
+def cifar_configs(tiny: bool) -> list[tuple]:
+    """WRN-34-10 teacher AT and ResNet-18 / MobileNetV2 AKD students from it, batch 128 and 512."""
+    steps = 1 if tiny else CIFAR_STEPS
+    configs = []
+    for batch in (4,) if tiny else (128, 512):
+        setting = {"shape": CIFAR_SHAPE, "teacher": "wrn-34-10", "eps": CIFAR_EPS, "batch_size": batch}
+        configs += [
+            (f"teacher wrn-34-10, AT PGD-{steps}, batch {batch}", "wrn-34-10", "at", steps, 0, setting),
+            (f"student resnet18, AKD PGD-{steps} from wrn-34-10, batch {batch}", "resnet18", "akd", steps, 1, setting),
+            (
+                f"student mobilenetv2, AKD PGD-{steps} from wrn-34-10, batch {batch}",
+                "mobilenetv2",
+                "akd",
+                steps,
+                1,
+                setting,
+            ),
+        ]
+    return configs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=10, help="timed batches per configuration")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size of the fmnist suite")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--suite", choices=("fmnist", "cifar"), default="fmnist")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--amp", choices=accel.PRECISIONS, help="step precision (default: bf16 on cuda, else fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="student, teacher and batches channels_last")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student (inductor)")
+    parser.add_argument("--tiny", action="store_true", help="smoke check: batch 4, one step, PGD-1")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "fp32")
+    if args.tiny:
+        args.batches, args.batch_size = 1, 4
+    fmnist = {"shape": SHAPE, "teacher": "cnn-teacher", "eps": EPS}
     configs = [
-        ("teacher cnn-teacher, AT PGD-3", "cnn-teacher", "at", 3, 0),
-        ("student cnn-student, AT PGD-5", "cnn-student", "at", 5, 0),
-        ("student cnn-student, TRADES PGD-5", "cnn-student", "trades", 5, 0),
-        ("student cnn-student, RSLAD PGD-5", "cnn-student", "rslad", 5, 1),
-        ("student cnn-student, AKD PGD-5, 1 teacher", "cnn-student", "akd", 5, 1),
-        ("student cnn-student, AKD PGD-5, 3 teachers", "cnn-student", "akd", 5, 3),
+        ("teacher cnn-teacher, AT PGD-3", "cnn-teacher", "at", 3, 0, fmnist),
+        ("student cnn-student, AT PGD-5", "cnn-student", "at", 5, 0, fmnist),
+        ("student cnn-student, TRADES PGD-5", "cnn-student", "trades", 5, 0, fmnist),
+        ("student cnn-student, RSLAD PGD-5", "cnn-student", "rslad", 5, 1, fmnist),
+        ("student cnn-student, AKD PGD-5, 1 teacher", "cnn-student", "akd", 5, 1, fmnist),
+        ("student cnn-student, AKD PGD-5, 3 teachers", "cnn-student", "akd", 5, 3, fmnist),
     ]
-    peak = matmul_peak()
-    rows = [measure(*config, args) for config in configs]
-    peak = max(peak, matmul_peak())  # measured before and after: the higher one, against noise
+    if args.suite == "cifar":
+        configs = cifar_configs(args.tiny)
+    peak_dtype = accel.DTYPES.get(args.amp, torch.float32)
+    peak = matmul_peak(device=args.device, dtype=peak_dtype)
+    rows = [measure(*config[:5], args, config[5]) for config in configs]
+    peak = max(peak, matmul_peak(device=args.device, dtype=peak_dtype))  # before and after: the higher, vs noise
+    machine = accel.machine_summary()
+    where = machine["gpu"] if args.device.startswith("cuda") else machine["cpu"]
     print(
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; batch {args.batch_size}, Linf eps {EPS}; "
-        f"matmul peak {peak / 1e9:.0f} GFLOP/s\n"
+        f"Device: {where} ({args.device}); CPU flags {' '.join(machine['cpu_flags']) or '-'}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; {args.amp}, "
+        f"channels_last {args.channels_last}, compile {args.compile}; "
+        f"{args.amp if args.amp != 'fp32' else 'float32'} matmul peak {peak / 1e9:.0f} GFLOP/s\n"
     )
     print("| configuration | images/s | GFLOP per step | GFLOP/s | share of matmul peak |")
     print("|---|---:|---:|---:|---:|")
