@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from akd_edge.errors import CheckpointError, DataError, UsageError
-from akd_edge.files import FolderLock, check_name
+from akd_edge.files import FolderLock, check_name, ensure_writable_dir
 from akd_edge.report import REPORT_FORMAT, read_report, sha256_file, write_report
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier, file_size, ort_latency
 from akd_edge.verify.square import square_attack
@@ -290,6 +290,8 @@ def verify_export(
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFileError(f"{folder} is not a folder; give the folder `akd-edge export` wrote (with model.onnx)")
+    if write:  # a read-only folder fails now, in one line, not after the attacks
+        ensure_writable_dir(folder, "verify writes report.json into the export folder")
     # writing the report back: hold the folder's lock, so an export replacing this folder cannot interleave
     with FolderLock(folder, "export folder") if write else contextlib.nullcontext():
         return _verify(
