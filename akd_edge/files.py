@@ -215,6 +215,25 @@ def remove_orphans(folder: str | Path, names: tuple[str, ...] | None = None) -> 
     return removed
 
 
+def in_use(folder: str | Path) -> bool:
+    """Whether a live process holds ``folder``'s :class:`FolderLock` (probed without creating anything)."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class FolderLock:
     """An exclusive lock on a folder for the life of one process: ``with FolderLock(run_dir, "run"):``.
 

@@ -21,8 +21,9 @@ import torch
 from akd_edge import __version__
 from akd_edge.config import RECIPES_DIR, load_recipe, resolve_recipe_path, to_dict
 from akd_edge.data import load_test_split
+from akd_edge.env import resolve_device
 from akd_edge.train.checkpoint import load_model
-from akd_edge.train.loop import resolve_device, train_run
+from akd_edge.train.loop import torch_threads, train_run
 from akd_edge.train.validate import validate
 
 
@@ -48,7 +49,8 @@ def main() -> None:
     else:
         run_dir = args.out or Path("runs") / f"bench-{path.stem}"
         start = time.perf_counter()
-        summary = train_run(recipe, run_dir, resume=args.resume)
+        with torch_threads(recipe.run.threads):
+            summary = train_run(recipe, run_dir, resume=args.resume)
         wall = time.perf_counter() - start
 
     torch.manual_seed(0)

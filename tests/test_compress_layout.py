@@ -11,7 +11,7 @@ import pytest
 import akd_edge
 from akd_edge.compress.pipeline import _out_dir
 from akd_edge.errors import UsageError
-from akd_edge.files import MARK, mark
+from akd_edge.files import MARK, in_use, mark
 
 PACKAGE = Path(akd_edge.__file__).parent
 
@@ -48,12 +48,29 @@ def test_low_level_modules_import_nothing_above_them(relative: str) -> None:
     assert not upward, f"{relative} imports {upward}"
 
 
+def _take(out: Path) -> Path:
+    path, lock = _out_dir(out, None, "src")
+    lock.release()
+    return path
+
+
 def test_out_dir_takes_new_empty_or_mark_only_folders(tmp_path: Path) -> None:
-    assert _out_dir(tmp_path / "new", None, "src") == tmp_path / "new"
+    assert _take(tmp_path / "new") == tmp_path / "new"
     (tmp_path / "empty").mkdir()
-    assert _out_dir(tmp_path / "empty", None, "src") == tmp_path / "empty"
+    assert _take(tmp_path / "empty") == tmp_path / "empty"
     mark(tmp_path / "stopped", "compress")  # a compress run that stopped before writing anything
-    assert _out_dir(tmp_path / "stopped", None, "src") == tmp_path / "stopped"
+    assert _take(tmp_path / "stopped") == tmp_path / "stopped"
+
+
+def test_out_dir_is_locked_while_compress_runs(tmp_path: Path) -> None:
+    path, lock = _out_dir(tmp_path / "out", None, "src")
+    try:
+        assert in_use(path)
+        with pytest.raises(UsageError, match="in use"):
+            _out_dir(path, None, "src")
+    finally:
+        lock.release()
+    assert not in_use(path)
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def _load(
     """
     if not resume:
         return load_recipe(recipe, list(overrides)), None
-    from akd_edge.train.loop import RESUME_MAY_CHANGE
+    from akd_edge.train.rundir import RESUME_MAY_CHANGE
 
     run_dir = Path(resume)
     refused = [flag for flag, given in (flags or {}).items() if given]
@@ -132,7 +132,8 @@ def _given(name: str) -> bool:
 
 def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -> dict[str, Any]:
     """Claim the run directory (locked, checked writable before any data loads), then train in it."""
-    from akd_edge.train.loop import Diverged, Interrupted, claim_run_dir, open_run_dir, torch_threads, train_run
+    from akd_edge.train.loop import Diverged, Interrupted, torch_threads, train_run
+    from akd_edge.train.rundir import claim_run_dir, open_run_dir
 
     with torch_threads(recipe.run.threads):
         claimed = open_run_dir(run_dir) if run_dir else claim_run_dir(recipe, out_dir)

@@ -20,7 +20,17 @@ from akd_edge.attacks import eval_mode
 from akd_edge.compress.measure import measure
 from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channels, prune_model, resolve_keep
 from akd_edge.errors import CheckpointError, UsageError
-from akd_edge.files import MARK, copy_atomic, ensure_writable_dir, mark, marked_kind, write_json_atomic
+from akd_edge.files import (
+    LOCK,
+    MARK,
+    FolderInUse,
+    FolderLock,
+    copy_atomic,
+    ensure_writable_dir,
+    mark,
+    marked_kind,
+    write_json_atomic,
+)
 from akd_edge.train.pruning_history import pruning_record
 
 log = logging.getLogger(__name__)
@@ -85,7 +95,7 @@ def _refuse_reason(path: Path) -> str | None:
         return None
     if not path.is_dir():
         return "exists and is not a folder"
-    contents = [p.name for p in path.iterdir()]
+    contents = [p.name for p in path.iterdir() if p.name != LOCK]
     kind = marked_kind(path)
     if kind == "compress" and contents == [MARK]:
         return None
@@ -98,19 +108,44 @@ def _refuse_reason(path: Path) -> str | None:
     return "already exists and is not an empty folder"
 
 
-def _out_dir(out: str | Path | None, recipe: Any, source_name: str) -> Path:
+def _claim_out(path: Path) -> FolderLock | None:
+    """The folder's lock if compress may write there (checked again once locked), else None."""
+    if _refuse_reason(path) is not None:
+        return None
+    try:
+        lock = FolderLock(path, "compress folder").acquire()
+    except FolderInUse:
+        return None
+    if _refuse_reason(path) is None:
+        return lock
+    lock.release()
+    return None
+
+
+def _out_dir(out: str | Path | None, recipe: Any, source_name: str) -> tuple[Path, FolderLock]:
+    """The output folder, locked: ``out`` (which must be new or empty), else the first free
+    ``<run.out_dir>/<source>-pruned[-N]``, taking each candidate's lock before deciding."""
     from dataclasses import replace
 
-    from akd_edge.train.loop import new_run_dir
+    from akd_edge.train.rundir import candidates
 
     if out is not None:
         path = Path(out)
         reason = _refuse_reason(path)
         if reason is not None:
             raise UsageError(f"--out {path} {reason}; choose another --out")
-        return path
+        ensure_writable_dir(path, "--out")  # fails now, not after the fine-tuning
+        lock = _claim_out(path)
+        if lock is None:
+            raise UsageError(f"--out {path} is in use by another akd-edge process or was just filled; choose another")
+        return path, lock
     renamed = replace(recipe, run=replace(recipe.run, name=f"{source_name}-pruned"))
-    return new_run_dir(renamed)
+    ensure_writable_dir(renamed.run.out_dir, "run.out_dir")
+    for path in candidates(renamed):
+        lock = _claim_out(path)
+        if lock is not None:
+            return path, lock
+    raise AssertionError("unreachable: the candidates never end")
 
 
 def _taylor_loss(recipe: Any, model: nn.Module, splits: Any, device: torch.device) -> Callable[[], torch.Tensor]:
@@ -185,11 +220,14 @@ class _Compression:
             )
         self.source_name = str(recipe_dict.get("run", {}).get("name") or Path(self.meta["path"]).parent.name)
         recipe = _finetune_recipe(recipe_dict, f"{self.source_name}-pruned", epochs, overrides, device)
-        self.out_dir = _out_dir(out, recipe, self.source_name)
-        self.recipe = _finetune_recipe(recipe_dict, self.out_dir.name, epochs, overrides, device)
-        self.device = resolve_device(self.recipe.run.device)
-        ensure_writable_dir(self.out_dir, "--out")  # fails now, not after the fine-tuning
-        mark(self.out_dir, "compress", source=str(self.meta["path"]))
+        self.out_dir, self.lock = _out_dir(out, recipe, self.source_name)
+        try:
+            self.recipe = _finetune_recipe(recipe_dict, self.out_dir.name, epochs, overrides, device)
+            self.device = resolve_device(self.recipe.run.device)
+            mark(self.out_dir, "compress", source=str(self.meta["path"]))
+        except BaseException:
+            self.lock.release()
+            raise
         self.model.to(self.device)
         self.input_shape = tuple(int(v) for v in self.meta["arch"]["input_shape"])
         base = self.meta.get("pruning") or {}
@@ -432,8 +470,6 @@ def compress_run(
     """
     import time
 
-    from akd_edge.train.checkpoint import load_model
-
     started = time.perf_counter()
     job = _Compression(
         source,
@@ -447,6 +483,18 @@ def compress_run(
         callbacks=callbacks,
         on_stage=on_stage,
     )
+    try:
+        return _compress(job, started)
+    finally:
+        job.lock.release()
+
+
+def _compress(job: _Compression, started: float) -> dict[str, Any]:
+    """The stages of :func:`compress_run`, in the locked output folder."""
+    import time
+
+    from akd_edge.train.checkpoint import load_model
+
     job.load_data()
     ratio, search = job.resolve_ratio()
     job.stage(f"measuring the unpruned model on {len(job.test)} test images")
