@@ -124,6 +124,21 @@ def _plots(report: dict[str, Any], out_dir: Path, label: str) -> dict[str, Any]:
     return written
 
 
+def attack_specs(options: EvalOptions, norm: str, eps: float) -> tuple[list[AttackSpec], AttackSpec]:
+    """The attacks ``options`` asks for at the threat model (norm, eps), and the PGD spec of the eps curve."""
+    base = AttackSpec(
+        "pgd",
+        norm=norm,
+        eps=eps,
+        steps=options.steps,
+        restarts=options.restarts,
+        step_size=options.step_size,
+        n_queries=options.n_queries,
+        seed=options.seed,
+    )
+    return [replace(base, name=name) for name in options.attacks], base
+
+
 def evaluate(
     source: str | Path,
     options: EvalOptions | None = None,
@@ -145,17 +160,7 @@ def evaluate(
     out = ensure_writable_dir(Path(out_dir) if out_dir is not None else default_out_dir(source), "--out")
     norm, eps = resolve_threat(meta, options.norm, options.eps)
     dataset, data_meta = _load_data(meta, options)
-    base = AttackSpec(
-        "pgd",
-        norm=norm,
-        eps=eps,
-        steps=options.steps,
-        restarts=options.restarts,
-        step_size=options.step_size,
-        n_queries=options.n_queries,
-        seed=options.seed,
-    )
-    specs = [replace(base, name=name) for name in options.attacks]
+    specs, base = attack_specs(options, norm, eps)
     curve = eps_grid(options.eps_curve) if options.eps_curve else []
     batches = iterate_batches(dataset, options.batch_size, device=options.device)
     log.info(

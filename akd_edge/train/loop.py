@@ -183,6 +183,8 @@ class Trainer:
         callbacks: Callbacks | None = None,
         model: nn.Module | None = None,
         ckpt_extra: dict[str, Any] | None = None,
+        data: DatasetSplits | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.recipe = recipe
         self.ckpt_extra = dict(ckpt_extra or {})
@@ -194,16 +196,16 @@ class Trainer:
         outer = _rng_state(self.device.type == "cuda")
         try:  # seeded from run.seed in an RNG state of its own; the caller's global state is put back
             torch.manual_seed(recipe.run.seed)
-            self._build(model)
+            self._build(model, data, teacher)
             self._rng = _rng_state(self.device.type == "cuda")
         finally:
             _set_rng_state(outer)
 
-    def _build(self, model: nn.Module | None) -> None:
+    def _build(self, model: nn.Module | None, data: DatasetSplits | None, teacher: nn.Module | None) -> None:
         recipe = self.recipe
-        self.splits: DatasetSplits = load_dataset(recipe.data, recipe.run.seed)
+        self.splits: DatasetSplits = data if data is not None else load_dataset(recipe.data, recipe.run.seed)
         self.model = model.to(self.device) if model is not None else self._build_model()
-        self.teacher = self._build_teacher()
+        self.teacher = self._build_teacher() if teacher is None else self._given_teacher(teacher)
         method = METHODS.get(recipe.method.name)
         self.task = method(self.model, build_attack(recipe.train.attack), recipe.method, self.teacher)
         self.optimizer = build_optimizer(self.model, recipe.train.optim)
@@ -254,6 +256,13 @@ class Trainer:
                 "[[teachers]] entry; add one (path = a teacher run directory or checkpoint)"
             )
         return load_teachers(self.recipe.teachers, self.device, self.splits.input_shape, self.splits.num_classes)
+
+    def _given_teacher(self, teacher: nn.Module) -> nn.Module:
+        """A teacher passed as an object (Python API): frozen, in eval mode, on the run's device."""
+        from akd_edge.teachers import TeacherEnsemble
+
+        ensemble = teacher if isinstance(teacher, TeacherEnsemble) else TeacherEnsemble([teacher])
+        return ensemble.to(self.device).eval().requires_grad_(False)
 
     @property
     def arch(self) -> dict[str, Any]:
@@ -568,14 +577,17 @@ def train_run(
     model: nn.Module | None = None,
     ckpt_extra: dict[str, Any] | None = None,
     save_on_ctrl_c: bool = False,
+    data: DatasetSplits | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``recipe`` into ``run_dir`` (or continue it with ``resume``); returns the summary dict.
 
     ``run_dir`` is a folder (locked for the run; a new run needs it missing or empty) or a :class:`RunDir`
     already claimed. ``model`` starts from given weights (for example a pruned student being fine-tuned)
     instead of a fresh ``recipe.model``; ``ckpt_extra`` is stored in every checkpoint (for example
-    ``{"pruning": ...}``). Raises :class:`Diverged` if the loss becomes NaN or inf, :class:`Interrupted`
+    ``{"pruning": ...}``). ``data`` (train/val/test splits) and ``teacher`` (a model or
+    :class:`~akd_edge.teachers.TeacherEnsemble`) replace the recipe's dataset and teachers. Raises :class:`Diverged` if the loss becomes NaN or inf, :class:`Interrupted`
     on Ctrl-C with ``save_on_ctrl_c``. Thread count and global RNG are left as they were.
     """
-    trainer = Trainer(recipe, run_dir, role, callbacks, model, ckpt_extra)
+    trainer = Trainer(recipe, run_dir, role, callbacks, model, ckpt_extra, data, teacher)
     return trainer.run(resume=resume, save_on_ctrl_c=save_on_ctrl_c)

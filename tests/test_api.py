@@ -1,0 +1,94 @@
+"""The Python API: objects in, objects out, and no process-wide state changed behind the caller's back."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import akd_edge as ae
+from akd_edge.data import ImageDataset
+from akd_edge.errors import UsageError
+from akd_edge.models import create_model
+
+SYNTH = "n=256,test=64,shape=1x8x8,classes=3"
+TINY = {
+    "run": {"name": "api", "seed": 0, "device": "cpu"},
+    "data": {"name": "synthetic", "data_dir": SYNTH, "val_size": 64, "batch_size": 64, "eval_batch_size": 64},
+    "model": {"name": "cnn-student"},
+    "method": {"name": "at"},
+    "train": {"epochs": 1, "attack": {"eps": 0.1, "steps": 2}},
+    "eval": {"attack": {"eps": 0.1, "steps": 2}},
+}
+
+
+def _state() -> tuple[torch.Tensor, int, object]:
+    return torch.get_rng_state(), torch.get_num_threads(), signal.getsignal(signal.SIGINT)
+
+
+def test_distill_returns_the_best_model_and_leaves_process_state_alone(tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    rng, threads, handler = _state()
+    model, summary = ae.train_teacher(TINY, run_dir=tmp_path / "run", threads=2)
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert summary["epochs"] == 1 and summary["run_dir"] == str(tmp_path / "run")
+    assert (tmp_path / "run" / "best.pt").is_file()
+    after_rng, after_threads, after_handler = _state()
+    assert torch.equal(after_rng, rng), "the caller's global RNG was advanced or reseeded"
+    assert (after_threads, after_handler) == (threads, handler)
+
+
+def test_distill_takes_data_and_teacher_objects(tmp_path: Path) -> None:
+    data = ae.load_data(TINY)
+    assert data.num_classes == 3 and tuple(data.input_shape) == (1, 8, 8)
+    teacher = create_model("cnn-student", num_classes=3, input_shape=(1, 8, 8), mean=data.mean, std=data.std)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    # A data folder that does not exist proves the given splits were used, not the recipe's.
+    recipe = {**TINY, "data": {**TINY["data"], "name": "fashion-mnist", "data_dir": str(tmp_path / "none")}}
+    model, summary = ae.distill(
+        recipe, overrides=["method.name=akd"], run_dir=tmp_path / "s", data=data, teacher=teacher
+    )
+    assert summary["method"] == "akd"
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()), "the teacher was trained"
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_distill_without_a_teacher_for_akd_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="teachers"):
+        ae.distill(TINY, overrides=["method.name=akd"], run_dir=tmp_path / "s")
+
+
+def test_evaluate_a_model_object_on_a_dataset_object() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 1, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=40)
+    data = ImageDataset(images, labels)
+    model = create_model("cnn-student", num_classes=3, input_shape=(1, 8, 8), mean=[0.5], std=[0.25]).eval()
+    torch.manual_seed(5)
+    rng_before = torch.get_rng_state()
+    results = ae.evaluate(model, data, eps=0.05, norm="linf", attacks=["pgd"], steps=3, n=32, batch_size=16)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    clean, pgd = results["clean"], results["attacks"]["pgd"]
+    assert clean["n"] == 32 and pgd["n"] == 32
+    assert pgd["acc"] <= clean["acc"]
+    assert pgd["settings"]["eps"] == 0.05 and pgd["settings"]["steps"] == 3
+    with torch.no_grad():
+        expected = (model(torch.from_numpy(images[:32]).float() / 255).argmax(1).numpy() == labels[:32]).mean()
+    assert clean["acc"] == pytest.approx(expected)
+
+
+def test_evaluate_a_model_object_needs_data_and_threat() -> None:
+    model = create_model("cnn-student", num_classes=3, input_shape=(1, 8, 8), mean=[0.5], std=[0.25])
+    with pytest.raises(UsageError, match="eps and norm"):
+        ae.evaluate(model)
+
+
+def test_import_akd_edge_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, akd_edge; assert callable(akd_edge.distill); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
