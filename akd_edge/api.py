@@ -71,7 +71,8 @@ def _train(
         claimed = open_run_dir(run_dir) if resume and run_dir is not None else claim_run_dir(cfg, run_dir)
         with claimed:
             summary = train_run(cfg, claimed, resume=resume, role=role, data=data, teacher=teacher)
-        model, _ = load_model(claimed.path, "best")
+        own = cfg.model.name if ":" in cfg.model.name else None  # the recipe's own module:factory, trusted
+        model, _ = load_model(claimed.path, "best", factory=own)
     return model, summary
 
 
@@ -168,7 +169,7 @@ def evaluate(
     opts = EvalOptions(attacks=tuple(attacks), norm=norm, eps=eps, plots=False, **options)
     with _isolated(threads):
         if isinstance(model, (str, Path)):
-            model, meta = load_model(model, opts.which, opts.device)
+            model, meta = load_model(model, opts.which, opts.device, opts.factory)
             norm, eps = resolve_threat(meta, norm, eps)
             if data is None:
                 data, _ = _load_data(meta, opts)
@@ -214,7 +215,7 @@ def compress(
     spec = PruneSpec(ratio=ratio, **{k: v for k, v in options.items() if k in spec_fields})
     with _isolated(threads):
         report = compress_run(source, spec, **{k: v for k, v in options.items() if k not in spec_fields})
-        model, _ = load_model(report["out"], "best")
+        model, _ = load_model(report["out"], "best", factory=options.get("factory"))
     return model, report
 
 

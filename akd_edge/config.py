@@ -233,9 +233,19 @@ class TeacherSpec:
     """For a run directory: ``best`` (early-stopped, default), ``last`` or an epoch number."""
     weight: float = 1.0
     """Weight of this teacher's probabilities in the ensemble average (weights are normalised)."""
+    factory: str = ""
+    """``package.module:factory`` of a teacher of your own architecture, imported to rebuild it (this runs
+    the module's code, so name only code you trust); empty for a registered architecture. A checkpoint's
+    own ``module:factory`` name is never imported without it."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "teachers.path", "is required")
+        module, colon, attr = self.factory.partition(":")
+        _check(
+            not self.factory or bool(colon and module and attr and ":" not in attr),
+            "teachers.factory",
+            f"must be 'package.module:factory' (one colon, both parts non-empty), got {self.factory!r}",
+        )
         _check(
             self.which in ("best", "last") or self.which.isdigit(),
             "teachers.which",

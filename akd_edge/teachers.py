@@ -85,7 +85,7 @@ def load_teachers(
     """Load each teacher (early-stopped ``best`` by default) and check it fits the student's data."""
     models, weights = [], []
     for spec in specs:
-        model, meta = load_model(spec.path, spec.which, device)
+        model, meta = load_model(spec.path, spec.which, device, spec.factory or None)
         arch = meta["arch"]
         if input_shape is not None and tuple(arch["input_shape"]) != tuple(input_shape):
             raise ConfigError(

@@ -1,11 +1,12 @@
-"""Shared pieces of the CLI: the console, progress bars, and turning user mistakes into exit code 2."""
+"""Shared pieces of the CLI: the console, progress bars, the options several commands take (one help text
+each), and turning user mistakes into exit code 2."""
 
 from __future__ import annotations
 
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -64,3 +65,111 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.exceptions.Exit(2) from None
 
     return wrapper
+
+
+# -- options shared by several commands ---------------------------------------------------------------------
+F = TypeVar("F", bound=Callable[..., Any])
+Option = Callable[[F], F]
+
+
+def device_option(default: str | None = None) -> Option:
+    """``--device``; without a ``default`` the recipe's ``run.device`` applies."""
+    where = "" if default else " [default: the recipe's run.device]"
+    return click.option(
+        "--device", default=default, show_default=default is not None, help=f"auto, cpu, cuda or cuda:N{where}."
+    )
+
+
+def data_dir_option(default: str) -> Option:
+    """``--data-dir``; ``default`` says where the dataset is looked for without it."""
+    return click.option(
+        "--data-dir", type=click.Path(), default=None, help=f"Folder with the dataset files [default: {default}]."
+    )
+
+
+def threads_option(runtimes: str = "torch") -> Option:
+    """``--threads`` for the CPU threads of ``runtimes``."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help=f"CPU threads of {runtimes} (0 = their default); 1 is often much faster for small models on a "
+        "busy machine.",
+    )
+
+
+def out_option(what: str, default: str) -> Option:
+    """``--out`` (parameter ``out_dir``): the folder ``what`` goes to, ``default`` without it."""
+    return click.option(
+        "--out", "out_dir", type=click.Path(file_okay=False), default=None, help=f"{what} [default: {default}]."
+    )
+
+
+def set_option(recipe: str = "the recipe") -> Option:
+    """``--set`` (parameter ``overrides``): repeatable ``SECTION.KEY=VALUE`` overrides of ``recipe``."""
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help=f"Override a field of {recipe}, e.g. train.optim.lr=0.01 (repeatable).",
+    )
+
+
+def seed_option(what: str = "") -> Option:
+    """``--seed``, of ``what`` where that needs saying."""
+    return click.option(
+        "--seed", type=int, default=0, show_default=True, help=f"Seed of {what}." if what else "Random seed."
+    )
+
+
+def n_option(what: str, default: int, *, name: str = "n", all_when_zero: bool = True) -> Option:
+    """``-n``/``--n``: how many test images ``what`` uses (``0`` = all of them when ``all_when_zero``)."""
+    return click.option(
+        "-n",
+        "--n",
+        name,
+        type=click.IntRange(min=0 if all_when_zero else 1),
+        default=default,
+        show_default=True,
+        help=f"Test images {what}" + (" (0 = all)." if all_when_zero else "."),
+    )
+
+
+def which_option(what: str = "Checkpoint of a run directory") -> Option:
+    """``--which``: the checkpoint of a run directory."""
+    return click.option("--which", default="best", show_default=True, help=f"{what}: best, last or an epoch number.")
+
+
+def _check_factory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    module, colon, attr = value.partition(":")
+    if not (colon and module and attr and ":" not in attr):
+        raise click.BadParameter(f"expected MODULE:FACTORY such as my_models:tiny_net, got {value!r}")
+    return value
+
+
+def model_factory_option(flag: str = "--model-factory", whose: str = "the checkpoint's", note: str = "") -> Option:
+    """``--model-factory`` (or ``flag``): the trusted factory of a model of the user's own architecture."""
+    return click.option(
+        flag,
+        metavar="MODULE:FACTORY",
+        default=None,
+        callback=_check_factory,
+        help=f"Factory of {whose} own architecture (for a checkpoint whose model is named MODULE:FACTORY). "
+        "This imports MODULE, which runs its code: pass only code you trust. Without it such a checkpoint "
+        f"is refused.{note}",
+    )
+
+
+def options(*decorators: Option) -> Option:
+    """Apply several option decorators in the order given (the first is listed first in --help)."""
+
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+
+    return apply

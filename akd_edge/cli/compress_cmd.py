@@ -12,7 +12,18 @@ from typing import Any
 import click
 from rich.table import Table
 
-from akd_edge.cli.common import console, out, user_errors
+from akd_edge.cli.common import (
+    console,
+    device_option,
+    model_factory_option,
+    n_option,
+    out,
+    out_option,
+    seed_option,
+    set_option,
+    user_errors,
+    which_option,
+)
 from akd_edge.cli.train_cmd import RichCallbacks
 
 
@@ -143,28 +154,17 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     type=click.IntRange(min=0),
     help="Robust fine-tuning epochs after each step (0 = prune only).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override a field of the source run's recipe for fine-tuning, e.g. train.optim.lr=0.01 (repeatable).",
+@set_option("the source run's recipe for fine-tuning")
+@which_option("Checkpoint of the run to prune")
+@model_factory_option()
+@model_factory_option(
+    "--teacher-factory",
+    "the fine-tuning teachers'",
+    " The run's recipe may name a teacher factory; it is imported only if given here.",
 )
-@click.option(
-    "--which", default="best", show_default=True, help="Checkpoint of the run to prune: best, last or an epoch number."
-)
-@click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False), help="Output run directory [default: runs/<name>-pruned]."
-)
-@click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N).")
-@click.option(
-    "--n",
-    "n_test",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Test images for the before/after accuracy (0 = all).",
-)
+@out_option("Output run directory", "runs/<name>-pruned")
+@device_option()
+@n_option("for the before/after accuracy", 1000, name="n_test")
 @click.option(
     "--autoattack",
     type=click.Choice(["fast", "standard", "square", "none"]),
@@ -179,7 +179,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     type=click.IntRange(min=0),
     help="Test images attacked by AutoAttack (0 = all of --n).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the evaluation attacks.")
+@seed_option("the evaluation attacks")
 @user_errors
 def compress_cmd(
     source: str,
@@ -193,6 +193,8 @@ def compress_cmd(
     epochs: int,
     overrides: tuple[str, ...],
     which: str,
+    model_factory: str | None,
+    teacher_factory: str | None,
     out_dir: str | None,
     device: str | None,
     n_test: int,
@@ -235,6 +237,8 @@ def compress_cmd(
             evaluation=evaluation,
             callbacks=callbacks,
             on_stage=lambda text: callbacks.progress.console.print(f"[dim]{text}[/]"),
+            factory=model_factory,
+            teacher_factory=teacher_factory,
         )
     out.print(report_table(report))
     for line in _summary_lines(report):

@@ -8,7 +8,20 @@ from typing import Any
 import click
 from rich.table import Table
 
-from akd_edge.cli.common import console, make_progress, out, user_errors
+from akd_edge.cli.common import (
+    console,
+    data_dir_option,
+    device_option,
+    make_progress,
+    model_factory_option,
+    n_option,
+    out,
+    out_option,
+    seed_option,
+    threads_option,
+    user_errors,
+    which_option,
+)
 from akd_edge.errors import UsageError
 
 
@@ -129,35 +142,24 @@ def print_dynamics(report: dict[str, Any]) -> None:
 )
 @click.option("--eps", type=float, default=None, help="Attack radius (default: the checkpoint's threat model).")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Default: the checkpoint's.")
-@click.option("--n", "n", type=int, default=1000, show_default=True, help="First N test images (0 = all).")
+@n_option("to evaluate on, the first N of the test split", 1000)
 @click.option("--steps", type=int, default=20, show_default=True, help="PGD steps.")
 @click.option("--restarts", type=int, default=1, show_default=True, help="PGD random restarts.")
 @click.option("--step-size", type=float, default=0.0, show_default=True, help="PGD step size (0 = 2.5*eps/steps).")
 @click.option("--queries", type=int, default=5000, show_default=True, help="Square attack queries.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("the attacks")
 @click.option("--batch-size", type=int, default=250, show_default=True)
 @click.option(
     "--eps-curve",
     default="",
     help="Comma-separated epsilons, e.g. 0,0.02,0.05,0.1,0.15: robust accuracy (PGD) as a table and eps_curve.png.",
 )
-@click.option("--which", default="best", show_default=True, help="For a run directory: best, last or an epoch.")
-@click.option("--data-dir", default=None, help="Dataset folder (default: the one recorded in the checkpoint).")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Folder for eval.json and plots (default: the run directory, or the checkpoint's folder).",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option(
-    "--threads",
-    type=int,
-    default=0,
-    show_default=True,
-    help="torch CPU threads (0 = torch's default); 1 is much faster for small models on a busy machine.",
-)
+@which_option()
+@model_factory_option()
+@data_dir_option("the one recorded in the checkpoint")
+@out_option("Folder for eval.json and plots", "the run directory, or the checkpoint's folder")
+@device_option("cpu")
+@threads_option()
 @click.option("--no-calibration", is_flag=True, help="Skip ECE / NLL / Brier.")
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
 @click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
@@ -182,6 +184,7 @@ def eval_cmd(
     batch_size: int,
     eps_curve: str,
     which: str,
+    model_factory: str | None,
     data_dir: str | None,
     out_dir: str | None,
     device: str,
@@ -210,8 +213,6 @@ def eval_cmd(
     from akd_edge.evaluation.dynamics import evaluate_dynamics
     from akd_edge.evaluation.report import EvalOptions, evaluate
 
-    if threads < 0:
-        raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {threads}")
     if threads:
         import torch
 
@@ -244,6 +245,7 @@ def eval_cmd(
         data_dir=data_dir,
         which=which,
         device=str(resolve_device(device)),
+        factory=model_factory,
     )
     with make_progress(transient=True) as progress:
         task = progress.add_task("eval", total=None, info="")

@@ -6,6 +6,7 @@ onnxruntime (plus click and rich) installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,19 @@ from typing import Any
 import click
 from rich.table import Table
 
-from akd_edge.cli.common import console, make_progress, out, user_errors
+from akd_edge.cli.common import (
+    console,
+    data_dir_option,
+    make_progress,
+    model_factory_option,
+    n_option,
+    out,
+    out_option,
+    seed_option,
+    threads_option,
+    user_errors,
+    which_option,
+)
 
 
 def _pct(value: Any) -> str:
@@ -65,16 +78,9 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
 
 @click.command("export")
 @click.argument("source", metavar="RUN_OR_CHECKPOINT")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Output folder [default: export/<run name>].",
-)
-@click.option(
-    "--which", default="best", show_default=True, help="Checkpoint of a run directory: best, last or an epoch number."
-)
+@out_option("Output folder", "export/<run name>")
+@which_option()
+@model_factory_option()
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also write the static int8 (QDQ) model.")
 @click.option(
     "--calib",
@@ -83,15 +89,8 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     type=click.IntRange(min=0),
     help="Training images used to calibrate int8.",
 )
-@click.option(
-    "--n",
-    "n_test",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Test images for the fp32-vs-int8 agreement (0 = all).",
-)
-@click.option("--data-dir", default=None, help="Dataset folder [default: the one recorded in the checkpoint].")
+@n_option("for the fp32-vs-int8 agreement", 0, name="n_test")
+@data_dir_option("the one recorded in the checkpoint")
 @click.option(
     "--mobile-batch",
     default=1,
@@ -106,12 +105,13 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     type=click.FloatRange(0, 1),
     help="Warn below this fp32-vs-int8 agreement.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the calibration sample.")
+@seed_option("the calibration sample")
 @user_errors
 def export_cmd(
     source: str,
     out_dir: str | None,
     which: str,
+    model_factory: str | None,
     int8: bool,
     calib: int,
     n_test: int,
@@ -142,12 +142,22 @@ def export_cmd(
                 min_int8_agreement=min_int8_agreement,
                 seed=seed,
                 on_stage=lambda text: status.update(text),
+                factory=model_factory,
             )
         except ExportCheckFailed as err:
             console.print(f"[bold red]export failed:[/] {err}", highlight=False)
             raise click.exceptions.Exit(1) from None
     _print_export(folder, report)
     console.print(f"[green]wrote[/] {folder}   next: akd-edge verify {folder}", highlight=False)
+
+
+def _trusting(factory: str | None) -> contextlib.AbstractContextManager[None]:
+    """Let verify's torch side rebuild the transfer checkpoint with ``factory`` (torch imported only then)."""
+    if factory is None:
+        return contextlib.nullcontext()
+    from akd_edge.verify.transfer import trusting_factory
+
+    return trusting_factory(factory)
 
 
 def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
@@ -197,8 +207,8 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
 @click.option(
     "--data", default=None, help="Dataset name, or an .npz with 'images' and 'labels' [default: the model's dataset]."
 )
-@click.option("--data-dir", default=None, help="Dataset folder [default: the one recorded at export].")
-@click.option("--n", default=500, show_default=True, type=click.IntRange(min=1), help="Test images to verify on.")
+@data_dir_option("the one recorded at export")
+@n_option("to verify on", 500, all_when_zero=False)
 @click.option(
     "--square-queries",
     default=1000,
@@ -221,20 +231,15 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
     help="AutoAttack version run on the torch model for transfer (fast = APGD-CE + APGD-T).",
 )
 @click.option("--checkpoint", default=None, help="Torch checkpoint to transfer from [default: the export's source].")
+@model_factory_option(whose="the torch checkpoint's")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Override the threat model's norm.")
 @click.option("--eps", type=float, default=None, help="Override the threat model's epsilon.")
 @click.option(
     "--margin", default=0.02, show_default=True, type=float, help="Gradient-masking warning threshold (accuracy)."
 )
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure latency and throughput.")
-@click.option(
-    "--threads",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Threads for torch and onnxruntime (0 = their default; 1 is often faster on a busy small machine).",
-)
-@click.option("--seed", default=0, show_default=True)
+@threads_option("torch and onnxruntime")
+@seed_option("the attacks")
 @click.option("--json", "as_json", is_flag=True, help="Print the verify section as JSON on stdout.")
 @user_errors
 def verify_cmd(
@@ -246,6 +251,7 @@ def verify_cmd(
     p_init: float,
     transfer: str,
     checkpoint: str | None,
+    model_factory: str | None,
     norm: str | None,
     eps: float | None,
     margin: float,
@@ -261,7 +267,7 @@ def verify_cmd(
     """
     from akd_edge.verify.report import verify_export
 
-    with make_progress(transient=True) as progress:
+    with _trusting(model_factory), make_progress(transient=True) as progress:
         tasks: dict[str, Any] = {}
         stage_task = progress.add_task("verify", total=None, info="")
 

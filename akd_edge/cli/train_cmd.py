@@ -16,7 +16,18 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from akd_edge.cli.common import console, make_progress, out, user_errors
+from akd_edge.cli.common import (
+    console,
+    data_dir_option,
+    device_option,
+    make_progress,
+    model_factory_option,
+    options,
+    out,
+    out_option,
+    set_option,
+    user_errors,
+)
 from akd_edge.config import Recipe, load_recipe, parse_override, read_toml
 from akd_edge.errors import ConfigError
 
@@ -45,7 +56,7 @@ class RichCallbacks:
     def on_train_start(self, run_dir: Path, info: dict[str, Any]) -> None:
         console.print(
             f"run directory [bold]{run_dir}[/]  ({info['params']:,} parameters, {info['macs']:,} MACs; "
-            f"{info['train']:,} training / {info['val']:,} validation images; device {info['device']})"
+            f"{info['train']:,} training / {info['val']:,} validation images; device {info['device']}, {info.get('speed', 'fp32')})"
         )
 
     def on_epoch_start(self, epoch: int, epochs: int, total_batches: int, start_batch: int) -> None:
@@ -164,17 +175,15 @@ def _cmd(role: str) -> str:
     return "train-teacher" if role == "teacher" else "distill"
 
 
-_common = [
-    click.option(
-        "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe field (repeatable)."
-    ),
-    click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/<run.name>)."),
+_run_options = options(
+    set_option(),
+    out_option("Run directory", "<run.out_dir>/<run.name>"),
     click.option(
         "--resume", type=click.Path(exists=True, file_okay=False), help="Continue the killed run in this directory."
     ),
-    click.option("--device", help="Override run.device (auto, cpu, cuda, cuda:N)."),
-    click.option("--data-dir", type=click.Path(), help="Folder with the dataset files (overrides data.data_dir)."),
-]
+    device_option(),
+    data_dir_option("the recipe's data.data_dir"),
+)
 
 
 def _with_flags(overrides: tuple[str, ...], device: str | None, data_dir: str | None) -> tuple[str, ...]:
@@ -184,15 +193,9 @@ def _with_flags(overrides: tuple[str, ...], device: str | None, data_dir: str | 
     return (*overrides, *extra)
 
 
-def _options(func: Any) -> Any:
-    for option in reversed(_common):
-        func = option(func)
-    return func
-
-
 @click.command("train-teacher")
 @click.option("--recipe", "-r", default=DEFAULT_TEACHER_RECIPE, show_default=True, help="Recipe file or shipped name.")
-@_options
+@_run_options
 @user_errors
 def train_teacher(
     recipe: str,
@@ -222,11 +225,17 @@ def train_teacher(
     metavar="PATH",
     help="Teacher run directory or checkpoint (repeat for an ensemble); replaces the recipe's teachers.",
 )
-@_options
+@model_factory_option(
+    "--teacher-factory",
+    "the teachers'",
+    " Applies to every teacher; for teachers of different architectures set factory in each [[teachers]] entry.",
+)
+@_run_options
 @user_errors
 def distill(
     recipe: str,
     teachers: tuple[str, ...],
+    teacher_factory: str | None,
     overrides: tuple[str, ...],
     out_dir: str | None,
     resume: str | None,
@@ -238,12 +247,18 @@ def distill(
     Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 130 stopped by Ctrl-C.
     """
     flags = _with_flags(overrides, device, data_dir)
-    given = {"--recipe": _given("recipe"), "--out": out_dir, "--teacher": teachers}
+    given = {
+        "--recipe": _given("recipe"),
+        "--out": out_dir,
+        "--teacher": teachers,
+        "--teacher-factory": teacher_factory,
+    }
     cfg, run_dir = _load(recipe, flags, resume, given)
-    if teachers:
+    if teachers or teacher_factory:
         from dataclasses import replace
 
         from akd_edge.config import TeacherSpec
 
-        cfg = replace(cfg, teachers=[TeacherSpec(path=t) for t in teachers])
+        specs = [TeacherSpec(path=t) for t in teachers] if teachers else cfg.teachers
+        cfg = replace(cfg, teachers=[replace(spec, factory=teacher_factory or spec.factory) for spec in specs])
     _run(cfg, run_dir, out_dir, "student")

@@ -84,6 +84,18 @@ def _finetune_recipe(
     return load_recipe(recipe_dict, [*head, *overrides, *tail])
 
 
+def _trusted_teachers(recipe_dict: dict[str, Any], teacher_factory: str | None) -> dict[str, Any]:
+    """The recipe read from the checkpoint, its teachers' ``factory`` replaced by the user's ``teacher_factory``.
+
+    That recipe comes from a file: a module it names is imported only if the user names it again.
+    """
+    teachers = recipe_dict.get("teachers")
+    if not isinstance(teachers, list):
+        return recipe_dict
+    trusted = [{**entry, "factory": teacher_factory or ""} if isinstance(entry, dict) else entry for entry in teachers]
+    return {**recipe_dict, "teachers": trusted}
+
+
 def _refuse_reason(path: Path) -> str | None:
     """Why ``path`` cannot be the output folder, or None when it can.
 
@@ -201,6 +213,8 @@ class _Compression:
         evaluation: EvalSpec,
         callbacks: Any,
         on_stage: Stage | None,
+        factory: str | None = None,
+        teacher_factory: str | None = None,
     ) -> None:
         from akd_edge.env import resolve_device
         from akd_edge.train.checkpoint import load_model
@@ -209,9 +223,10 @@ class _Compression:
             raise UsageError(f"--epochs must be >= 0 (0 = prune without fine-tuning), got {epochs}")
         self.spec, self.evaluation, self.callbacks, self.on_stage = spec, evaluation, callbacks, on_stage
         self.epochs, self.overrides, self.which = epochs, list(overrides), which
+        self.factory = factory
         self.timings = {"search_s": 0.0, "prune_s": 0.0, "finetune_s": 0.0}
         self.stage(f"loading {source}")
-        self.model, self.meta = load_model(source, which)
+        self.model, self.meta = load_model(source, which, factory=factory)
         recipe_dict = self.meta.get("recipe")
         if not recipe_dict:
             raise CheckpointError(
@@ -219,6 +234,7 @@ class _Compression:
                 "the model, so give a run directory (or checkpoint) written by akd-edge distill or train-teacher"
             )
         self.source_name = str(recipe_dict.get("run", {}).get("name") or Path(self.meta["path"]).parent.name)
+        recipe_dict = _trusted_teachers(recipe_dict, teacher_factory)
         recipe = _finetune_recipe(recipe_dict, f"{self.source_name}-pruned", epochs, overrides, device)
         self.out_dir, self.lock = _out_dir(out, recipe, self.source_name)
         try:
@@ -459,6 +475,8 @@ def compress_run(
     evaluation: EvalSpec | None = None,
     callbacks: Any = None,
     on_stage: Stage | None = None,
+    factory: str | None = None,
+    teacher_factory: str | None = None,
 ) -> dict[str, Any]:
     """Prune a trained run's model, fine-tune it adversarially after each step, and compare before/after.
 
@@ -467,6 +485,9 @@ def compress_run(
     fine-tuning. Writes ``<out>/step-K/`` (one training run per step), ``<out>/best.pt`` (the final
     pruned model, with its pruning history), ``recipe.toml`` and ``report.json``; returns the report.
     The source run is only read. ``callbacks`` are the training loop's (progress display).
+
+    ``factory`` is the trusted ``module:factory`` of a model of your own architecture; ``teacher_factory``
+    that of the fine-tuning teachers (the factories recorded in the checkpoint's recipe are not imported).
     """
     import time
 
@@ -482,6 +503,8 @@ def compress_run(
         evaluation=evaluation or EvalSpec(),
         callbacks=callbacks,
         on_stage=on_stage,
+        factory=factory,
+        teacher_factory=teacher_factory,
     )
     try:
         return _compress(job, started)
@@ -503,7 +526,7 @@ def _compress(job: _Compression, started: float) -> dict[str, Any]:
     job.prune(ratio)
     job.save()
     job.stage(f"measuring the pruned model (reloaded from {job.out_dir / 'best.pt'})")
-    pruned, _ = load_model(job.out_dir, "best", job.device)
+    pruned, _ = load_model(job.out_dir, "best", job.device, job.factory)
     after = job.measure(pruned)
     if search is not None and (after["params"], after["macs"]) != (search.params, search.macs):
         log.warning("the pruned model's counts differ from the search's: %s vs %s", after, search.as_dict())

@@ -58,6 +58,8 @@ class EvalOptions:
     """None takes the checkpoint's data_dir."""
     which: str = "best"
     device: str = "cpu"
+    factory: str | None = None
+    """``package.module:factory`` of a checkpoint of the user's own architecture (importing runs its code)."""
 
     def __post_init__(self) -> None:
         if self.n < 0 or self.batch_size < 1:
@@ -156,7 +158,7 @@ def evaluate(
 
     options = options or EvalOptions()
     started = time.perf_counter()
-    model, meta = load_model(source, options.which, options.device)
+    model, meta = load_model(source, options.which, options.device, options.factory)
     out = ensure_writable_dir(Path(out_dir) if out_dir is not None else default_out_dir(source), "--out")
     norm, eps = resolve_threat(meta, options.norm, options.eps)
     dataset, data_meta = _load_data(meta, options)

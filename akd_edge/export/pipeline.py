@@ -230,13 +230,16 @@ def _check_options(int8: bool, calib: int, n_test: int, mobile_batch: int, min_i
         raise UsageError(f"--min-int8-agreement must be in [0, 1], got {min_int8_agreement}")
 
 
-def load_source(source: str | Path, which: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Stage 1: the model and its checkpoint; a model with NaN or infinite weights is refused up front."""
+def load_source(source: str | Path, which: str, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Stage 1: the model and its checkpoint; a model with NaN or infinite weights is refused up front.
+
+    ``factory``: the trusted ``module:factory`` of a checkpoint of the user's own architecture.
+    """
     import torch
 
     from akd_edge.train.checkpoint import load_model
 
-    model, meta = load_model(source, which)
+    model, meta = load_model(source, which, factory=factory)
     bad = [
         name
         for name, tensor in model.state_dict().items()
@@ -408,7 +411,8 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwarg
     """Export a run directory or checkpoint file into ``out`` (default ``export/<run name>``).
 
     Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``data_dir``, ``n_test``,
-    ``mobile_batch``, ``min_int8_agreement``, ``seed``, ``data``, ``on_stage``). Returns the folder and report.
+    ``mobile_batch``, ``min_int8_agreement``, ``seed``, ``data``, ``on_stage``, ``factory``: the trusted
+    ``module:factory`` of a checkpoint of your own architecture). Returns the folder and report.
     ``out`` must be missing, empty or an earlier export (UsageError otherwise; nothing is deleted).
     """
     with quiet_libraries():
@@ -429,6 +433,7 @@ def _export(
     seed: int = 0,
     data: ExportData | None = None,
     on_stage: StageFn | None = None,
+    factory: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The stages in order (see :func:`export_checkpoint`).
 
@@ -446,7 +451,7 @@ def _export(
     if out_dir is not None:  # a bad --out fails before the model is even loaded
         export_folder.prepare_out(out_dir)
     stage(f"loading {source}")
-    model, meta = load_source(source, which)
+    model, meta = load_source(source, which, factory)
     if out_dir is None:
         out_dir = Path("export") / run_name(meta)
         export_folder.prepare_out(out_dir)

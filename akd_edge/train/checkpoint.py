@@ -97,9 +97,11 @@ def _why_unreadable(err: Exception) -> str:
 def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
     """Rebuild the architecture from ``ckpt['arch']``, replay any pruning, then load the weights.
 
-    A checkpoint may only name a registered architecture: ``module:factory`` names are imported only when
-    the user passes that ``factory`` explicitly (importing runs the module's code). Sizes read from the
-    checkpoint are capped before anything is allocated (see :func:`akd_edge.models.create_model`).
+    A checkpoint may only name a registered architecture: a ``module:factory`` name is imported only when
+    the user passes ``factory`` (importing runs the module's code; on the command line ``--model-factory``).
+    ``factory`` builds such a checkpoint even if its module has moved; it is unused when the checkpoint
+    names a registered architecture. Sizes read from the checkpoint are capped before anything is allocated
+    (see :func:`akd_edge.models.create_model`).
     """
     from akd_edge.errors import ConfigError
     from akd_edge.models import create_model
@@ -111,14 +113,23 @@ def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
     kwargs = arch.get("kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise CheckpointError(f"{source}: arch.kwargs must be a table of keyword arguments, got {kwargs!r:.200}")
+    custom = ":" in arch["name"]
+    if custom and not factory:
+        name = arch["name"]
+        raise CheckpointError(
+            f"{source}: model {name!r} is not a registered architecture, and akd-edge imports a module named by "
+            f"a file only when you name it yourself (importing runs its code). If you trust it, pass "
+            f"--model-factory {name} (for a teacher: --teacher-factory {name}, or factory = {name!r} in its "
+            f"[[teachers]] entry; Python: factory={name!r})"
+        )
     try:
         model = create_model(
-            factory or arch["name"],
+            factory if custom else arch["name"],
             num_classes=arch.get("num_classes"),
             input_shape=arch.get("input_shape"),
             mean=arch.get("mean", 0.0),
             std=arch.get("std", 1.0),
-            allow_import=factory is not None,
+            allow_import=custom,
             **kwargs,
         )
     except ConfigError as err:
@@ -135,11 +146,15 @@ def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
 
 
 def load_model(
-    source: str | Path, which: str = "best", device: str | torch.device = "cpu"
+    source: str | Path, which: str = "best", device: str | torch.device = "cpu", factory: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a model ready for evaluation, plus its checkpoint (without resume state)."""
+    """Load a model ready for evaluation, plus its checkpoint (without resume state).
+
+    ``factory``: the trusted ``module:factory`` of a checkpoint of the user's own architecture (see
+    :func:`build_model`).
+    """
     ckpt = load_checkpoint(source, which)
-    model = build_model(ckpt).to(device).eval()
+    model = build_model(ckpt, factory).to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", *RESUME_KEYS)}
     return model, meta
 

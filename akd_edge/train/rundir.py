@@ -196,6 +196,10 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         if isinstance(value, dict) and value:
             flat |= _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            flat[f"{prefix}{key}"] = len(value)  # tables such as [[teachers]]: compared entry by entry
+            for index, item in enumerate(value):
+                flat |= _flat(item, f"{prefix}{key}.{index}.")
         else:
             flat[f"{prefix}{key}"] = value
     return flat

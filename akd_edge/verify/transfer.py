@@ -8,6 +8,7 @@ int8 model is attacked by transfer (it has no gradients of its own) and by Squar
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from torch import nn
 from akd_edge.verify.runtime import as_float_images, measure_latency
 
 log = logging.getLogger(__name__)
+
+_trusted_factory: contextvars.ContextVar[str | None] = contextvars.ContextVar("trusted_factory", default=None)
 
 
 @contextlib.contextmanager
@@ -38,11 +41,29 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def load_torch_model(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The source model in eval mode (``weights_only`` loading, through akd_edge.train.checkpoint)."""
+@contextlib.contextmanager
+def trusting_factory(factory: str | None) -> Iterator[None]:
+    """Within the block, :func:`load_torch_model` rebuilds a ``module:factory`` checkpoint with ``factory``.
+
+    For ``akd-edge verify --model-factory`` until :func:`akd_edge.verify.report.verify_export` takes the
+    factory as an argument; a context variable, so nothing outside the block (or another thread) sees it.
+    """
+    token = _trusted_factory.set(factory)
+    try:
+        yield
+    finally:
+        _trusted_factory.reset(token)
+
+
+def load_torch_model(checkpoint: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The source model in eval mode (``weights_only`` loading, through akd_edge.train.checkpoint).
+
+    ``factory``: the trusted ``module:factory`` of a checkpoint of the user's own architecture (default: the
+    one given to :func:`trusting_factory`, if any).
+    """
     from akd_edge.train.checkpoint import load_model
 
-    return load_model(checkpoint)
+    return load_model(checkpoint, factory=factory or _trusted_factory.get())
 
 
 def transfer_examples(
