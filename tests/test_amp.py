@@ -1,4 +1,5 @@
-"""train.amp: on CPU it warns and trains in float32 with the GradScaler off; on CUDA autocast really runs."""
+"""train.amp: bf16 autocast where the device has bf16 kernels, float32 with a warning where it has not (fp16 on
+CPU included), the GradScaler only for fp16 on CUDA; `auto` decided by the hardware (akd_edge.train.accel)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 from torch import nn
 
 from akd_edge.config import load_recipe
+from akd_edge.train import accel
+from akd_edge.train.accel import bf16_supported
 from akd_edge.train.checkpoint import load_checkpoint
 from akd_edge.train.loop import Trainer
 
@@ -47,15 +50,15 @@ def record_training_dtypes(model: nn.Module) -> set[torch.dtype]:
 
 
 def record_loss_dtypes(trainer: Trainer) -> list[torch.dtype]:
-    """Wraps the trainer's task so the dtype of each loss the loop backpropagates is seen."""
-    task, dtypes = trainer.task, []
+    """Wraps the trainer's step so the dtype of each loss the loop backpropagates is seen."""
+    step, dtypes = trainer._step, []
 
     def wrapped(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = task(x, y)
+        out = step(x, y)
         dtypes.append(out["loss"].dtype)
         return out
 
-    trainer.task = wrapped
+    trainer._step = wrapped
     return dtypes
 
 
@@ -69,28 +72,68 @@ def test_the_dtype_recorder_sees_autocast() -> None:
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_on_cpu_warns_and_trains_in_float32(amp: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_amp_the_cpu_cannot_run_warns_and_trains_in_float32(
+    amp: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("akd_edge.train.loop.bf16_supported", lambda device: False)  # an AVX2-only CPU
     caplog.set_level(logging.WARNING)
     trainer = Trainer(load_recipe(recipe(amp, "cpu")), tmp_path / "run", "student")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(f"train.amp={amp}" in m and "float32" in m for m in warnings), warnings
     assert not trainer.scaler.is_enabled()
-
     layer_dtypes = record_training_dtypes(trainer.model)
     loss_dtypes = record_loss_dtypes(trainer)
     summary = trainer.run()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"train.amp={amp}" in m and "float32" in m for m in warnings), warnings
     assert layer_dtypes == {torch.float32}
     assert loss_dtypes and set(loss_dtypes) == {torch.float32}
     assert 0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"] <= 1
-    weights = load_checkpoint(tmp_path / "run", "last")["model"]
-    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    last = load_checkpoint(tmp_path / "run", "last")
+    assert all(t.dtype == torch.float32 for t in last["model"].values() if t.is_floating_point())
+    assert last["speed"]["precision"] == "fp32"
 
 
-def test_no_amp_warning_by_default(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16 kernels")
+def test_bf16_on_a_cpu_with_bf16_kernels_autocasts_and_keeps_float32_weights(tmp_path: Path) -> None:
+    trainer = Trainer(load_recipe(recipe("bf16", "cpu")), tmp_path / "run", "student")
+    layer_dtypes = record_training_dtypes(trainer.model)
+    loss_dtypes = record_loss_dtypes(trainer)
+    summary = trainer.run()
+    assert torch.bfloat16 in layer_dtypes
+    assert set(loss_dtypes) == {torch.float32}  # the methods compute their losses on float logits
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert summary["speed"]["precision"] == "bf16"
+    assert 0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"] <= 1
+
+
+def test_none_trains_in_float32_without_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     trainer = Trainer(load_recipe(recipe("none", "cpu")), tmp_path / "run", "student")
+    layer_dtypes = record_training_dtypes(trainer.model)
+    trainer.run()
     assert not any("amp" in r.getMessage() for r in caplog.records)
     assert not trainer.scaler.is_enabled()
+    assert layer_dtypes == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision", "channels_last"),
+    [
+        (["avx2"], "fp32", False),  # AVX2 only: the float32 NCHW path that was measured before
+        (["avx2", "avx512f", "avx512_bf16"], "fp32", True),  # bf16 kernels but no AMX: not measured faster
+        (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "bf16", True),
+    ],
+)
+def test_auto_is_decided_by_the_cpu_not_by_a_timing(
+    flags: list[str], precision: str, channels_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accel, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(accel, "bf16_supported", lambda device: "avx512_bf16" in flags)
+    plan = accel.default_plan(torch.device("cpu"))
+    assert (plan.precision, plan.channels_last) == (precision, channels_last)
+    assert (plan.teacher_precision, plan.teacher_channels_last, plan.teacher_fold) == (precision, channels_last, True)
+    assert accel.default_plan(torch.device("cpu"), precision="fp32", channels_last="off", fast_teacher=False) == (
+        accel.SpeedPlan(teacher_fold=False)
+    )
 
 
 @needs_cuda

@@ -79,6 +79,7 @@ def test_one_training_step_of_each_recipe(name: str, tmp_path: Path) -> None:
     assert len(trainer.splits.train) == 96 - 16
     before = [p.detach().clone() for p in trainer.model.parameters()]
     x, y, _ = next(iter(iterate_batches(trainer.splits.train, 8, shuffle=True)))
+    trainer.prepare()
     out = trainer._step(x, y)
     assert torch.isfinite(out["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))

@@ -140,19 +140,24 @@ def tiny_recipe(method: str, **teachers: object) -> dict:
     return recipe
 
 
+@pytest.mark.parametrize("fast_teacher", [False, True])
 def test_distillation_run_leaves_teacher_weights_and_statistics_bit_identical(
-    teacher_run: Path, tmp_path: Path
+    teacher_run: Path, tmp_path: Path, fast_teacher: bool
 ) -> None:
-    trainer = Trainer(load_recipe(tiny_recipe("akd", path=str(teacher_run))), tmp_path / "student", "student")
+    recipe = load_recipe(tiny_recipe("akd", path=str(teacher_run)), [f"train.fast_teacher={str(fast_teacher).lower()}"])
+    trainer = Trainer(recipe, tmp_path / "student", "student")
+    loaded = trainer.teacher  # the fast path (BatchNorm folded) runs a copy: the loaded teacher is never changed
     student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run()
     saved, _ = load_model(teacher_run)
-    teacher_state = trainer.teacher.members[0].state_dict()
+    teacher_state = loaded.members[0].state_dict()
     assert teacher_state.keys() == saved.state_dict().keys()
     assert any("running_mean" in k for k in teacher_state)
     assert all(torch.equal(teacher_state[k], v) for k, v in saved.state_dict().items())
-    assert not any(m.training for m in trainer.teacher.modules())
-    assert all(p.grad is None for p in trainer.teacher.parameters())
+    for teacher in (loaded, trainer.teacher):
+        assert not any(m.training for m in teacher.modules())
+        assert all(p.grad is None for p in teacher.parameters())
+    assert (trainer.teacher is not loaded) == fast_teacher
     # ... while the student's own BatchNorm statistics and weights did move.
     assert any(not torch.equal(student_before[k], v) for k, v in trainer.model.state_dict().items())
 

@@ -38,9 +38,18 @@ from akd_edge.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from akd_edge.methods import METHODS
+from akd_edge.methods import METHODS, Task
 from akd_edge.models import create_model, model_info
 from akd_edge.teachers import load_teachers
+from akd_edge.train.accel import (
+    SpeedPlan,
+    accelerate_teacher,
+    as_input,
+    bf16_supported,
+    default_plan,
+    prepare_student,
+    step_autocast,
+)
 from akd_edge.train.checkpoint import FORMAT, load_checkpoint, model_only, save_atomic
 from akd_edge.train.rundir import (
     RESUME_MAY_CHANGE,
@@ -206,8 +215,9 @@ class Trainer:
         self.splits: DatasetSplits = data if data is not None else load_dataset(recipe.data, recipe.run.seed)
         self.model = model.to(self.device) if model is not None else self._build_model()
         self.teacher = self._build_teacher() if teacher is None else self._given_teacher(teacher)
-        method = METHODS.get(recipe.method.name)
-        self.task = method(self.model, build_attack(recipe.train.attack), recipe.method, self.teacher)
+        self.attack = build_attack(recipe.train.attack, check_range=False)  # batches are uint8 / 255: in range
+        self.task: Task | None = None  # built by prepare(), once the speed plan is known
+        self.plan: SpeedPlan | None = None
         self.optimizer = build_optimizer(self.model, recipe.train.optim)
         self.steps_per_epoch = num_batches(len(self.splits.train), recipe.data.batch_size)
         self.scheduler = build_scheduler(self.optimizer, recipe.train.optim, recipe.train.epochs * self.steps_per_epoch)
@@ -215,12 +225,47 @@ class Trainer:
         self.saved_at: tuple[int, int] | None = None  # (epoch, batch) of last.pt, the resume point on disk
         self.sigint = _SigintFlag()
         self.dynamics = {"clean": [], "adv": []}
-        amp = recipe.train.amp
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        if self.amp_dtype is not None and self.device.type != "cuda":
-            log.warning("train.amp=%s is for GPUs; training in float32 on %s", amp, self.device)
-            self.amp_dtype = None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        fp16 = recipe.train.amp == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+
+    def _precision(self) -> str:
+        """train.amp as a plan precision; what this device cannot run falls back to float32 with a warning."""
+        amp = self.recipe.train.amp
+        if amp == "none":
+            return "fp32"
+        if (amp == "fp16" and self.device.type != "cuda") or (amp == "bf16" and not bf16_supported(self.device)):
+            log.warning("train.amp=%s: %s has no fast %s kernels; training in float32", amp, self.device, amp)
+            return "fp32"
+        return amp
+
+    def _speed_text(self) -> str:
+        plan = self.plan or SpeedPlan()
+        parts = [plan.precision, "channels_last" if plan.channels_last else "NCHW"]
+        parts += ["compiled"] if plan.compile else []
+        if self.teacher is not None and self.recipe.train.fast_teacher:
+            parts.append(f"teacher {'folded ' if plan.teacher_fold else ''}{plan.teacher_precision}")
+        return ", ".join(parts)
+
+    def prepare(self, saved: dict[str, Any] | None = None) -> None:
+        """Apply the speed plan (the checkpoint's on resume, so a resumed run computes as before) and build
+        the task on the prepared student and teacher."""
+        t = self.recipe.train
+        if saved:
+            self.plan = SpeedPlan.from_dict(saved)
+        else:
+            self.plan = default_plan(
+                self.device,
+                precision=self._precision(),
+                channels_last=t.channels_last,
+                compile=t.compile,
+                fast_teacher=t.fast_teacher,
+            )
+        step_model = prepare_student(self.model, self.plan)
+        if self.teacher is not None and t.fast_teacher:
+            self.teacher = accelerate_teacher(self.teacher, self.plan)
+        method = METHODS.get(self.recipe.method.name)
+        self.task = method(step_model, self.attack, self.recipe.method, self.teacher)
+        log.debug("speed plan: %s", {k: v for k, v in self.plan.to_dict().items() if k != "measured"})
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -300,6 +345,7 @@ class Trainer:
             "best": dict(self.state.best),
             "sums": dict(self.state.sums),
             "dyn_row": dict(self.state.dyn_row),
+            "speed": {k: v for k, v in self.plan.to_dict().items() if k != "measured"} if self.plan else {},
             **self.ckpt_extra,
         }
 
@@ -317,7 +363,8 @@ class Trainer:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise self._diverged(f"the weights ({name}) became non-finite after", self.state.batch)
 
-    def _resume(self) -> None:
+    def _resume(self) -> dict[str, Any]:
+        """Load last.pt's state; returns its speed plan (a run from before plans: float32, teacher as loaded)."""
         path = self.run_dir / "last.pt"
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} does not exist (start the run without --resume)")
@@ -357,6 +404,8 @@ class Trainer:
             with np.load(dyn) as arrays:
                 self.dynamics = {k: list(arrays[k][: self.state.epoch]) for k in ("clean", "adv")}
         log.info("resuming %s at epoch %d, batch %d", self.run_dir, self.state.epoch + 1, self.state.batch)
+        legacy = {"precision": self._precision() if self.device.type == "cuda" else "fp32", "teacher_fold": False}
+        return ckpt.get("speed") or legacy
 
     def _kept_metrics(self, epochs_done: int) -> str | None:
         """metrics.jsonl without lines of epochs that the checkpoint does not contain (a kill between writes).
@@ -412,11 +461,13 @@ class Trainer:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         if resume:
-            self._resume()  # recipe.toml stays as the run wrote it
+            self.prepare(self._resume())  # recipe.toml stays as the run wrote it
         else:
+            self.prepare(None)
             write_recipe(self.recipe, self.run_dir / "recipe.toml")
         info = model_info(self.model, self.splits.input_shape)
         info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
+        info["speed"] = self._speed_text()
         self.cb.on_train_start(self.run_dir, info)
         while self.state.epoch < self.recipe.train.epochs:
             self._train_epoch()
@@ -466,12 +517,10 @@ class Trainer:
                 self._save_last()
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self.task is not None and self.plan is not None
         self.model.train()
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-        )
-        with autocast:
-            out = self.task(x, y)
+        with step_autocast(self.device, self.plan):
+            out = self.task(as_input(x, self.plan.channels_last), y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         if self.recipe.train.optim.grad_clip:
@@ -562,6 +611,7 @@ class Trainer:
             "images_per_s": epochs[-1]["images_per_s"] if epochs else 0.0,
             "threat": {"norm": self.recipe.eval.attack.norm, "eps": self.recipe.eval.attack.eps},
             "train_attack": self.recipe.train.attack.settings(),
+            "speed": {k: v for k, v in self.plan.to_dict().items() if k != "measured"} if self.plan else {},
         }
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
