@@ -1,4 +1,4 @@
-"""The AutoAttack wrapper: worst case per sample, eps-ball, mode and RNG restored, no printing."""
+"""The AutoAttack wrapper: worst case per sample, eps-ball, mode and RNG restored, no printing; Square on any callable."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from akd_edge.attacks.autoattack import run_autoattack, run_autoattack_report
-from akd_edge.errors import UsageError
+from akd_edge.attacks.autoattack import run_autoattack, run_autoattack_report, run_square
+from akd_edge.errors import DataError, UsageError
 
 
 def prototype_model(
@@ -106,3 +106,96 @@ def test_square_needs_no_gradients_and_few_classes_rule() -> None:
         run_autoattack(model, x, y, eps=0.1, norm="l1")
     with pytest.raises(UsageError, match="version"):
         run_autoattack(model, x, y, eps=0.1, version="plus")
+
+
+# ---------------------------------------------------------------- run_square: the official Square on a callable
+
+
+def linear_predict(seed: int = 0, classes: int = 4, shape: tuple[int, ...] = (1, 8, 8)):  # noqa: ANN201
+    """A plain function (no module, no autograd) with small margins: easy to fool."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(int(torch.tensor(shape).prod()), classes, generator=generator) * 0.5
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ weights
+
+    return predict
+
+
+def labelled_points(predict, n: int = 40, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return x, predict(x).argmax(1)  # labels = the model's own predictions: clean accuracy 100%
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.5)])
+def test_square_on_a_callable_fools_small_margins_within_eps(norm: str, eps: float) -> None:
+    predict = linear_predict()
+    x, y = labelled_points(predict)
+    ticks: list[tuple[int, int]] = []
+    result = run_square(
+        predict, x, y, eps=eps, norm=norm, n_queries=300, batch_size=16, progress=lambda d, t: ticks.append((d, t))
+    )
+    assert result.clean.all() and result.robust.float().mean() < 0.5  # accuracy drops, never rises
+    assert torch.equal(result.robust, predict(result.x_adv).argmax(1) == y)  # the examples realise the flags
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    diff = (result.x_adv - x).flatten(1)
+    size = diff.abs().amax(1) if norm == "linf" else diff.norm(dim=1)
+    assert size.max() <= eps + 1e-5
+    done = [d for d, _ in ticks]
+    assert done == sorted(done) and ticks[-1] == (3 * 300, 3 * 300)  # 40 images in 3 batches
+    settings = result.settings
+    assert settings["implementation"].startswith("pyautoattack") and settings["restarts"] == 1
+    assert (settings["norm"], settings["eps"], settings["n_queries"], settings["loss"]) == (norm, eps, 300, "margin")
+
+
+def test_square_cannot_move_a_constant_model_and_skips_misclassified() -> None:
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    def constant(inputs: torch.Tensor) -> torch.Tensor:  # robust by construction
+        return torch.tensor([0.0, 3.0, 1.0, -1.0]).repeat(len(inputs), 1)
+
+    y = torch.ones(12, dtype=torch.long)
+    y[:3] = 2  # misclassified without attack
+    result = run_square(constant, x, y, eps=0.5, n_queries=30)
+    assert torch.equal(result.robust, result.clean) and result.clean[3:].all() and not result.clean[:3].any()
+    assert torch.equal(result.x_adv, x)  # nothing fooled, nothing changed
+
+    def tied(inputs: torch.Tensor) -> torch.Tensor:  # margin 0 everywhere: the attack queries an empty batch
+        return torch.zeros(len(inputs), 4)
+
+    tie = run_square(tied, x, torch.zeros(12, dtype=torch.long), eps=0.5, n_queries=5)
+    assert tie.clean.all() and tie.robust.all()
+
+
+def test_square_more_queries_never_hurt_seeded_quiet_and_rng_untouched(capsys: pytest.CaptureFixture[str]) -> None:
+    predict = linear_predict(seed=2)
+    x, y = labelled_points(predict, seed=3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    # without rescaling, 20 queries are the first 20 of 400 (same seed): a sample fooled early stays fooled
+    few = run_square(predict, x, y, eps=0.03, n_queries=20, seed=7, rescale_schedule=False)
+    many = run_square(predict, x, y, eps=0.03, n_queries=400, seed=7, rescale_schedule=False)
+    assert torch.equal(torch.rand(3), expected)
+    again = run_square(predict, x, y, eps=0.03, n_queries=400, seed=7, rescale_schedule=False)
+    assert not (many.robust & ~few.robust).any() and many.robust.sum() < few.robust.sum()
+    assert torch.equal(many.x_adv, again.x_adv)
+    assert capsys.readouterr().out == ""
+
+
+def test_square_rejects_bad_settings_and_outputs() -> None:
+    predict = linear_predict()
+    x, y = labelled_points(predict, n=4)
+    for kwargs, match in [
+        ({"eps": 0.0}, "eps > 0"),
+        ({"eps": 0.1, "norm": "l1"}, "norm"),
+        ({"eps": 0.1, "loss": "dlr"}, "loss"),
+        ({"eps": 0.1, "p_init": 0.0}, "p_init"),
+        ({"eps": 0.1, "n_queries": 0}, "n_queries"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            run_square(predict, x, y, **kwargs)
+    with pytest.raises(UsageError, match="logits"):
+        run_square(lambda inputs: inputs.flatten(1)[:, 0], x, y, eps=0.1)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        run_square(predict, x * 255, y, eps=0.1)

@@ -1,4 +1,7 @@
-"""Verify: the numpy Square attack, the onnxruntime-only path, worst-case accounting and clear errors."""
+"""Verify: the official Square on onnxruntime sessions, worst-case accounting, the torch-free path, clear errors.
+
+The Square attack itself (pyautoattack through ``run_square``) is tested in test_autoattack.py.
+"""
 
 from __future__ import annotations
 
@@ -14,87 +17,16 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from akd_edge.attacks.autoattack import run_square
 from akd_edge.errors import DataError
 from akd_edge.export import export_checkpoint
 from akd_edge.models import create_model
 from akd_edge.train.checkpoint import save_atomic
 from akd_edge.verify.report import verify_export
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier
-from akd_edge.verify.square import square_attack
 
 SHAPE = (1, 12, 12)
 SYNTH = "n=500,test=200,shape=1x12x12,classes=10,noise=0.25,seed=5"
-
-
-# ---------------------------------------------------------------- Square attack (numpy)
-
-
-def linear_model(seed: int = 0, classes: int = 4, shape: tuple[int, ...] = (1, 8, 8)) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((int(np.prod(shape)), classes)) * 0.5, rng.standard_normal(classes) * 0.1
-
-
-def make_predict(weights: np.ndarray, bias: np.ndarray, counter: list[int] | None = None):  # noqa: ANN201
-    def predict(x: np.ndarray) -> np.ndarray:
-        if counter is not None:
-            counter[0] += len(x)
-        return x.reshape(len(x), -1) @ weights + bias
-
-    return predict
-
-
-def labelled_points(predict, n: int = 40, shape: tuple[int, ...] = (1, 8, 8), seed: int = 1):  # noqa: ANN001, ANN201
-    x = np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
-    return x, predict(x).argmax(1)  # labels = the model's own predictions: clean accuracy 100%
-
-
-@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.5)])
-def test_square_fools_weak_model_within_budget(norm: str, eps: float) -> None:
-    predict = make_predict(*linear_model())
-    x, y = labelled_points(predict)
-    result = square_attack(predict, x, y, eps=eps, norm=norm, n_queries=300, seed=0)
-    assert result.fooled.mean() > 0.5  # a linear model with no margin is easy to fool
-    assert np.array_equal(result.fooled, predict(result.x_adv).argmax(1) != y)
-    assert result.x_adv.dtype == np.float32 and result.x_adv.min() >= 0.0 and result.x_adv.max() <= 1.0
-    diff = (result.x_adv - x).reshape(len(x), -1).astype(np.float64)
-    size = np.abs(diff).max(1) if norm == "linf" else np.sqrt((diff**2).sum(1))
-    assert size.max() <= eps + 1e-5
-    assert (result.queries[result.fooled] >= 1).all() and result.queries.max() <= 301
-
-
-def test_square_takes_uint8_images_as_the_same_images_in_0_1() -> None:
-    """Datasets hold uint8 images: eps must stay relative to [0, 1], not to the 0-255 byte values."""
-    predict = make_predict(*linear_model(seed=5))
-    x_bytes = np.random.default_rng(6).integers(0, 256, (30, 1, 8, 8), dtype=np.uint8)
-    x = x_bytes.astype(np.float32) / 255
-    y = predict(x).argmax(1)
-    from_bytes = square_attack(predict, x_bytes, y, eps=0.05, n_queries=100, seed=0)
-    from_floats = square_attack(predict, x, y, eps=0.05, n_queries=100, seed=0)
-    assert np.array_equal(from_bytes.x_adv, from_floats.x_adv)
-    assert np.abs(from_bytes.x_adv - x).max() <= 0.05 + 1e-6
-
-
-def test_square_more_queries_never_hurt_and_is_seeded() -> None:
-    predict = make_predict(*linear_model(seed=2))
-    x, y = labelled_points(predict, seed=3)
-    few = square_attack(predict, x, y, eps=0.03, n_queries=20, seed=7)
-    many = square_attack(predict, x, y, eps=0.03, n_queries=400, seed=7)
-    again = square_attack(predict, x, y, eps=0.03, n_queries=400, seed=7)
-    assert many.fooled.sum() >= few.fooled.sum()
-    assert np.array_equal(many.x_adv, again.x_adv)
-
-
-def test_square_eps_zero_and_misclassified_untouched() -> None:
-    counter = [0]
-    predict = make_predict(*linear_model(seed=4), counter=counter)
-    x, y = labelled_points(predict)
-    y = y.copy()
-    y[:5] = (y[:5] + 1) % 4  # already misclassified: no queries spent on them
-    zero = square_attack(predict, x, y, eps=0.0, n_queries=50)
-    assert np.array_equal(zero.x_adv, x) and zero.fooled.sum() == 5
-    result = square_attack(predict, x, y, eps=0.2, n_queries=50)
-    assert np.array_equal(result.x_adv[:5], x[:5]) and (result.queries[:5] == 0).all()
-    assert result.fooled[:5].all()
 
 
 # ---------------------------------------------------------------- an exported tiny model
@@ -191,7 +123,55 @@ def test_square_beating_transfer_warns(exported: tuple[Path, Path], tmp_path: Pa
     check_ordering(verify["models"])
 
 
-def test_onnxruntime_only_path_without_torch(exported: tuple[Path, Path], tmp_path: Path) -> None:
+def test_square_attacks_the_onnxruntime_session_itself(exported: tuple[Path, Path]) -> None:
+    """The session wrapped as a tensor function: Square needs its outputs only, never a gradient."""
+    folder, _ = exported
+    from akd_edge.data import get_loader
+
+    test = get_loader("synthetic")(SYNTH, parts=("test",)).test
+    session = OrtClassifier.load(folder / "model.int8.onnx")  # int8: no torch twin to take gradients from
+    x = torch.from_numpy(test.images[:48].astype(np.float32) / 255)
+    y = torch.from_numpy(test.labels[:48])
+    result = run_square(session.torch_predict(), x, y, eps=0.3, n_queries=100)
+    assert torch.equal(result.clean, torch.from_numpy(session.correct(test.images[:48], test.labels[:48])))
+    assert result.robust.sum() < result.clean.sum()
+    assert (result.x_adv - x).abs().max() <= 0.3 + 1e-6
+    assert torch.equal(result.robust, torch.from_numpy(session.correct(result.x_adv.numpy(), y.numpy())))
+
+
+def test_worst_case_is_per_sample_over_the_attacks(
+    exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Square and transfer fool different samples: the worst case loses both, below either attack alone."""
+    from akd_edge.verify import report as verify_report
+
+    folder, _ = exported
+
+    def fake_transfer(ckpt, explicit, data, models, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        flags = {}
+        for name, model in models.items():
+            flags[name] = model.correct(data.images, data.labels)
+            flags[name][np.flatnonzero(flags[name])[1]] = False  # the second correct sample falls to transfer only
+        return flags, {"version": "fake"}, None
+
+    def fake_square(predict, x, y, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        result = run_square(predict, x, y, **{**kwargs, "n_queries": 1, "eps": 1e-9})
+        assert torch.equal(result.robust, result.clean)  # eps ~0: nothing fooled yet
+        result.robust[result.robust.nonzero()[0]] = False  # the first correct sample falls to Square only
+        return result
+
+    monkeypatch.setattr(verify_report, "_transfer", fake_transfer)
+    monkeypatch.setattr(verify_report, "_square_runner", lambda queries: fake_square)
+    verify = verify_export(folder, n=40, latency=False, write=False)
+    for res in verify["models"].values():
+        clean_n = round(res["clean_acc"] * 40)
+        assert round(res["square_acc"] * 40) == round(res["transfer_acc"] * 40) == clean_n - 1
+        assert res["robust_n"] == clean_n - 2 and res["robust_acc"] == (clean_n - 2) / 40
+    check_ordering(verify["models"])
+
+
+def test_onnxruntime_runs_the_models_without_torch(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    """The ONNX models run without torch (clean accuracy, latency); Square needs torch and says so first."""
     folder, _ = exported
     from akd_edge.data import get_loader
 
@@ -204,26 +184,37 @@ def test_onnxruntime_only_path_without_torch(exported: tuple[Path, Path], tmp_pa
         import akd_edge.verify.runtime
         import akd_edge.data
         assert "torch" not in sys.modules or sys.modules["torch"] is None
+        from akd_edge.errors import UsageError
         from akd_edge.verify.report import verify_export
-        verify = verify_export({str(folder)!r}, data={str(tmp_path / "test.npz")!r}, square_queries=50,
-                               latency_repeats=3, write=False)
+        try:
+            verify_export({str(folder)!r}, data={str(tmp_path / "test.npz")!r}, square_queries=50, write=False)
+            refused = ""
+        except UsageError as err:
+            refused = str(err)
+        verify = verify_export({str(folder)!r}, data={str(tmp_path / "test.npz")!r}, square_queries=0,
+                               transfer="none", latency_repeats=3, write=False)
         from click.testing import CliRunner
         from akd_edge.cli.export_cmd import verify_cmd
-        cli = CliRunner().invoke(verify_cmd, [{str(folder)!r}, "--data", {str(tmp_path / "test.npz")!r},
-                                              "--square-queries", "20", "--no-latency", "--json"])
-        print(json.dumps({{"verify": verify, "cli_code": cli.exit_code, "cli": cli.output}}))
+        args = [{str(folder)!r}, "--data", {str(tmp_path / "test.npz")!r}, "--no-latency", "--json"]
+        cli = CliRunner().invoke(verify_cmd, args + ["--square-queries", "0", "--transfer", "none"])
+        cli_square = CliRunner().invoke(verify_cmd, args + ["--square-queries", "20"])
+        print(json.dumps({{"verify": verify, "refused": refused, "cli_code": cli.exit_code, "cli": cli.output,
+                          "square_code": cli_square.exit_code, "square_out": cli_square.output}}))
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "needs torch" in result["refused"] and "--square-queries 0" in result["refused"]
     verify = result["verify"]
-    assert "torch" in verify["settings"]["transfer"]["skipped"]
-    assert verify["n"] == 40
+    assert verify["n"] == 40 and verify["settings"]["square"] == {"skipped": "--square-queries 0"}
     for res in verify["models"].values():
-        assert res["transfer_acc"] is None and res["robust_acc"] <= res["square_acc"] <= res["clean_acc"]
+        assert 0.5 < res["clean_acc"] <= 1.0
+        assert res["square_acc"] is None and res["transfer_acc"] is None
+        assert res["robust_acc"] is None  # no attack ran: clean accuracy is not passed off as robust
     assert "torch eager (fp32)" not in verify["latency"] and "model.onnx" in verify["latency"]
     assert result["cli_code"] == 0, result["cli"]
+    assert result["square_code"] == 2 and "needs torch" in result["square_out"]
 
 
 # ---------------------------------------------------------------- bad input

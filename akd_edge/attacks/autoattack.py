@@ -2,9 +2,11 @@
 
 ``standard`` is the published ensemble (APGD-CE, APGD-T, FAB-T, Square 5000 queries) with its published
 settings; ``fast`` keeps the two gradient attacks (APGD-CE + APGD-T), the usual cheap proxy; ``square``
-is the black-box Square attack alone (it only needs outputs, so it also attacks an onnxruntime model
-wrapped as a module). A sample counts as robust only if it is classified correctly and no attack fools
-it: the worst case per sample, as AutoAttack reports it.
+is the black-box Square attack alone as AutoAttack runs it. :func:`run_square` runs the official
+``SquareAttack`` on any ``predict(x) -> logits`` callable with settings of the caller's choosing: it only
+needs outputs, so ``akd-edge verify`` attacks an onnxruntime session with it. A sample counts as robust
+only if it is classified correctly and no attack fools it: the worst case per sample, as AutoAttack
+reports it.
 
 The package logs through the ``auto-attack`` logger and its attacks print only when verbose; any stray
 print is captured and sent to this module's logger at DEBUG, so library code never prints.
@@ -15,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,12 @@ WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
 BLACK_BOX = ("square",)
 TARGETED = ("apgd-t", "fab-t")
 NORMS = {"linf": "Linf", "l2": "L2"}
+SQUARE_LOSSES = ("margin", "ce")
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+"""``predict(x float32 [N, C, H, W] in [0, 1]) -> logits [N, classes]``; no gradients needed."""
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)`` in Square iterations over all batches (approximate: counted from model calls)."""
 
 
 def min_classes(version: str) -> int:
@@ -108,21 +118,30 @@ def _check_args(norm: str, eps: float, version: str, n_queries: int, batch_size:
         raise UsageError("AutoAttack needs n_queries >= 1 and batch_size >= 1")
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Send anything the package prints to this module's logger at DEBUG: library code never prints."""
+    stray = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stray):
+            yield
+    finally:
+        if stray.getvalue().strip():
+            log.debug("pyautoattack output: %s", stray.getvalue().strip())
+
+
 def _attack_subset(
     adversary: Any, attack: str, x: torch.Tensor, y: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run one attack of the ensemble through ``run_standard_evaluation``; returns (x_adv, fooled)."""
     adversary.attacks_to_run = [attack]
     adversary.version = "custom"
-    stray = io.StringIO()
     tracer = sys.gettrace()  # its dynamic-defence check calls sys.settrace(None): keep debuggers/coverage alive
     try:
-        with contextlib.redirect_stdout(stray):
+        with _quiet():
             x_adv, y_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     finally:
         sys.settrace(tracer)
-    if stray.getvalue().strip():
-        log.debug("pyautoattack output: %s", stray.getvalue().strip())
     return x_adv, y_adv.to(y.device) != y
 
 
@@ -252,3 +271,143 @@ def run_autoattack(
         individual=individual,
     )
     return result.x_adv, result.per_attack
+
+
+@dataclass
+class SquareResult:
+    """What one :func:`run_square` run produced, on the device of its inputs."""
+
+    x_adv: torch.Tensor
+    """float32 [N, C, H, W]: Square's example where it fooled the model, else the clean input."""
+    clean: torch.Tensor
+    """bool [N]: classified correctly without attack."""
+    robust: torch.Tensor
+    """bool [N]: classified correctly at ``x_adv`` (so False wherever ``clean`` is)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _Predict:
+    """The caller's ``predict`` as ``SquareAttack`` needs it, with the model calls counted for progress.
+
+    Its logits come back as a fresh float tensor on the inputs' device (the attack writes into them) with
+    their shape checked; an empty batch (queried when every margin is already <= 0) is answered without a call.
+    """
+
+    def __init__(self, predict: PredictFn) -> None:
+        self.predict = predict
+        self.n_classes = 0
+        self.calls = 0
+        self.on_call: Callable[[], None] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return torch.zeros((0, self.n_classes), device=x.device)
+        logits = torch.as_tensor(self.predict(x)).detach().to(device=x.device, dtype=torch.float32).clone()
+        if logits.ndim != 2 or len(logits) != len(x) or logits.shape[1] < 2:
+            raise UsageError(f"predict must return logits [N, classes >= 2] for N images, got {tuple(logits.shape)}")
+        self.n_classes = logits.shape[1]
+        self.calls += 1
+        if self.on_call is not None:
+            self.on_call()
+        return logits
+
+
+def _check_square_args(loss: str, p_init: float, n_restarts: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    if loss not in SQUARE_LOSSES:
+        raise UsageError(f"Square loss {loss!r} is not supported; use one of {', '.join(SQUARE_LOSSES)}")
+    if not 0 < p_init <= 1 or n_restarts < 1:
+        raise UsageError(f"Square needs 0 < p_init <= 1 and n_restarts >= 1, got {p_init} and {n_restarts}")
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise UsageError(f"Square needs images [N, C, H, W] and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
+def run_square(
+    predict: PredictFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    n_queries: int = 1000,
+    p_init: float = 0.8,
+    seed: int = 0,
+    loss: str = "margin",
+    rescale_schedule: bool = True,
+    n_restarts: int = 1,
+    batch_size: int = 256,
+    progress: ProgressFn | None = None,
+) -> SquareResult:
+    """The official Square attack (``pyautoattack``'s ``SquareAttack``), untargeted, on any ``predict``.
+
+    ``predict`` maps images in [0, 1] to logits; it needs no gradients and need not be a module (an
+    onnxruntime session wrapped as a tensor-to-tensor function will do). Samples misclassified without
+    attack are left alone. The images go through in batches of ``batch_size``, each attacked with the same
+    ``seed``, as AutoAttack's ``run_standard_evaluation`` does: beyond the inputs and the results, memory
+    depends on the batch, not on ``len(x)``. ``rescale_schedule`` stretches the schedule of square sizes
+    (tuned for 10000 queries) over ``n_queries``; AutoAttack's ``standard`` runs 5000 queries without it.
+    The caller's torch RNG is left as it was. Per-sample query counts are not reported: ``perturb`` does not
+    return them.
+    """
+    import pyautoattack
+    from pyautoattack.square import SquareAttack
+
+    from akd_edge.attacks.pgd import check_unit_range
+
+    _check_args(norm, eps, "square", n_queries, batch_size)
+    _check_square_args(loss, p_init, n_restarts, x, y)
+    x = x.detach().float()
+    y = y.detach().long().to(x.device)
+    check_unit_range(x)
+    start = time.perf_counter()
+    model = _Predict(predict)
+    attack = SquareAttack(
+        model,
+        norm=NORMS[norm],
+        n_queries=n_queries,
+        eps=eps,
+        p_init=p_init,
+        n_restarts=n_restarts,
+        seed=seed,
+        verbose=False,
+        loss=loss,
+        resc_schedule=rescale_schedule,
+        device=x.device,
+    )
+    x_adv = x.clone()
+    clean = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    robust = clean.clone()
+    total = math.ceil(len(x) / batch_size) * n_queries
+    fork_devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices), torch.no_grad(), _quiet():
+        for batch, lo in enumerate(range(0, len(x), batch_size)):
+            xb, yb = x[lo : lo + batch_size], y[lo : lo + batch_size]
+            correct = model(xb).argmax(1) == yb
+            clean[lo : lo + len(xb)] = correct
+            if correct.any():
+                if progress is not None:  # perturb: one call for accuracy, one for the start, one per iteration
+                    done, first = batch * n_queries, model.calls + 2
+                    model.on_call = lambda done=done, first=first: progress(
+                        done + min(max(model.calls - first, 0), n_queries), total
+                    )
+                x_adv[lo : lo + len(xb)] = attack.perturb(xb, yb)
+                model.on_call = None
+                robust[lo : lo + len(xb)] = correct & (model(x_adv[lo : lo + len(xb)]).argmax(1) == yb)
+            if progress is not None:
+                progress((batch + 1) * n_queries, total)
+    log.debug("square %s eps=%g: robust %d/%d", norm, eps, int(robust.sum()), len(x))
+    settings = {
+        "attack": "square",
+        "implementation": f"pyautoattack {pyautoattack.__version__} SquareAttack",
+        "norm": norm,
+        "eps": eps,
+        "n_queries": n_queries,
+        "p_init": p_init,
+        "loss": loss,
+        "rescale_schedule": rescale_schedule,
+        "restarts": n_restarts,
+        "seed": seed,
+        "batch_size": batch_size,
+        "n_samples": len(x),
+    }
+    return SquareResult(x_adv, clean, robust, settings, time.perf_counter() - start)

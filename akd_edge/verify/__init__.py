@@ -1,13 +1,12 @@
-"""Verification of exported models under onnxruntime; numpy and onnxruntime only (torch only for transfer).
+"""Verification of exported models under onnxruntime (torch for the attacks, never to run the models).
 
 ``akd_edge.verify.runtime``: onnxruntime sessions with clear errors, batched prediction, timings.
-``akd_edge.verify.square``: the Square attack in numpy, on any ``predict_fn``.
-``akd_edge.verify.transfer``: AutoAttack on the torch model (the one torch-dependent module).
-``akd_edge.verify.report``: ``verify_export``, which puts it together for an export folder.
+``akd_edge.verify.transfer``: AutoAttack on the torch model, whose examples are scored under onnxruntime.
+``akd_edge.verify.report``: ``verify_export``, which puts it together for an export folder; the query-only
+Square attack on each session is the official one, through ``akd_edge.attacks.autoattack.run_square``.
 """
 
 from akd_edge.verify.report import verify_export
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier
-from akd_edge.verify.square import square_attack
 
-__all__ = ["ModelFileError", "OrtClassifier", "square_attack", "verify_export"]
+__all__ = ["ModelFileError", "OrtClassifier", "verify_export"]

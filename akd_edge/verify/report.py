@@ -1,12 +1,15 @@
 """``verify_export``: re-measure an export folder's models under onnxruntime and record it in its report.
 
 Per model (fp32 and int8): clean accuracy; accuracy on AutoAttack examples made on the torch model and
-transferred; accuracy under a query-only Square attack run against the onnxruntime session itself; and
-the per-sample worst case of the three, which is *the* robust accuracy. Square beating the transferred
+transferred; accuracy under the official query-only Square attack (pyautoattack, through
+``akd_edge.attacks.autoattack.run_square``) run against the onnxruntime session itself; and the
+per-sample worst case of the three, which is *the* robust accuracy. Square beating the transferred
 white-box examples by more than a small margin is flagged (gradient masking, common after int8).
 
-Torch is used only for the transfer part (and torch eager timings): without torch, or without the
-source checkpoint, verification runs Square and clean accuracy on numpy and onnxruntime alone.
+The models always run under onnxruntime. Torch runs the attacks: Square's bookkeeping (it only reads the
+session's outputs), the transfer examples and the torch eager timings. Without the source checkpoint the
+transfer part is skipped; without torch only ``--square-queries 0 --transfer none`` (clean accuracy and
+latency) can run.
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ import numpy as np
 from akd_edge.errors import CheckpointError, DataError, UsageError
 from akd_edge.files import FolderLock, check_name, ensure_writable_dir
 from akd_edge.report import REPORT_FORMAT, read_report, sha256_file, write_report
-from akd_edge.verify.runtime import ModelFileError, OrtClassifier, file_size, ort_latency
-from akd_edge.verify.square import square_attack
+from akd_edge.verify.runtime import ModelFileError, OrtClassifier, as_float_images, file_size, ort_latency
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ MODEL_FILES = ("model.onnx", "model.int8.onnx")
 MOBILE_FILES = ("model.ort", "model.int8.ort")
 NPZ_HELP = "expected an .npz with arrays 'images' [N, C, H, W] (uint8, or float in [0, 1]) and 'labels' [N]"
 TRANSFER_VERSIONS = ("fast", "standard", "none")
+SQUARE_BATCH = 256
+"""Images per Square batch and per onnxruntime call: the attack's working memory depends on it, not on --n."""
 StageFn = Callable[[str], None]
 ProgressFn = Callable[[str, int, int], None]
 
@@ -350,6 +354,26 @@ def _open_export(
     return report, digests, models, norm, eps, test
 
 
+def _square_runner(square_queries: int) -> Callable[..., Any] | None:
+    """``run_square`` (None for ``--square-queries 0``); a one-line error, before any work, when torch is missing."""
+    if square_queries == 0:
+        return None
+    try:
+        from akd_edge.attacks.autoattack import run_square
+    except ImportError as err:
+        raise UsageError(
+            f"the Square attack needs torch and pyautoattack ({err}); install akd-edge's dependencies, or pass "
+            "--square-queries 0 --transfer none to measure clean accuracy and latency with onnxruntime alone"
+        ) from None
+    return run_square
+
+
+def _progress_of(on_progress: ProgressFn | None, name: str) -> Callable[[int, int], None] | None:
+    if on_progress is None:
+        return None
+    return lambda done, total: on_progress(name, done, total)
+
+
 def _verify(
     folder: Path,
     data: str | None,
@@ -371,6 +395,7 @@ def _verify(
     on_progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """The body of :func:`verify_export`, run under the folder's lock when it writes."""
+    square = _square_runner(square_queries)
     stage("checking the export and loading test data")
     report, digests, models, norm, eps, test = _open_export(folder, data, data_dir, n, norm, eps, threads)
     timings: dict[str, float] = {}
@@ -398,54 +423,51 @@ def _verify(
     )
     timings["transfer_s"] = time.perf_counter() - start
 
-    square_info = {
-        "n_queries": square_queries,
-        "p_init": p_init,
-        "loss": "margin",
-        "rescale_schedule": True,
-        "seed": seed,
-        "norm": norm,
-        "eps": eps,
-    }
+    square_info: dict[str, Any] = {"skipped": "--square-queries 0"}
+    if square is not None:
+        import torch
+
+        x, y = torch.from_numpy(as_float_images(test.images)), torch.from_numpy(test.labels)
     results: dict[str, Any] = {}
     warnings: list[str] = []
     for name, model in models.items():
-        stage(f"Square attack ({square_queries} queries) on {name}")
-        start = time.perf_counter()
-
-        def progress(done: int, total: int, name: str = name) -> None:
-            if on_progress is not None:
-                on_progress(name, done, total)
-
-        attack = square_attack(
-            model.predict,
-            test.images,
-            test.labels,
-            eps=eps,
-            norm=norm,
-            n_queries=square_queries,
-            p_init=p_init,
-            seed=seed,
-            progress=progress,
-        )
-        timings[f"square_{name}_s"] = time.perf_counter() - start
-        square_correct = ~attack.fooled
-        worst = clean[name] & square_correct
-        entry: dict[str, Any] = {
-            "clean_acc": float(clean[name].mean()),
-            "square_acc": float(square_correct.mean()),
-            "square_mean_queries": float(attack.queries[attack.queries > 0].mean())
-            if (attack.queries > 0).any()
-            else 0.0,
-        }
+        entry: dict[str, Any] = {"clean_acc": float(clean[name].mean()), "square_acc": None}
+        worst, attacked = clean[name].copy(), False
+        if square is not None:
+            stage(f"Square attack ({square_queries} queries) on {name}")
+            start = time.perf_counter()
+            attack = square(
+                model.torch_predict(SQUARE_BATCH),
+                x,
+                y,
+                eps=eps,
+                norm=norm,
+                n_queries=square_queries,
+                p_init=p_init,
+                seed=seed,
+                batch_size=SQUARE_BATCH,
+                progress=_progress_of(on_progress, name),
+            )
+            timings[f"square_{name}_s"] = time.perf_counter() - start
+            square_info = {k: v for k, v in attack.settings.items() if k != "n_samples"}
+            square_correct = attack.robust.cpu().numpy()
+            entry["square_acc"] = float(square_correct.mean())
+            worst &= square_correct
+            attacked = True
         if name in transferred:
             worst &= transferred[name]
             entry["transfer_acc"] = float(transferred[name].mean())
+            attacked = True
         else:
             entry["transfer_acc"] = None
-        entry["robust_acc"] = float(worst.mean())
-        entry["robust_n"] = int(worst.sum())
-        if entry["transfer_acc"] is not None and entry["square_acc"] < entry["transfer_acc"] - margin:
+        # no attack ran: there is no robust accuracy to report (clean accuracy is not one)
+        entry["robust_acc"] = float(worst.mean()) if attacked else None
+        entry["robust_n"] = int(worst.sum()) if attacked else None
+        if (
+            entry["transfer_acc"] is not None
+            and entry["square_acc"] is not None
+            and entry["square_acc"] < entry["transfer_acc"] - margin
+        ):
             gap = 100 * (entry["transfer_acc"] - entry["square_acc"])
             warnings.append(
                 f"{name}: the query-only Square attack beats the transferred white-box examples by {gap:.1f} points "
@@ -453,7 +475,7 @@ def _verify(
                 "gradient masking, or of a model that differs from the torch one (common after int8); trust the worst case"
             )
         results[name] = entry
-    if "model.int8.onnx" in results:
+    if "model.int8.onnx" in results and results["model.onnx"]["robust_acc"] is not None:
         drop = results["model.onnx"]["robust_acc"] - results["model.int8.onnx"]["robust_acc"]
         if drop > margin:
             warnings.append(f"int8 loses {100 * drop:.1f} points of robust accuracy against fp32")

@@ -1,7 +1,8 @@
 """An exported classifier under onnxruntime: load it with clear errors, predict in batches, time it.
 
-Needs only numpy and onnxruntime (imported when a model is loaded): ``akd-edge verify`` runs on a
-machine without torch. Images are float32 NCHW in [0, 1] (uint8 images are scaled on the way in).
+Needs only numpy and onnxruntime (imported when a model is loaded): the models run on a machine without
+torch. Only :meth:`OrtClassifier.torch_predict`, the adapter the Square attack calls, imports torch.
+Images are float32 NCHW in [0, 1] (uint8 images are scaled on the way in).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,18 @@ class OrtClassifier:
         if not chunks:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def torch_predict(self, batch_size: int = 256) -> Callable[[Any], Any]:
+        """This session as ``predict(x tensor) -> logits tensor`` on the CPU, for torch attacks that need outputs only.
+
+        Tensor -> numpy -> ``session.run`` -> tensor: no gradients, the session is a black box.
+        """
+        import torch
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.predict(x.detach().cpu().numpy(), batch_size))
+
+        return predict
 
     def correct(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """bool [N]: predicted class equals the label."""
