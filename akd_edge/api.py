@@ -36,7 +36,7 @@ def _isolated(threads: int) -> Iterator[None]:
     """Thread count for the block only, and the caller's RNG state (CPU and CUDA) put back afterwards."""
     import torch
 
-    from akd_edge.train.loop import torch_threads
+    from akd_edge.env import torch_threads
 
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch_threads(threads), torch.random.fork_rng(devices=devices):

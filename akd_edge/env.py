@@ -6,8 +6,10 @@ export alike. torch is imported only when a device is resolved.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from akd_edge.errors import ConfigError
@@ -50,3 +52,22 @@ def package_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` for the block (0: left as it is), restored afterwards.
+
+    On a small machine shared with other work, 1 thread can be far faster than one per core: torch's
+    OpenMP threads wait on each other whenever one is descheduled.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)

@@ -21,9 +21,9 @@ import torch
 from akd_edge import __version__
 from akd_edge.config import RECIPES_DIR, load_recipe, resolve_recipe_path, to_dict
 from akd_edge.data import load_test_split
-from akd_edge.env import resolve_device
+from akd_edge.env import resolve_device, torch_threads
 from akd_edge.train.checkpoint import load_model
-from akd_edge.train.loop import torch_threads, train_run
+from akd_edge.train.loop import train_run
 from akd_edge.train.validate import validate
 
 

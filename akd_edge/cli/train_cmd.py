@@ -143,7 +143,8 @@ def _given(name: str) -> bool:
 
 def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -> dict[str, Any]:
     """Claim the run directory (locked, checked writable before any data loads), then train in it."""
-    from akd_edge.train.loop import Diverged, Interrupted, torch_threads, train_run
+    from akd_edge.env import torch_threads
+    from akd_edge.train.loop import Diverged, Interrupted, train_run
     from akd_edge.train.rundir import claim_run_dir, open_run_dir
 
     with torch_threads(recipe.run.threads):

@@ -31,7 +31,7 @@ from torch import nn
 from akd_edge.attacks import build_attack, eval_mode
 from akd_edge.config import Recipe, to_dict
 from akd_edge.data import DatasetSplits, iterate_batches, load_dataset, num_batches
-from akd_edge.env import resolve_device
+from akd_edge.env import resolve_device, torch_threads
 from akd_edge.errors import CheckpointError, ConfigError
 from akd_edge.files import (
     write_atomic,
@@ -116,19 +116,6 @@ class Callbacks:
     def on_batch(self, batch: int, stats: dict[str, float]) -> None: ...
     def on_validate(self, epoch: int) -> None: ...
     def on_epoch_end(self, record: dict[str, Any]) -> None: ...
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's CPU thread count set to ``threads`` for the block (0: left as it is), restored afterwards."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads:
-            torch.set_num_threads(previous)
 
 
 def _rng_state(cuda: bool) -> dict[str, Any]:

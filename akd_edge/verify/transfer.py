@@ -18,27 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from akd_edge.env import torch_threads
 from akd_edge.verify.runtime import as_float_images, measure_latency
 
 log = logging.getLogger(__name__)
 
 _trusted_factory: contextvars.ContextVar[str | None] = contextvars.ContextVar("trusted_factory", default=None)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (0 = leave torch's setting), then restore it.
-
-    On a small machine shared with other work, 1 thread can be far faster than one per core: torch's
-    OpenMP threads wait on each other whenever one is descheduled.
-    """
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
