@@ -54,22 +54,29 @@ class TeacherEnsemble(nn.Module):
         Without ``needs_grad`` no autograd graph is built (``inference_mode``); the result is a normal
         tensor, usable as a target in the student's loss.
         """
+        grad_mode = contextlib.nullcontext() if self.needs_grad else torch.inference_mode()
+        with grad_mode:
+            total = self.combine(self.member_logits(x), temperature)
+        return total if self.needs_grad else total.clone()  # clone outside inference_mode: a normal tensor
+
+    def member_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's logits on ``x`` (in the configured layout and precision; autograd as the caller has it)."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        grad_mode = contextlib.nullcontext() if self.needs_grad else torch.inference_mode()
-        precision = (
-            torch.autocast(x.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
-            if self.precision != "fp32"
-            else contextlib.nullcontext()
-        )
+        if self.precision == "fp32":
+            return [member(x) for member in self.members]
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        with torch.autocast(x.device.type, dtype=dtype):
+            return [member(x) for member in self.members]
+
+    def combine(self, logits: list[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+        """The weighted average of ``softmax(logits / temperature)`` over members, in float32."""
         total = None
-        with grad_mode:
-            with precision:
-                logits = [member(x) for member in self.members]
-            for weight, member_logits in zip(self.weights, logits, strict=True):
-                p = torch.softmax(member_logits.float() / temperature, dim=1) * weight
-                total = p if total is None else total + p
-        return total if self.needs_grad else total.clone()  # clone outside inference_mode: a normal tensor
+        for weight, member_logits in zip(self.weights, logits, strict=True):
+            p = torch.softmax(member_logits.float() / temperature, dim=1) * weight
+            total = p if total is None else total + p
+        assert total is not None
+        return total
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the ensemble probabilities: usable as logits by evaluation code."""
@@ -99,3 +106,42 @@ def load_teachers(
         models.append(model)
         weights.append(spec.weight)
     return TeacherEnsemble(models, weights).to(device)
+
+
+class CleanTeacherCache:
+    """The teachers' logits on every clean training image, computed once at the start of a run.
+
+    Objectives whose teacher sees the clean, unaugmented batch (ARD, RSLAD, AKD with ``teacher_input =
+    "clean"``) then read the teacher's probabilities instead of running it every step. The logits are
+    computed in fixed batches in dataset order, so a resumed run reads exactly what an uninterrupted one does.
+    """
+
+    MAX_BYTES = 1 << 30
+    """Larger caches (members x images x classes x 4 bytes) are not built; the teacher runs every step."""
+
+    def __init__(self, teacher: TeacherEnsemble, logits: torch.Tensor) -> None:
+        self.teacher = teacher
+        self.logits = logits  # [members, images, classes], float32
+
+    @classmethod
+    def build(
+        cls, teacher: TeacherEnsemble, dataset: object, batch_size: int, device: torch.device, num_classes: int
+    ) -> CleanTeacherCache | None:
+        """The cache of ``dataset`` (an ImageDataset), or None when it would exceed :attr:`MAX_BYTES`."""
+        from akd_edge.data import iterate_batches
+
+        n, members = len(dataset), len(teacher.members)
+        if members * n * num_classes * 4 > cls.MAX_BYTES:
+            log.info("teacher outputs of %d images not cached (over %d MiB)", n, cls.MAX_BYTES >> 20)
+            return None
+        logits = torch.empty(members, n, num_classes, device=device)
+        with torch.inference_mode():
+            for x, _, idx in iterate_batches(dataset, batch_size, device=device):
+                for m, member_logits in enumerate(teacher.member_logits(x)):
+                    logits[m, idx.to(device)] = member_logits.float()
+        return cls(teacher, logits.clone())
+
+    def probs(self, idx: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The ensemble's probabilities for the images ``idx`` of the cached dataset."""
+        rows = idx.to(self.logits.device)
+        return self.teacher.combine([member[rows] for member in self.logits], temperature)

@@ -53,8 +53,8 @@ def record_loss_dtypes(trainer: Trainer) -> list[torch.dtype]:
     """Wraps the trainer's step so the dtype of each loss the loop backpropagates is seen."""
     step, dtypes = trainer._step, []
 
-    def wrapped(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = step(x, y)
+    def wrapped(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        out = step(x, y, idx)
         dtypes.append(out["loss"].dtype)
         return out
 
@@ -132,7 +132,7 @@ def test_auto_is_decided_by_the_cpu_not_by_a_timing(
     assert (plan.precision, plan.channels_last) == (precision, channels_last)
     assert (plan.teacher_precision, plan.teacher_channels_last, plan.teacher_fold) == (precision, channels_last, True)
     assert accel.default_plan(torch.device("cpu"), precision="fp32", channels_last="off", fast_teacher=False) == (
-        accel.SpeedPlan(teacher_fold=False)
+        accel.SpeedPlan(teacher_fold=False, flush_denormal=True)
     )
 
 

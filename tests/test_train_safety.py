@@ -64,17 +64,17 @@ class _Poison(Callbacks):
         if epoch == self.epoch:
             self.saved = _bytes(self.trainer.run_dir)
             if self.loss:
-                task = self.trainer.task
+                forward = self.trainer.task.forward
                 step = {"n": 0}
 
                 def poisoned(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-                    out = task(x, y)
+                    out = forward(x, y)
                     step["n"] += 1
                     if step["n"] == self.batch:
                         out = {**out, "loss": out["loss"] * float("nan")}
                     return out
 
-                self.trainer.task = poisoned
+                self.trainer.task.forward = poisoned
 
     def on_batch(self, batch: int, stats: dict[str, float]) -> None:
         if not self.loss and (self.current, batch) == (self.epoch, self.batch):

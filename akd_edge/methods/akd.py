@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from akd_edge.config import MethodConfig
 from akd_edge.methods.base import METHODS, Task, soft_cross_entropy
 
 
@@ -27,6 +28,10 @@ class AdversarialKnowledgeDistillation(Task):
 
     name = "akd"
     needs_teacher = True
+
+    @classmethod
+    def teacher_sees_clean(cls, cfg: MethodConfig) -> bool:
+        return cfg.teacher_input == "clean"
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         t, alpha = self.cfg.temperature, self.cfg.alpha

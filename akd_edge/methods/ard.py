@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from akd_edge.config import MethodConfig
 from akd_edge.methods.base import METHODS, Task, kl_to_probs
 
 
@@ -22,6 +23,10 @@ class AdversariallyRobustDistillation(Task):
 
     name = "ard"
     needs_teacher = True
+
+    @classmethod
+    def teacher_sees_clean(cls, cfg: MethodConfig) -> bool:
+        return True
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         t, alpha = self.cfg.temperature, self.cfg.alpha

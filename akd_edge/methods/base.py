@@ -8,7 +8,7 @@ training loop serves them all (as timm's ``task/distillation.py``). ``METHODS`` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,18 @@ class Task:
         self.attack = attack
         self.cfg = cfg
         self.teacher = teacher
+        self.clean_cache: Any = None
+        """A :class:`~akd_edge.teachers.CleanTeacherCache` of the training set, set by the loop when usable."""
+        self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def teacher_sees_clean(cls, cfg: MethodConfig) -> bool:
+        """Whether the teacher only ever sees the clean batch (then its outputs can be cached per image)."""
+        return False
+
+    def use_clean_batch(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        """Tell the task which dataset images the next batch ``x`` holds, for :attr:`clean_cache` lookups."""
+        self._clean = (x, idx)
 
     def adversarial(self, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn | None = None) -> torch.Tensor:
         """The attack's batch against the student (``x`` itself when training is clean)."""
@@ -72,6 +84,8 @@ class Task:
     def teacher_probs(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """The teacher's probabilities, never part of the autograd graph (teachers are frozen)."""
         assert self.teacher is not None
+        if self.clean_cache is not None and self._clean is not None and x is self._clean[0]:
+            return self.clean_cache.probs(self._clean[1], temperature)  # the very batch the loop announced
         with torch.no_grad():
             return self.teacher.probs(x, temperature).float()
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from akd_edge.config import MethodConfig
 from akd_edge.methods.base import METHODS, Task, kl_to_probs
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ class RobustSoftLabelDistillation(Task):
             log.warning(
                 "rslad uses temperature 1 as in the paper; method.temperature=%s is ignored", self.cfg.temperature
             )
+
+    @classmethod
+    def teacher_sees_clean(cls, cfg: MethodConfig) -> bool:
+        return True
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         soft_labels = self.teacher_probs(x)

@@ -40,13 +40,14 @@ from akd_edge.files import (
 )
 from akd_edge.methods import METHODS, Task
 from akd_edge.models import create_model, model_info
-from akd_edge.teachers import load_teachers
+from akd_edge.teachers import CleanTeacherCache, load_teachers
 from akd_edge.train.accel import (
     SpeedPlan,
     accelerate_teacher,
     as_input,
     bf16_supported,
     default_plan,
+    plan_settings,
     prepare_student,
     step_autocast,
 )
@@ -252,6 +253,14 @@ class Trainer:
             self.teacher = accelerate_teacher(self.teacher, self.plan)
         method = METHODS.get(self.recipe.method.name)
         self.task = method(step_model, self.attack, self.recipe.method, self.teacher)
+        if self.teacher is not None and method.teacher_sees_clean(self.recipe.method) and not self.recipe.data.augment:
+            self.task.clean_cache = CleanTeacherCache.build(
+                self.teacher,
+                self.splits.train,
+                self.recipe.data.eval_batch_size,
+                self.device,
+                self.splits.num_classes,
+            )
         log.debug("speed plan: %s", {k: v for k, v in self.plan.to_dict().items() if k != "measured"})
 
     @contextlib.contextmanager
@@ -450,12 +459,17 @@ class Trainer:
         if resume:
             self.prepare(self._resume())  # recipe.toml stays as the run wrote it
         else:
-            self.prepare(None)
+            if self.task is None:  # not prepared by the caller
+                self.prepare(None)
             write_recipe(self.recipe, self.run_dir / "recipe.toml")
         info = model_info(self.model, self.splits.input_shape)
         info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
         info["speed"] = self._speed_text()
         self.cb.on_train_start(self.run_dir, info)
+        with plan_settings(self.plan):
+            return self._epochs(info)
+
+    def _epochs(self, info: dict[str, Any]) -> dict[str, Any]:
         while self.state.epoch < self.recipe.train.epochs:
             self._train_epoch()
             if self.sigint.requested:
@@ -485,7 +499,7 @@ class Trainer:
         )
         for x, y, idx in batches:
             t0 = time.perf_counter()
-            out = self._step(x, y)
+            out = self._step(x, y, idx)
             st.sums["time"] += time.perf_counter() - t0
             loss = out["loss"].item()
             if not math.isfinite(loss):
@@ -503,11 +517,14 @@ class Trainer:
             if r.train.checkpoint_every and st.batch % r.train.checkpoint_every == 0:
                 self._save_last()
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         assert self.task is not None and self.plan is not None
         self.model.train()
+        x = as_input(x, self.plan.channels_last)
+        if idx is not None:
+            self.task.use_clean_batch(x, idx)  # lets a cached teacher answer for these training images
         with step_autocast(self.device, self.plan):
-            out = self.task(as_input(x, self.plan.channels_last), y)
+            out = self.task(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         if self.recipe.train.optim.grad_clip:
