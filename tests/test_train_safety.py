@@ -5,6 +5,7 @@ Regression tests of issue 8 (items 2, 5, 6).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -181,3 +182,36 @@ def test_ctrl_c_handler_and_threads_are_opt_in_and_restored(tmp_path: Path) -> N
     assert torch.get_num_threads() == 1 and watch.threads == {2}
     assert len(watch.handlers) == 1 and handler not in watch.handlers
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_totals_read_back_every_few_batches_match_per_batch_reads(tmp_path: Path) -> None:
+    """On GPUs the loop reads its running totals only every ``sync_every`` batches (each read waits for the
+    device); the epoch's loss and accuracy must be the same as reading after every batch."""
+
+    class Seen(Callbacks):
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def on_batch(self, batch: int, stats: dict[str, float]) -> None:
+            self.batches.append(batch)
+
+    seen, epochs = {}, {}
+    for sync_every in (1, 3):
+        trainer = Trainer(load_recipe(tiny()), tmp_path / f"run{sync_every}", "student")
+        trainer.sync_every, trainer.cb = sync_every, Seen()
+        trainer.run()
+        seen[sync_every] = trainer.cb.batches
+        records = map(json.loads, (tmp_path / f"run{sync_every}" / "metrics.jsonl").read_text().splitlines())
+        epochs[sync_every] = [r for r in records if r["event"] == "epoch"]
+    assert seen[1] == [1, 2, 3, 4] * 2
+    assert seen[3] == [3, 4] * 2  # every third batch and the epoch's last
+    for a, b in zip(epochs[1], epochs[3], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-12) and a["acc"] == b["acc"]
+
+
+def test_a_nan_found_at_a_later_read_names_the_batches_it_may_be_in(tmp_path: Path) -> None:
+    trainer = Trainer(load_recipe(tiny()), tmp_path / "run", "student")
+    trainer.sync_every = 3
+    trainer.cb = _Poison(trainer, epoch=1, batch=2, loss=True)
+    with pytest.raises(Diverged, match="loss became nan in batches 1-3 of epoch 1"):
+        trainer.run()

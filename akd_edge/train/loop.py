@@ -42,6 +42,7 @@ from akd_edge.methods import METHODS, Task
 from akd_edge.models import create_model, model_info
 from akd_edge.teachers import CleanTeacherCache, load_teachers
 from akd_edge.train.accel import (
+    DeviceSums,
     SpeedPlan,
     accelerate_teacher,
     as_input,
@@ -97,13 +98,14 @@ class Diverged(Exception):
     gradient clipping.
     """
 
-    def __init__(self, run_dir: Path, what: str, epoch: int, batch: int, saved: tuple[int, int] | None) -> None:
+    def __init__(self, run_dir: Path, what: str, epoch: int, batch: int | str, saved: tuple[int, int] | None) -> None:
         if saved is None:
             kept = "no checkpoint had been saved yet"
         else:
             kept = f"the last good checkpoint, {run_dir / 'last.pt'} (epoch {saved[0]}, batch {saved[1]}), is kept"
         super().__init__(
-            f"training diverged: {what} batch {batch} of epoch {epoch}; stopped without saving, {kept}. "
+            f"training diverged: {what} {'batch' if isinstance(batch, int) else 'batches'} {batch} of epoch {epoch}; "
+            f"stopped without saving, {kept}. "
             "Start a new run with a lower train.optim.lr or with train.optim.grad_clip set"
         )
         self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
@@ -212,6 +214,8 @@ class Trainer:
         self.state = _State()
         self.saved_at: tuple[int, int] | None = None  # (epoch, batch) of last.pt, the resume point on disk
         self.sigint = _SigintFlag()
+        self.sync_every = 1 if self.device.type == "cpu" else 25
+        """Batches between reads of the running totals: each read waits for the GPU, so not every step there."""
         self.dynamics = {"clean": [], "adv": []}
         fp16 = recipe.train.amp == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
@@ -350,7 +354,7 @@ class Trainer:
         save_atomic(self._checkpoint(val), self.run_dir / "last.pt")
         self.saved_at = (self.state.epoch, self.state.batch)
 
-    def _diverged(self, what: str, batch: int) -> Diverged:
+    def _diverged(self, what: str, batch: int | str) -> Diverged:
         return Diverged(self.run_dir, what, self.state.epoch + 1, batch, self.saved_at)
 
     def _check_finite_weights(self) -> None:
@@ -496,26 +500,37 @@ class Trainer:
             start_batch=st.batch,
             augment=r.data.augment,
             device=self.device,
+            prefetch=2 if self.device.type == "cuda" else 0,  # next batches built and copied while a step runs
         )
+        pending, window = DeviceSums(self.device), st.batch + 1  # totals not yet read back from the device
         for x, y, idx in batches:
             t0 = time.perf_counter()
             out = self._step(x, y, idx)
-            st.sums["time"] += time.perf_counter() - t0
-            loss = out["loss"].item()
-            if not math.isfinite(loss):
-                raise self._diverged(f"the loss became {loss} in", st.batch + 1)
-            st.sums["loss"] += loss * len(y)
             correct = out["logits"].argmax(1) == y
-            st.sums["correct"] += correct.sum().item()
+            pending.add(loss=out["loss"].detach().double() * len(y), correct=correct.sum())
+            st.sums["time"] += time.perf_counter() - t0
             st.sums["n"] += len(y)
             if r.train.record_dynamics:
                 self._record_dynamics(x, y, idx, correct)
             st.batch += 1
-            self.cb.on_batch(st.batch, self._train_stats())
+            save = bool(r.train.checkpoint_every) and st.batch % r.train.checkpoint_every == 0
+            if save or self.sigint.requested or st.batch % self.sync_every == 0 or st.batch == self.steps_per_epoch:
+                self._read_sums(pending, window)
+                pending, window = DeviceSums(self.device), st.batch + 1
+                self.cb.on_batch(st.batch, self._train_stats())
             if self.sigint.requested:
                 return
-            if r.train.checkpoint_every and st.batch % r.train.checkpoint_every == 0:
+            if save:
                 self._save_last()
+
+    def _read_sums(self, pending: DeviceSums, first: int) -> None:
+        """Add the device-side totals of batches ``first``..current to the epoch's sums (one host sync)."""
+        totals = pending.read()
+        if not math.isfinite(totals.get("loss", 0.0)):
+            where = first if first == self.state.batch else f"{first}-{self.state.batch}"
+            raise self._diverged(f"the loss became {totals['loss']} in", where)
+        self.state.sums["loss"] += totals.get("loss", 0.0)
+        self.state.sums["correct"] += totals.get("correct", 0.0)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         assert self.task is not None and self.plan is not None
