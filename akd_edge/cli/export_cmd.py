@@ -262,8 +262,9 @@ def verify_cmd(
 ) -> None:
     """Re-verify an export folder's models under onnxruntime: clean, transferred AutoAttack, Square, worst case.
 
-    Runs with only numpy and onnxruntime when torch is absent (clean + Square); torch is used for the
-    transfer attack and the torch eager timings. Results go into the folder's report.json and MODEL_CARD.md.
+    The attacks (the official AutoAttack's Square on each onnxruntime session, AutoAttack on the torch model
+    for the transfer examples) need torch; without it only --square-queries 0 --transfer none runs (clean
+    accuracy and latency). Results go into the folder's report.json and MODEL_CARD.md.
     """
     from akd_edge.verify.report import verify_export
 
