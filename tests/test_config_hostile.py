@@ -92,11 +92,14 @@ def test_builtin_names_match_the_registries() -> None:
     assert list(BUILTIN_NAMES["dataset"]) == DATASETS.names()
 
 
-def test_names_registered_at_run_time_are_accepted() -> None:
-    from akd_edge.models import register_model
+def test_names_registered_at_run_time_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from akd_edge.models import MODELS, register_model, zoo
 
-    if "test-hostile-net" not in known_names("model"):
-        register_model("test-hostile-net", role="student", description="test")(lambda n, input_shape=(1, 8, 8): None)
+    # registered into copies, so the process-wide registry is as before when the test ends
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    monkeypatch.setattr(MODELS, "_help", dict(MODELS._help))
+    monkeypatch.setattr(zoo, "_ENTRIES", dict(zoo._ENTRIES))
+    register_model("test-hostile-net", role="student", description="test")(lambda n, input_shape=(1, 8, 8): None)
     assert load_recipe({}, ["model.name=test-hostile-net"]).model.name == "test-hostile-net"
 
 
