@@ -170,21 +170,36 @@ class MethodConfig:
     """The training objective (a task) and its hyper-parameters."""
 
     name: str = "at"
-    """``at``, ``trades``, ``ard``, ``rslad`` or ``akd`` (see ``akd-edge methods``)."""
+    """``at``, ``trades``, ``ard``, ``rslad``, ``akd``, ``adaad``, ``iad`` or ``saad`` (see ``akd-edge methods``)."""
     alpha: float = 0.9
-    """AKD/ARD: weight of the teacher's probabilities against the one-hot labels."""
+    """AKD/ARD/IAD: weight of the teacher's probabilities against the one-hot labels (IAD as ARD; its
+    paper's code used 1.0)."""
     temperature: float = 1.0
-    """Softmax temperature of teacher and student in the distillation term."""
+    """Softmax temperature of teacher and student in the distillation term (AKD, ARD, IAD)."""
     teacher_input: str = "adv"
     """AKD: the teacher sees the student's adversarial example (``adv``, as in the paper) or ``clean``."""
     beta: float = 6.0
     """TRADES: weight of the robustness (KL) term."""
+    adaad_alpha: float = 1.0
+    """AdaAD: weight of ``KL(T(x') || S(x'))``; ``1 - adaad_alpha`` weighs ``KL(T(x) || S(x))`` (1.0 in the
+    paper's code: adversarial term only)."""
+    iad_beta: float = 0.1
+    """IAD: the student trusts the teacher by ``p_T(y | x')^iad_beta`` (0.1 in the paper); 0 trusts it fully."""
+    iad_warmup: float = 0.3
+    """IAD: fraction of the epochs trained before the introspection term starts (60 of 200 in the paper)."""
+    saad_weight: str = "entropy"
+    """SAAD-style: the per-sample transferability score, the teacher's ``entropy`` on x' (the SAAD code's
+    proxy) or its cross-entropy ``loss`` on x' with the true label."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.alpha <= 1, "method.alpha", "must be in [0, 1]")
         _check(self.temperature > 0, "method.temperature", "must be > 0")
         _check(self.teacher_input in ("adv", "clean"), "method.teacher_input", "must be adv or clean")
         _check(self.beta >= 0, "method.beta", "must be >= 0")
+        _check(0 <= self.adaad_alpha <= 1, "method.adaad_alpha", "must be in [0, 1]")
+        _check(0 <= self.iad_beta < math.inf, "method.iad_beta", "must be a finite number >= 0")
+        _check(0 <= self.iad_warmup <= 1, "method.iad_warmup", "must be in [0, 1]")
+        _check(self.saad_weight in ("entropy", "loss"), "method.saad_weight", "must be entropy or loss")
 
 
 @dataclass(frozen=True)

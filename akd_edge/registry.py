@@ -53,7 +53,7 @@ class Registry(Generic[F]):
 # Names a recipe may use, checked without importing the families (which import torch).
 
 BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
-    "method": ("akd", "ard", "at", "rslad", "trades"),
+    "method": ("adaad", "akd", "ard", "at", "iad", "rslad", "saad", "trades"),
     "model": (
         "cnn-student",
         "cnn-teacher",

@@ -76,9 +76,9 @@ def ce(log_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -log_q[torch.arange(len(y)), y].mean()
 
 
-def test_registry_lists_the_five_methods() -> None:
-    assert METHODS.names() == ["akd", "ard", "at", "rslad", "trades"]
-    assert {name for name in METHODS if METHODS.get(name).needs_teacher} == set(TEACHER_METHODS)
+def test_registry_lists_the_methods() -> None:
+    assert METHODS.names() == ["adaad", "akd", "ard", "at", "iad", "rslad", "saad", "trades"]
+    assert {name for name in METHODS if METHODS.get(name).needs_teacher} == {*TEACHER_METHODS, "adaad", "iad", "saad"}
     Recipe(method=MethodConfig(name="trades"))  # config validates names against the registry
 
 

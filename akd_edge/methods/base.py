@@ -44,6 +44,9 @@ class Task:
     """
 
     needs_teacher: ClassVar[bool] = False
+    teacher_needs_grad: ClassVar[bool] = False
+    """Whether the objective differentiates the teacher's output with respect to its input (AdaAD's attack);
+    the loop then runs the teacher with autograd (parameters stay frozen)."""
     name: ClassVar[str] = ""
 
     def __init__(
@@ -65,11 +68,22 @@ class Task:
         self.clean_cache: Any = None
         """A :class:`~akd_edge.teachers.CleanTeacherCache` of the training set, set by the loop when usable."""
         self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.progress = 0.0
+        """Fraction of training done, in [0, 1]: set by the loop each epoch (see :meth:`set_progress`)."""
 
     @classmethod
     def teacher_sees_clean(cls, cfg: MethodConfig) -> bool:
         """Whether the teacher only ever sees the clean batch (then its outputs can be cached per image)."""
         return False
+
+    def set_progress(self, fraction: float) -> None:
+        """Tell the task how far training is (epochs completed / epochs), for schedules such as IAD's warm-up.
+
+        The loop calls it at the start of every epoch; a task used outside the loop stays at 0 unless told.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"training progress must be in [0, 1], got {fraction}")
+        self.progress = float(fraction)
 
     def use_clean_batch(self, x: torch.Tensor, idx: torch.Tensor) -> None:
         """Tell the task which dataset images the next batch ``x`` holds, for :attr:`clean_cache` lookups."""
@@ -105,6 +119,12 @@ def kl_to_probs(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tenso
     """``KL(target || softmax(logits))`` averaged over the batch ("batchmean"); target is a constant."""
     entropy_term = torch.xlogy(target_probs, target_probs).sum(dim=1)
     return (entropy_term - (target_probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1)).mean()
+
+
+def kl_per_sample(target_probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``KL(target || softmax(logits))`` of each sample (shape ``[batch]``), for per-sample weighting."""
+    entropy_term = torch.xlogy(target_probs, target_probs).sum(dim=1)
+    return entropy_term - (target_probs * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
 
 
 def kl_between_logits(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -253,9 +253,11 @@ class Trainer:
                 fast_teacher=t.fast_teacher,
             )
         step_model = prepare_student(self.model, self.plan)
-        if self.teacher is not None and t.fast_teacher:
-            self.teacher = accelerate_teacher(self.teacher, self.plan)
         method = METHODS.get(self.recipe.method.name)
+        if self.teacher is not None and t.fast_teacher:
+            self.teacher = accelerate_teacher(self.teacher, self.plan, needs_grad=method.teacher_needs_grad)
+        elif self.teacher is not None and method.teacher_needs_grad:
+            self.teacher.needs_grad = True  # as loaded, with autograd through it (its parameters stay frozen)
         self.task = method(step_model, self.attack, self.recipe.method, self.teacher)
         if self.teacher is not None and method.teacher_sees_clean(self.recipe.method) and not self.recipe.data.augment:
             self.task.clean_cache = CleanTeacherCache.build(
@@ -491,6 +493,8 @@ class Trainer:
             n = len(self.splits.train)
             st.dyn_row = {"clean": torch.zeros(n, dtype=torch.uint8), "adv": torch.zeros(n, dtype=torch.uint8)}
         self.cb.on_epoch_start(st.epoch + 1, r.train.epochs, self.steps_per_epoch, st.batch)
+        assert self.task is not None
+        self.task.set_progress(st.epoch / r.train.epochs)  # epoch-dependent objectives (IAD's warm-up)
         batches = iterate_batches(
             self.splits.train,
             r.data.batch_size,
