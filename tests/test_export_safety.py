@@ -162,9 +162,11 @@ def test_export_cleans_its_orphans_marks_and_uses_usual_modes(tmp_path: Path, ca
     (out / "model.onnx").write_bytes(b"old")
     orphans = [parent / ".run.partial-abcd_123", parent / ".run.old-4242"]
     strangers = [parent / ".run.partial-x", parent / ".other.partial-abcd_123", parent / "run.partial-abcd_123"]
+    strangers.append(parent / ".run.old-99")  # named like a moved-aside export, but not an export: kept
     for path in orphans + strangers:
         path.mkdir()
         (path / "model.onnx").write_bytes(b"half")
+    files.mark(parent / ".run.old-4242", "export")  # an earlier export moved aside by a killed export
     with caplog.at_level(logging.INFO, logger="akd_edge.export.folder"):
         folder, _ = export_checkpoint(ckpt, out, int8=False, data=images())
     assert folder == out and files.marked_kind(out) == "export"
@@ -172,7 +174,7 @@ def test_export_cleans_its_orphans_marks_and_uses_usual_modes(tmp_path: Path, ca
     assert "replacing the earlier export" in caplog.text
     assert not any(path.exists() for path in orphans)
     assert all((path / "model.onnx").is_file() for path in strangers)
-    assert sorted(p.name for p in parent.iterdir() if p.name.startswith(".run")) == [".run.partial-x"]
+    assert sorted(p.name for p in parent.iterdir() if p.name.startswith(".run")) == [".run.old-99", ".run.partial-x"]
     assert not (out / files.LOCK).exists()
     assert stat.S_IMODE(out.stat().st_mode) == files.dir_mode()
     for name in ("report.json", "MODEL_CARD.md", "model.onnx", "model.ort", files.MARK):

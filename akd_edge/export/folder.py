@@ -96,6 +96,8 @@ def remove_orphans(out: Path) -> list[Path]:
     for path in _orphans(out):
         if path.is_symlink() or not path.is_dir():
             continue
+        if ".old-" in path.name and replaceable(path) not in ("export", "legacy export"):
+            continue  # an earlier export moved aside is still recognisably one; anything else is not ours
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
         log.info("removed %s, left by an interrupted export", path)
