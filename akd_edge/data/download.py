@@ -21,9 +21,11 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from akd_edge import __version__
 from akd_edge.errors import DataError
+from akd_edge.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +136,13 @@ def fetch_file(urls: Sequence[str], filename: str, checksum: str, dest_dir: Path
 
 def _fetch_one(url: str, dest: Path, algo: str, expected: str, timeout: float) -> Path:
     request = urllib.request.Request(url, headers={"User-Agent": f"akd-edge/{__version__} (python urllib)"})
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     digest = hashlib.new(algo, usedforsecurity=False) if algo == "md5" else hashlib.new(algo)
-    start, size, next_report = time.perf_counter(), 0, 0.25
-    try:
-        log.info("downloading %s", url)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+    start, size = time.perf_counter(), 0
+
+    def stream(out: IO[bytes]) -> None:  # into write_atomic's temp file: a failed check leaves no file
+        nonlocal size
+        next_report = 0.25
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             expected_size = int(response.headers.get("Content-Length") or 0)
             while chunk := response.read(CHUNK):
                 out.write(chunk)
@@ -149,18 +151,15 @@ def _fetch_one(url: str, dest: Path, algo: str, expected: str, timeout: float) -
                 if expected_size and size >= next_report * expected_size and size < expected_size:
                     log.info("  %s: %.0f%% of %.1f MB", dest.name, 100 * size / expected_size, expected_size / 1e6)
                     next_report += 0.25
-            out.flush()
-            os.fsync(out.fileno())
         actual = digest.hexdigest()
         if actual != expected:
             raise DataError(
                 f"checksum mismatch for {url}: {algo} {actual}, expected {expected}; the partial file was "
                 "deleted. The download was corrupted or the server sent a different file; retry, or use a mirror."
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    log.info("downloading %s", url)
+    write_atomic(dest, stream)
     log.info("saved %s (%.1f MB in %.1f s)", dest, size / 1e6, time.perf_counter() - start)
     return dest
 
