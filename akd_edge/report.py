@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from akd_edge import files
+from akd_edge.interval import format_accuracy, interval_of
 
 REPORT_NAME = "report.json"
 CARD_NAME = "MODEL_CARD.md"
@@ -51,6 +52,16 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * float(value):.2f}%"
 
 
+def _acc_ci(res: dict[str, Any], key: str, n: Any) -> str:
+    """``82.00% [79.5, 84.3]``: ``res[key + "_acc"]`` with its 95% interval (recomputed from ``n`` for a
+    report written before intervals were recorded), or n/a."""
+    value = res.get(f"{key}_acc")
+    if value is None:
+        return "n/a"
+    ci = res.get(f"{key}_ci95") or (interval_of(float(value), int(n)) if isinstance(n, int) else None)
+    return format_accuracy(float(value), ci)
+
+
 def _sci(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.2e}"
 
@@ -77,18 +88,19 @@ def _robustness(verify: dict[str, Any]) -> list[str]:
     lines.append(
         f"{verify.get('n')} test images of `{verify.get('data', {}).get('name')}`; threat model "
         f"{settings.get('norm')} eps={settings.get('eps')}. Robust accuracy is the per-sample worst case over "
-        "clean, transferred and Square examples."
+        "clean, transferred and Square examples. Each accuracy is followed by its 95% Wilson score interval "
+        "[low, high] (%): the sampling noise of the number of test images."
     )
     lines.append("")
-    rows = []
+    rows, n = [], verify.get("n")
     for name, res in verify.get("models", {}).items():
         rows.append(
             [
                 f"`{name}`",
-                _pct(res.get("clean_acc")),
-                _pct(res.get("transfer_acc")),
-                _pct(res.get("square_acc")),
-                f"**{_pct(res.get('robust_acc'))}**",
+                _acc_ci(res, "clean", n),
+                _acc_ci(res, "transfer", n),
+                _acc_ci(res, "square", n),
+                f"**{_acc_ci(res, 'robust', n)}**",
             ]
         )
     lines += _table(
@@ -101,7 +113,7 @@ def _robustness(verify: dict[str, Any]) -> list[str]:
     elif transfer:
         lines.append(
             f"- Transfer: AutoAttack `{transfer.get('version')}` ({', '.join(transfer.get('attacks', []))}) on the torch "
-            f"model `{transfer.get('checkpoint')}`; torch robust accuracy {_pct(transfer.get('torch_robust_acc'))}."
+            f"model `{transfer.get('checkpoint')}`; torch robust accuracy {_acc_ci(transfer, 'torch_robust', n)}."
         )
     if square:
         lines.append(
@@ -209,6 +221,7 @@ def render_model_card(report: dict[str, Any]) -> str:
     source, model = report.get("source", {}), report.get("model", {})
     arch, threat = source.get("arch", {}), report.get("threat", {})
     val = source.get("val") or {}
+    val_n = f", {val['n']} validation images" if isinstance(val.get("n"), int) else ""
     lines = [
         f"# Model card: {source.get('run', 'model')}",
         "",
@@ -217,7 +230,8 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"- Dataset: `{report.get('data', {}).get('name')}`, {len(model.get('class_names', []))} classes: "
         + ", ".join(f"`{c}`" for c in model.get("class_names", [])),
         f"- Threat model: {threat.get('norm')} perturbations of size eps = {threat.get('eps')} on images in [0, 1]",
-        f"- Torch validation (at training time): clean {_pct(val.get('clean_acc'))}, robust {_pct(val.get('robust_acc'))}",
+        f"- Torch validation (at training time{val_n}): clean {_acc_ci(val, 'clean', val.get('n'))}, "
+        f"robust {_acc_ci(val, 'robust', val.get('n'))}",
         f"- Source checkpoint: `{source.get('checkpoint')}`; exported {report.get('created')} with "
         + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()),
         "",

@@ -3,8 +3,9 @@
 
 Fashion-MNIST, Linf epsilon 0.1, recipe ``fmnist-akd`` (cnn-student, teacher ``builtin:fmnist-teacher``);
 only ``method.name`` changes between rows. Each student is judged on the test split by clean accuracy,
-PGD-20, AutoAttack and ECE (``akd_edge.evaluation``), and the result is a markdown table for the README
-that says which settings produced it and how long it took.
+PGD-20, AutoAttack and ECE (``akd_edge.evaluation``), each accuracy with its 95% Wilson interval on at
+least 1,000 test images, and the result is a markdown table for the README that says which settings
+produced it and how long it took.
 
     python benchmarks/akd_vs_at.py                 # a subset that fits a 2-core CPU (see DEFAULT)
     python benchmarks/akd_vs_at.py --full          # the recipe's settings, all data, AutoAttack standard
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from akd_edge.interval import REPORTED_N, format_interval
+
 METHODS = ("at", "trades", "ard", "rslad", "akd")
-DEFAULT = {"epochs": 3, "train_subset": 10000, "n_eval": 1000, "aa": "aa-fast"}
+DEFAULT = {"epochs": 3, "train_subset": 10000, "n_eval": REPORTED_N, "aa": "aa-fast"}
 """Sized for a 2-core CPU: 3 epochs on 10k training images, 1000 test images, AutoAttack fast.
 
 Not yet timed end to end (the table reports the time it took). On a busy machine, ``--threads 1`` is far
@@ -128,10 +131,15 @@ def row_of(method: str, report: dict[str, Any], train_seconds: float) -> dict[st
     aa = next((v for k, v in results["attacks"].items() if k.startswith("aa")), None)
     return {
         "method": method,
+        "n": results["clean"]["n"],
         "clean": results["clean"]["acc"],
+        "clean_ci95": results["clean"]["ci95"],
         "pgd20": results["attacks"]["pgd"]["acc"],
+        "pgd20_ci95": results["attacks"]["pgd"]["ci95"],
         "autoattack": aa["acc"] if aa else None,
+        "autoattack_ci95": aa["ci95"] if aa else [None, None],
         "worst_case": results["worst_case"]["acc"],
+        "worst_case_ci95": results["worst_case"]["ci95"],
         "ece_clean": results["calibration"]["clean"]["ece"],
         "ece_adv": results["calibration"].get("adversarial", {}).get("ece"),
         "train_s": train_seconds,
@@ -142,6 +150,12 @@ def row_of(method: str, report: dict[str, Any], train_seconds: float) -> dict[st
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _acc(row: dict[str, Any], key: str) -> str:
+    """``68.5 [65.6, 71.3]``: an accuracy (%) with its 95% Wilson interval."""
+    value = row[key]
+    return "-" if value is None else f"{_pct(value)} {format_interval(row.get(f'{key}_ci95'))}"
 
 
 def _minutes(seconds: float) -> str:
@@ -162,7 +176,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], total_s: floa
     lines = [
         f"Fashion-MNIST, Linf eps {EPS}, cnn-student from `builtin:fmnist-teacher` (recipe `{RECIPE}`), "
         f"**{scope}**: {epochs} epochs on {subset} training images; evaluated on the first {settings['n_eval']} "
-        f"test images (PGD-20, 1 restart; {aa_label}; ECE with 15 bins). Seed {settings['seed']}; "
+        f"test images (PGD-20, 1 restart; {aa_label}; ECE with 15 bins); accuracies in % with their 95% Wilson interval [low, high]. Seed {settings['seed']}; "
         f"{platform.machine()} CPU, torch threads {_threads()}; total {total_s / 60:.1f} min.",
         "",
         f"| method | clean % | PGD-20 % | {aa_label} % | ECE clean % | ECE adv % | train min | eval min |",
@@ -170,7 +184,7 @@ def markdown(rows: list[dict[str, Any]], settings: dict[str, Any], total_s: floa
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {_pct(r['clean'])} | {_pct(r['pgd20'])} | {_pct(r['autoattack'])} | "
+            f"| {r['method']} | {_acc(r, 'clean')} | {_acc(r, 'pgd20')} | {_acc(r, 'autoattack')} | "
             f"{_pct(r['ece_clean'])} | {_pct(r['ece_adv'])} | {_minutes(r['train_s'])} | {_minutes(r['eval_s'])} |"
         )
     warned = [f"- {r['method']}: {w}" for r in rows for w in r["warnings"]]

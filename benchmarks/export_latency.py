@@ -4,7 +4,8 @@ Exports each model with ``akd-edge export`` (int8 calibrated on real Fashion-MNI
 times batch-1 latency (p50/p95) and batch-256 throughput on this machine's CPU, and prints a markdown
 table for the README. Speed does not depend on the weights, so without ``--student``/``--teacher``
 checkpoints freshly initialised ``cnn-student``/``cnn-teacher`` are used (the accuracy column then reads
-n/a); pass trained runs to get fp32-vs-int8 agreement on the test split as well.
+n/a); pass trained runs to get fp32-vs-int8 agreement on the test split as well. Clean accuracy is measured
+on the first ``--n`` test images (default 2,000, at least 1,000) and shown with its 95% Wilson interval.
 
     python benchmarks/export_latency.py [--student runs/fmnist-quickstart] [--teacher builtin:fmnist-teacher]
 """
@@ -18,6 +19,8 @@ import platform
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from akd_edge.interval import REPORTED_N, format_interval, interval_of
 
 FMNIST_MEAN, FMNIST_STD = [0.2860], [0.3530]
 
@@ -87,6 +90,7 @@ def bench_one(role: str, source: str, work: Path, args: argparse.Namespace) -> l
                 "img_s": res.get("throughput_img_s"),
                 "bytes": res.get("bytes"),
                 "clean_acc": acc,
+                "clean_ci95": interval_of(acc, agreement.get("n")),
                 "int8_agreement": agreement.get("argmax_agreement") if name == "model.int8.onnx" else None,
             }
         )
@@ -112,7 +116,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         img_s = f"{r['img_s']:,.0f}" if r["img_s"] else "n/a (fixed batch 1)"
         size = f"{r['bytes'] / 1024:,.1f} KiB" if r["bytes"] else "n/a"
-        acc = f"{100 * r['clean_acc']:.2f}%" if r["clean_acc"] is not None else "n/a"
+        acc = f"{100 * r['clean_acc']:.2f}% {format_interval(r['clean_ci95'])}" if r["clean_acc"] is not None else "n/a"
         lines.append(
             f"| {r['role']} `{r['arch']}` ({r['params'] / 1000:.0f}k params) | {r['model']} | {r['p50_ms']:.3f} | "
             f"{r['p95_ms']:.3f} | {img_s} | {size} | {acc} |"
@@ -120,17 +124,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", default="", help="student run dir or checkpoint (default: untrained cnn-student)")
     parser.add_argument("--teacher", default="", help="teacher run dir or checkpoint (default: untrained cnn-teacher)")
     parser.add_argument("--data-dir", default="", help="Fashion-MNIST folder (default: the usual search path)")
     parser.add_argument("--calib", type=int, default=512, help="training images to calibrate int8")
-    parser.add_argument("--n", type=int, default=2000, help="test images for the fp32-vs-int8 agreement")
+    parser.add_argument(
+        "--n", type=int, default=2 * REPORTED_N, help="test images for the fp32-vs-int8 agreement and clean accuracy"
+    )
     parser.add_argument("--repeats", type=int, default=300, help="batch-1 timing repeats")
     parser.add_argument("--threads", type=int, default=0, help="threads for torch and onnxruntime (0 = default)")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     import onnxruntime
     import torch

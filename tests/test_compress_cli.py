@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.config import load_recipe, read_toml
 from akd_edge.files import marked_kind
+from akd_edge.interval import format_interval, wilson_interval
 from akd_edge.models import model_info
 from akd_edge.train.checkpoint import load_checkpoint, load_model
 from akd_edge.train.loop import train_run
@@ -49,7 +50,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _invoke(*args: str) -> object:
-    return CliRunner().invoke(compress_cmd, list(args), catch_exceptions=False)
+    return CliRunner().invoke(compress_cmd, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
 
 
 def test_compress_prunes_fine_tunes_with_akd_and_reports(student_run: Path, tmp_path: Path) -> None:
@@ -82,6 +83,11 @@ def test_compress_prunes_fine_tunes_with_akd_and_reports(student_run: Path, tmp_
         assert 0 <= side["pgd_acc"] <= side["clean_acc"] <= 1
         assert side["aa_acc"] is not None and 0 <= side["aa_acc"] <= side["pgd_acc"] + 1 / 8
         assert side["n"] == 48 and side["aa_n"] == 8 and side["latency_ms"] > 0
+        # each accuracy with its 95% Wilson interval, in report.json and in the printed table
+        for key, n in (("clean", 48), ("pgd", 48), ("aa", 8)):
+            assert side[f"{key}_ci95"] == wilson_interval(round(side[f"{key}_acc"] * n), n)
+            assert format_interval(side[f"{key}_ci95"]) in result.output
+    assert "95% CI" in result.output and "Wilson" in report["evaluation"]["interval"]
     assert [s["step"] for s in report["steps"]] == [1, 2]
     assert report["steps"][0]["params"] > report["steps"][1]["params"] == after["params"]
     assert report["finetune"]["method"] == "akd" and report["finetune"]["epochs_per_step"] == 1

@@ -15,6 +15,7 @@ from akd_edge import checks
 from akd_edge.cli.eval_cmd import eval_cmd
 from akd_edge.evaluation.engine import evaluate_model
 from akd_edge.evaluation.report import EvalOptions, evaluate
+from akd_edge.interval import format_interval, wilson_interval
 from akd_edge.metrics.robust import AttackSpec, parse_attacks
 
 SYNTHETIC = "n=256,test=48,shape=1x8x8,classes=4,noise=0.25,seed=1"
@@ -92,6 +93,7 @@ def test_robust_below_clean_and_worst_case_below_each_attack() -> None:
     assert worst < clean  # the attacks did find adversarial examples at this radius
     assert results["calibration"]["adversarial"]["accuracy"] <= clean
     assert results["attacks"]["aa-fast"]["after"]["apgd-t"] == results["attacks"]["aa-fast"]["acc"]
+    assert results["attacks"]["aa-fast"]["after_ci95"]["apgd-t"] == results["attacks"]["aa-fast"]["ci95"]
 
 
 def test_stronger_pgd_never_does_better(run_dir: Path) -> None:
@@ -256,10 +258,18 @@ def test_evaluate_eps_override_and_missing_matplotlib(run_dir: Path, tmp_path: P
 
 def test_cli_prints_table_and_reports_user_errors(run_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(eval_cmd, [str(run_dir), "--n", "16", "--steps", "2", "--out", str(tmp_path), "--no-plots"])
+    args = [str(run_dir), "--n", "16", "--steps", "2", "--out", str(tmp_path), "--no-plots"]
+    result = runner.invoke(eval_cmd, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "PGD-2" in result.output and "ECE" in result.output
-    assert json.loads((tmp_path / "eval.json").read_text())["results"]["clean"]["n"] == 16
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert results["clean"]["n"] == 16
+    # every accuracy has its 95% Wilson interval in eval.json and in the table
+    for entry in (results["clean"], results["attacks"]["pgd"], results["worst_case"]):
+        assert entry["ci95"] == wilson_interval(entry["correct"], 16)
+    for entry in (results["clean"], results["attacks"]["pgd"]):
+        assert format_interval(entry["ci95"]) in result.output
+    assert "95% CI" in result.output
     bad = runner.invoke(eval_cmd, [str(run_dir), "--attack", "cw", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown attack" in bad.output
     missing = runner.invoke(eval_cmd, [str(tmp_path / "nope")])

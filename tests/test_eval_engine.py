@@ -10,6 +10,7 @@ from akd_edge.attacks import build_attack, eval_mode
 from akd_edge.config import AttackConfig
 from akd_edge.data import iterate_batches, load_test_split
 from akd_edge.evaluation.engine import evaluate_batches, evaluate_dataset
+from akd_edge.interval import wilson_interval
 from akd_edge.metrics.robust import AttackSpec, ConfigAttack
 from akd_edge.models import create_model
 from akd_edge.train.validate import validate
@@ -115,17 +116,21 @@ def test_compress_measure_matches_validate_and_the_autoattack_wrapper(model_and_
     torch.manual_seed(3)
     expected = validate(model, dataset, cfg, batch_size=16)
     got = pgd_accuracy(model, dataset, cfg, seed=3, batch_size=16)
-    assert got == {"clean_acc": expected["clean_acc"], "pgd_acc": expected["robust_acc"], "n": expected["n"]}
+    n = expected["n"]
+    assert got == {
+        "clean_acc": expected["clean_acc"],
+        "clean_ci95": wilson_interval(round(expected["clean_acc"] * n), n),
+        "pgd_acc": expected["robust_acc"],
+        "pgd_ci95": wilson_interval(round(expected["robust_acc"] * n), n),
+        "n": n,
+    }
 
     # AutoAttack: the numbers of the previous implementation (one wrapper call on the first n images, seed 0).
     aa = autoattack_accuracy(model, dataset, norm="linf", eps=0.3, version="fast", n=12, seed=0, batch_size=16)
     x, y, _ = next(iterate_batches(dataset.subset(list(range(12))), 12))
     _, per_attack = run_autoattack(model, x, y, norm="linf", eps=0.3, version="fast", seed=0, batch_size=16)
-    assert aa == {
-        "aa_acc": float(torch.stack(list(per_attack.values())).all(0).float().mean()),
-        "aa_n": 12,
-        "aa_version": "fast",
-    }
+    robust = int(torch.stack(list(per_attack.values())).all(0).sum())
+    assert aa == {"aa_acc": robust / 12, "aa_ci95": wilson_interval(robust, 12), "aa_n": 12, "aa_version": "fast"}
 
 
 def test_compress_autoattack_skips_models_with_too_few_classes(caplog) -> None:

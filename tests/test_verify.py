@@ -20,6 +20,7 @@ from torch import nn
 from akd_edge.attacks.autoattack import run_square
 from akd_edge.errors import DataError
 from akd_edge.export import export_checkpoint
+from akd_edge.interval import format_accuracy, format_interval, wilson_interval
 from akd_edge.models import create_model
 from akd_edge.train.checkpoint import save_atomic
 from akd_edge.verify.report import verify_export
@@ -104,7 +105,16 @@ def test_verify_worst_case_below_each_attack(exported: tuple[Path, Path]) -> Non
     saved = json.loads((folder / "report.json").read_text())
     assert saved["verify"]["models"] == verify["models"]
     assert saved["checks"]["parity"]["passed"]  # export sections are kept
-    assert "robust (worst case)" in (folder / "MODEL_CARD.md").read_text()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "robust (worst case)" in card and "95% Wilson score interval" in card
+    # every accuracy carries its 95% Wilson interval, in report.json and on the model card
+    for res in verify["models"].values():
+        for key in ("clean", "transfer", "square", "robust"):
+            low, high = res[f"{key}_ci95"]
+            assert res[f"{key}_ci95"] == wilson_interval(round(res[f"{key}_acc"] * 64), 64)
+            assert low <= res[f"{key}_acc"] <= high
+        assert format_accuracy(res["robust_acc"], res["robust_ci95"]) in card
+    assert transfer["torch_robust_ci95"] == wilson_interval(round(transfer["torch_robust_acc"] * 64), 64)
 
 
 def test_square_beating_transfer_warns(exported: tuple[Path, Path], tmp_path: Path) -> None:
@@ -250,7 +260,11 @@ def test_verify_cli_errors_exit_2(exported: tuple[Path, Path], tmp_path: Path) -
     missing = runner.invoke(verify_cmd, [str(tmp_path / "gone")])
     assert missing.exit_code == 2 and "gone" in missing.output
     ok = runner.invoke(
-        verify_cmd, [str(folder), "--n", "16", "--square-queries", "10", "--transfer", "none", "--no-latency"]
+        verify_cmd,
+        [str(folder), "--n", "16", "--square-queries", "10", "--transfer", "none", "--no-latency"],
+        env={"COLUMNS": "200"},
     )
     assert ok.exit_code == 0, ok.output
-    assert "model.int8.onnx" in ok.output
+    assert "model.int8.onnx" in ok.output and "95% Wilson interval" in ok.output
+    for res in json.loads((folder / "report.json").read_text())["verify"]["models"].values():
+        assert format_interval(res["clean_ci95"]) in ok.output and format_interval(res["robust_ci95"]) in ok.output

@@ -1,7 +1,10 @@
 """Measure a model for the before/after report of ``akd-edge compress``: size, speed and robustness.
 
 Clean, PGD and AutoAttack accuracy come from the one evaluation engine (:mod:`akd_edge.evaluation.engine`),
-so compress, validation and ``akd-edge eval`` count a sample as robust the same way.
+so compress, validation and ``akd-edge eval`` count a sample as robust the same way. Every accuracy comes
+with its 95% Wilson interval (``clean_ci95``, ``pgd_ci95``, ``aa_ci95``), and AutoAttack defaults to
+:data:`~akd_edge.interval.REPORTED_N` images: on 200 a 50% channel cut once measured as costing 1.0 point
+of AutoAttack, on 1,000 the same model lost 2.6.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 from akd_edge.attacks import eval_mode
 from akd_edge.config import AttackConfig
 from akd_edge.evaluation.engine import evaluate_dataset
+from akd_edge.interval import REPORTED_N
 from akd_edge.metrics.robust import AA_NAME, AttackSpec, ConfigAttack
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,8 @@ def latency_ms(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 3
 def pgd_accuracy(
     model: nn.Module, dataset: Any, attack_cfg: AttackConfig, *, seed: int, batch_size: int
 ) -> dict[str, Any]:
-    """Clean and ``attack_cfg`` accuracy, its random starts seeded by ``seed`` (the same before and after pruning)."""
+    """Clean and ``attack_cfg`` accuracy with 95% intervals, its random starts seeded by ``seed`` (the same
+    before and after pruning)."""
     device = _device(model)
     attack = ConfigAttack(attack_cfg)
     fork = [device.index or 0] if device.type == "cuda" else []
@@ -55,7 +60,13 @@ def pgd_accuracy(
         run = evaluate_dataset(
             model, dataset, [attack], batch_size=batch_size, device=device, calibration=False, checks=False
         )
-    return {"clean_acc": run.acc("clean"), "pgd_acc": run.acc(attack.name), "n": run.results["clean"]["n"]}
+    return {
+        "clean_acc": run.acc("clean"),
+        "clean_ci95": run.results["clean"]["ci95"],
+        "pgd_acc": run.acc(attack.name),
+        "pgd_ci95": run.results["attacks"][attack.name]["ci95"],
+        "n": run.results["clean"]["n"],
+    }
 
 
 def autoattack_accuracy(
@@ -65,11 +76,12 @@ def autoattack_accuracy(
     norm: str,
     eps: float,
     version: str = "fast",
-    n: int = 200,
+    n: int = REPORTED_N,
     seed: int = 0,
     batch_size: int = 250,
 ) -> dict[str, Any] | None:
-    """AutoAttack robust accuracy on the first ``n`` images of ``dataset``; None when it cannot run.
+    """AutoAttack robust accuracy (and its 95% interval) on the first ``n`` images of ``dataset`` (0 = all);
+    None when it cannot run.
 
     The targeted attacks of ``fast`` and ``standard`` need at least 4 classes; with fewer the figure is
     skipped with a warning rather than failing the whole compression.
@@ -94,7 +106,12 @@ def autoattack_accuracy(
         return None
     spec = AttackSpec(AA_NAME[version], norm=norm, eps=eps, seed=seed)
     run = evaluate_dataset(model, subset, [spec], batch_size=batch_size, device=device, calibration=False, checks=False)
-    return {"aa_acc": run.acc(spec.name), "aa_n": run.results["clean"]["n"], "aa_version": version}
+    return {
+        "aa_acc": run.acc(spec.name),
+        "aa_ci95": run.results["attacks"][spec.name]["ci95"],
+        "aa_n": run.results["clean"]["n"],
+        "aa_version": version,
+    }
 
 
 def measure(
@@ -103,18 +120,19 @@ def measure(
     attack_cfg: AttackConfig,
     *,
     autoattack: str = "fast",
-    aa_n: int = 200,
+    aa_n: int = REPORTED_N,
     seed: int = 0,
     batch_size: int = 250,
 ) -> dict[str, Any]:
-    """Parameters, MACs, single-image latency, clean / PGD accuracy and (optionally) AutoAttack accuracy."""
+    """Parameters, MACs, single-image latency, clean / PGD accuracy and (optionally) AutoAttack accuracy on the
+    first ``aa_n`` images (0 = all), each accuracy with its 95% interval."""
     from akd_edge.models import model_info
 
     start = time.perf_counter()
     result: dict[str, Any] = dict(model_info(model, dataset.input_shape))
     result["latency_ms"] = latency_ms(model, dataset.input_shape)
     result |= pgd_accuracy(model, dataset, attack_cfg, seed=seed, batch_size=batch_size)
-    result |= {"aa_acc": None, "aa_n": 0, "aa_version": None}
+    result |= {"aa_acc": None, "aa_ci95": [None, None], "aa_n": 0, "aa_version": None}
     if autoattack != "none":
         aa = autoattack_accuracy(
             model,

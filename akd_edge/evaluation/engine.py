@@ -37,7 +37,8 @@ class Evaluation:
     """What one pass measured: the report's numbers and the per-sample flags behind them."""
 
     results: dict[str, Any]
-    """Accuracies (with 95% intervals and attack settings), worst case, checks, calibration, eps curve."""
+    """Accuracies (each with its count, n and 95% Wilson interval ``ci95``, and the attack settings), worst
+    case, checks, calibration, eps curve."""
     flags: dict[str, torch.Tensor]
     """bool [N] per sample: ``clean``, each attack's name, and ``worst_case`` (correct and never fooled)."""
 
@@ -190,7 +191,9 @@ def _attack_entries(
             "seconds": stream.seconds.get(spec.name, 0.0),
         }
         if len(parts) > 1:
-            entry["after"] = {part: accuracy(f)["acc"] for part, f in parts.items()}
+            after = {part: accuracy(f) for part, f in parts.items()}
+            entry["after"] = {part: a["acc"] for part, a in after.items()}
+            entry["after_ci95"] = {part: a["ci95"] for part, a in after.items()}
         attacks[spec.name] = entry
     return attacks, flags, white, black
 

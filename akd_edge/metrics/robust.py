@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from akd_edge.errors import UsageError
+from akd_edge.interval import wilson_interval
 
 if TYPE_CHECKING:
     from akd_edge.config import AttackConfig
@@ -266,15 +267,11 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
 
 
 def accuracy(flags: torch.Tensor | Sequence[bool]) -> dict[str, Any]:
-    """Accuracy of a bool flag vector with its count and a 95% Wilson interval (the test-set noise)."""
+    """Accuracy of a bool flag vector with its count and 95% Wilson score interval (the test-set noise;
+    :func:`akd_edge.interval.wilson_interval`)."""
     flags = torch.as_tensor(flags, dtype=torch.bool)
     n, k = int(flags.numel()), int(flags.sum())
-    if n == 0:
-        return {"acc": None, "correct": 0, "n": 0, "ci95": [None, None]}
-    p, z = k / n, 1.959963984540054
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"acc": p, "correct": k, "n": n, "ci95": [max(0.0, centre - half), min(1.0, centre + half)]}
+    return {"acc": k / n if n else None, "correct": k, "n": n, "ci95": wilson_interval(k, n)}
 
 
 def eps_grid(values: Sequence[float] | str) -> list[float]:

@@ -4,7 +4,9 @@ Per model (fp32 and int8): clean accuracy; accuracy on AutoAttack examples made 
 transferred; accuracy under the official query-only Square attack (pyautoattack, through
 ``akd_edge.attacks.autoattack.run_square``) run against the onnxruntime session itself; and the
 per-sample worst case of the three, which is *the* robust accuracy. Square beating the transferred
-white-box examples by more than a small margin is flagged (gradient masking, common after int8).
+white-box examples by more than a small margin is flagged (gradient masking, common after int8). Each
+accuracy is recorded with its 95% Wilson interval (``clean_ci95``, ``transfer_ci95``, ``square_ci95``,
+``robust_ci95``), on :data:`~akd_edge.interval.REPORTED_N` test images by default.
 
 The models always run under onnxruntime. Torch runs the attacks: Square's bookkeeping (it only reads the
 session's outputs), the transfer examples and the torch eager timings. Without the source checkpoint the
@@ -31,6 +33,7 @@ import numpy as np
 
 from akd_edge.errors import CheckpointError, DataError, UsageError
 from akd_edge.files import FolderLock, check_name, ensure_writable_dir
+from akd_edge.interval import REPORTED_N, interval_of, wilson_interval
 from akd_edge.report import REPORT_FORMAT, read_report, sha256_file, write_report
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier, as_float_images, file_size, ort_latency
 
@@ -217,6 +220,7 @@ def _transfer(
         model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed, threads=threads
     )
     info["checkpoint"] = str(checkpoint)
+    info["torch_robust_ci95"] = interval_of(info.get("torch_robust_acc"), len(data.labels))
     flags = {name: m.correct(x_adv, data.labels) for name, m in models.items()}
     return flags, info, model
 
@@ -260,7 +264,7 @@ def verify_export(
     *,
     data: str | None = None,
     data_dir: str | None = None,
-    n: int = 500,
+    n: int = REPORTED_N,
     seed: int = 0,
     square_queries: int = 1000,
     p_init: float = 0.8,
@@ -276,7 +280,11 @@ def verify_export(
     on_stage: StageFn | None = None,
     on_progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Verify the models of an export folder; returns the ``verify`` section (also written to report.json)."""
+    """Verify the models of an export folder; returns the ``verify`` section (also written to report.json).
+
+    ``n`` test images (the first; a smaller split is used whole) are attacked; every accuracy comes with
+    its 95% Wilson interval.
+    """
 
     def stage(text: str) -> None:
         log.info(text)
@@ -368,6 +376,11 @@ def _square_runner(square_queries: int) -> Callable[..., Any] | None:
     return run_square
 
 
+def _ci(name: str, correct: np.ndarray) -> dict[str, list[float | None]]:
+    """``{name}_ci95``: the 95% Wilson interval of the accuracy of per-sample ``correct`` flags."""
+    return {f"{name}_ci95": wilson_interval(int(np.count_nonzero(correct)), int(np.size(correct)))}
+
+
 def _progress_of(on_progress: ProgressFn | None, name: str) -> Callable[[int, int], None] | None:
     if on_progress is None:
         return None
@@ -431,7 +444,8 @@ def _verify(
     results: dict[str, Any] = {}
     warnings: list[str] = []
     for name, model in models.items():
-        entry: dict[str, Any] = {"clean_acc": float(clean[name].mean()), "square_acc": None}
+        entry: dict[str, Any] = {"clean_acc": float(clean[name].mean()), **_ci("clean", clean[name])}
+        entry |= {"square_acc": None, "square_ci95": [None, None]}
         worst, attacked = clean[name].copy(), False
         if square is not None:
             stage(f"Square attack ({square_queries} queries) on {name}")
@@ -451,18 +465,19 @@ def _verify(
             timings[f"square_{name}_s"] = time.perf_counter() - start
             square_info = {k: v for k, v in attack.settings.items() if k != "n_samples"}
             square_correct = attack.robust.cpu().numpy()
-            entry["square_acc"] = float(square_correct.mean())
+            entry |= {"square_acc": float(square_correct.mean()), **_ci("square", square_correct)}
             worst &= square_correct
             attacked = True
         if name in transferred:
             worst &= transferred[name]
-            entry["transfer_acc"] = float(transferred[name].mean())
+            entry |= {"transfer_acc": float(transferred[name].mean()), **_ci("transfer", transferred[name])}
             attacked = True
         else:
-            entry["transfer_acc"] = None
+            entry |= {"transfer_acc": None, "transfer_ci95": [None, None]}
         # no attack ran: there is no robust accuracy to report (clean accuracy is not one)
         entry["robust_acc"] = float(worst.mean()) if attacked else None
         entry["robust_n"] = int(worst.sum()) if attacked else None
+        entry["robust_ci95"] = _ci("robust", worst)["robust_ci95"] if attacked else [None, None]
         if (
             entry["transfer_acc"] is not None
             and entry["square_acc"] is not None
@@ -485,6 +500,7 @@ def _verify(
     verify: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "n": len(test.labels),
+        "interval": "ci95: 95% Wilson score interval of each accuracy",
         "data": {"name": test.name, "source": test.source},
         "settings": {
             "norm": norm,
