@@ -97,6 +97,38 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     type=click.IntRange(min=0),
     help="Training images used to calibrate int8.",
 )
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="How activation ranges are calibrated (onnxruntime CalibrationMethod).",
+)
+@click.option(
+    "--calib-percentile",
+    default=99.999,
+    show_default=True,
+    type=click.FloatRange(0, 100, min_open=True),
+    help="Percentile of --calib-method percentile.",
+)
+@click.option(
+    "--per-channel/--per-tensor",
+    default=True,
+    show_default=True,
+    help="int8 weight scales per output channel or per tensor.",
+)
+@click.option(
+    "--symmetric-activations/--asymmetric-activations",
+    default=False,
+    show_default=True,
+    help="Activation ranges symmetric around 0 (onnxruntime ActivationSymmetric).",
+)
+@click.option(
+    "--float-logits/--int8-logits",
+    default=True,
+    show_default=True,
+    help="Leave the final layer's output (the logits) in float: 8-bit logits tie and flip the argmax.",
+)
 @n_option("for the fp32-vs-int8 agreement", 0, name="n_test")
 @data_dir_option("the one recorded in the checkpoint")
 @click.option(
@@ -108,7 +140,7 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
 )
 @click.option(
     "--min-int8-agreement",
-    default=0.98,
+    default=0.995,
     show_default=True,
     type=click.FloatRange(0, 1),
     help="Warn below this fp32-vs-int8 agreement.",
@@ -122,6 +154,11 @@ def export_cmd(
     model_factory: str | None,
     int8: bool,
     calib: int,
+    calib_method: str,
+    calib_percentile: float,
+    per_channel: bool,
+    symmetric_activations: bool,
+    float_logits: bool,
     n_test: int,
     data_dir: str | None,
     mobile_batch: int,
@@ -144,6 +181,13 @@ def export_cmd(
                 which=which,
                 int8=int8,
                 calib=calib,
+                int8_settings={
+                    "method": calib_method,
+                    "percentile": calib_percentile,
+                    "per_channel": per_channel,
+                    "symmetric_activations": symmetric_activations,
+                    "float_logits": float_logits,
+                },
                 data_dir=data_dir,
                 n_test=n_test,
                 mobile_batch=mobile_batch,

@@ -1,7 +1,8 @@
 """Static int8 quantization of an exported fp32 ONNX classifier with onnxruntime (QDQ format).
 
 Weights are quantized per output channel (int8, symmetric) and activations per tensor (uint8 by
-default, the CPU recommendation of onnxruntime), with ranges calibrated on training images. QDQ keeps
+default, the CPU recommendation of onnxruntime), with ranges calibrated on training images; the logits
+(the final layer's output) stay float by default, see :class:`Int8Settings`. QDQ keeps
 the graph in standard ONNX ops (QuantizeLinear / DequantizeLinear around float ops) that onnxruntime
 fuses into integer kernels and NNAPI runs natively. Quantization can change a robust model's decision
 boundary, so ``akd-edge verify`` measures the int8 model's robustness again instead of assuming it.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,52 @@ class _ImageReader:
         return next(self._batches, None)
 
 
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the int8 model is calibrated and where its QuantizeLinear / DequantizeLinear pairs go.
+
+    The defaults are the best of ``benchmarks/int8_calibration.py`` (results in
+    ``benchmarks/results/int8_calibration.json``): the one change that mattered was keeping the logits
+    in float. Quantized to 8 bits, logits a step apart tie, and argmax then picks the lower class.
+    """
+
+    method: str = "minmax"
+    """Activation range calibration: ``minmax`` (observed range), ``entropy`` (KL-divergence threshold),
+    ``percentile`` (clip at ``percentile`` of the absolute values)."""
+    percentile: float = 99.999
+    """The percentile of ``percentile`` calibration, in (0, 100]; ignored by the other methods."""
+    per_channel: bool = True
+    """Weight scales per output channel (else one per tensor)."""
+    symmetric_activations: bool = False
+    """Activation ranges symmetric around 0 (ONNX Runtime's ``ActivationSymmetric``); with uint8 this
+    wastes half the range on ReLU outputs, and ONNX Runtime then keeps the ReLU nodes."""
+    float_logits: bool = True
+    """Leave the output of the final layer (the logits) unquantized (``OpTypesToExcludeOutputQuantization``
+    for the op that produces the graph output); its weights and input stay int8."""
+    activation_type: str = "uint8"
+    """``uint8`` (ONNX Runtime's CPU recommendation) or ``int8``."""
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {self.method!r}")
+        if self.activation_type not in ACTIVATION_TYPES:
+            raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {self.activation_type!r}")
+        if not 0 < self.percentile <= 100:  # also refuses NaN
+            raise ValueError(f"calibration percentile must be in (0, 100], got {self.percentile}")
+
+
+def _output_op_type(model: Any) -> str | None:
+    """The op type of the node that produces the graph's first output (the logits)."""
+    name = model.graph.output[0].name
+    return next((node.op_type for node in model.graph.node if name in node.output), None)
+
+
 def quantize_int8(
     fp32_path: str | Path,
     int8_path: str | Path,
     calibration_images: np.ndarray,
+    settings: Int8Settings | None = None,
     *,
-    per_channel: bool = True,
-    method: str = "minmax",
-    activation_type: str = "uint8",
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Write a static int8 QDQ copy of ``fp32_path`` to ``int8_path``; returns its settings for the report.
@@ -53,16 +93,19 @@ def quantize_int8(
 
     from akd_edge.verify.runtime import as_float_images
 
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    if activation_type not in ACTIVATION_TYPES:
-        raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {activation_type!r}")
+    settings = settings or Int8Settings()
     images = as_float_images(calibration_images)
     if len(images) == 0:
         raise ValueError("int8 calibration needs at least one image")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     source = onnx.load(str(fp32_path))
     input_name = source.graph.input[0].name
+    extra: dict[str, Any] = {"ActivationSymmetric": settings.symmetric_activations, "WeightSymmetric": True}
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    output_op = _output_op_type(source)
+    if settings.float_logits and output_op is not None:
+        extra["OpTypesToExcludeOutputQuantization"] = [output_op]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
@@ -71,15 +114,16 @@ def quantize_int8(
             str(int8_path),
             _ImageReader(input_name, images, batch_size),
             quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+            per_channel=settings.per_channel,
+            activation_type=QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method={
                 "minmax": CalibrationMethod.MinMax,
                 "entropy": CalibrationMethod.Entropy,
                 "percentile": CalibrationMethod.Percentile,
-            }[method],
+            }[settings.method],
             calibration_providers=["CPUExecutionProvider"],
+            extra_options=extra,
         )
     quantized = onnx.load(str(int8_path))
     props = {p.key: p.value for p in source.metadata_props}
@@ -92,11 +136,21 @@ def quantize_int8(
     log.info(
         "int8: %d QuantizeLinear, %d DequantizeLinear nodes", ops.count("QuantizeLinear"), ops.count("DequantizeLinear")
     )
+    return settings_record(settings, len(images), output_op)
+
+
+def settings_record(settings: Int8Settings, n_images: int, output_op: str | None = None) -> dict[str, Any]:
+    """The report's ``quantization`` section: human-readable fields plus the settings themselves."""
+    method = settings.method + (f" {settings.percentile:g}" if settings.method == "percentile" else "")
+    logits = "float (output of the final " + (output_op or "layer") + " not quantized)"
     return {
         "format": "QDQ",
-        "weights": "int8 symmetric, " + ("per channel" if per_channel else "per tensor"),
-        "activations": f"{activation_type} per tensor",
+        "weights": "int8 symmetric, " + ("per channel" if settings.per_channel else "per tensor"),
+        "activations": f"{settings.activation_type} per tensor, "
+        + ("symmetric" if settings.symmetric_activations else "asymmetric"),
+        "logits": logits if settings.float_logits else f"{settings.activation_type} (quantized)",
         "calibration": method,
-        "calibration_images": len(images),
+        "calibration_images": n_images,
         "calibration_split": "train",
+        "settings": asdict(settings),
     }

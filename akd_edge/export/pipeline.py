@@ -27,6 +27,8 @@ from akd_edge.report import REPORT_FORMAT
 if TYPE_CHECKING:
     from torch import nn
 
+    from akd_edge.compress.quantize import Int8Settings
+
 log = logging.getLogger(__name__)
 
 FILES = {
@@ -76,6 +78,13 @@ def run_name(meta: dict[str, Any]) -> str:
     return check_name(stem, f"export name taken from {path} (give --out)")
 
 
+def calibration_sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` of ``images`` (all when fewer), drawn without replacement by ``seed``, in their original order."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(images), size=min(n, len(images)), replace=False)
+    return images[np.sort(pick)]
+
+
 def load_export_data(meta: dict[str, Any], data_dir: str | None, *, calib: int, n_test: int, seed: int) -> ExportData:
     """Calibration images (a seeded sample of the training split) and the test split of the checkpoint's dataset."""
     from akd_edge.data import get_loader
@@ -90,9 +99,7 @@ def load_export_data(meta: dict[str, Any], data_dir: str | None, *, calib: int, 
     calibration = None
     if calib:
         assert loaded.train is not None
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(loaded.train), size=min(calib, len(loaded.train)), replace=False)
-        calibration = loaded.train.images[np.sort(pick)]
+        calibration = calibration_sample(loaded.train.images, calib, seed)
     assert loaded.test is not None
     test = loaded.test if not n_test or n_test >= len(loaded.test) else loaded.test.subset(np.arange(n_test))
     return ExportData(calibration, test.images, test.labels, source=f"{name} ({loaded.source or directory})")
@@ -204,6 +211,8 @@ class _Job:
     data: ExportData
     data_dir: str | None
     seed: int
+    int8_settings: Int8Settings | None = None
+    """How int8 is calibrated (None: the defaults of :class:`~akd_edge.compress.quantize.Int8Settings`)."""
     tmp: Path = Path()
     """The partial folder the files are built in (set by :func:`export_checkpoint`)."""
     report: dict[str, Any] = field(default_factory=dict)
@@ -228,6 +237,18 @@ def _check_options(int8: bool, calib: int, n_test: int, mobile_batch: int, min_i
         raise UsageError("int8 quantization needs calibration images: give --calib N > 0, or --no-int8")
     if not 0 <= min_int8_agreement <= 1:  # also refuses NaN
         raise UsageError(f"--min-int8-agreement must be in [0, 1], got {min_int8_agreement}")
+
+
+def _int8_settings(given: Int8Settings | dict[str, Any] | None) -> Int8Settings:
+    """The int8 settings as an Int8Settings; a bad field or value is a UsageError that names it."""
+    from akd_edge.compress.quantize import Int8Settings
+
+    if isinstance(given, Int8Settings):
+        return given
+    try:
+        return Int8Settings(**(given or {}))
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"int8 settings: {err}") from None
 
 
 def load_source(source: str | Path, which: str, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -341,7 +362,7 @@ def _quantize(job: _Job, min_agreement: float, stage: StageFn) -> None:
     if calibration is None or len(calibration) == 0:
         raise DataError("int8 quantization needs calibration images; give data with training images, or --no-int8")
     stage(f"quantizing to int8 (calibrating on {len(calibration)} training images)")
-    job.report["quantization"] = quantize_int8(fp32, int8, calibration)
+    job.report["quantization"] = quantize_int8(fp32, int8, calibration, job.int8_settings)
     job.report["checks"]["onnx_checker"][FILES["int8"]] = check_onnx(int8)
     job.onnx_files.append(FILES["int8"])
     if job.data.test_images is None:
@@ -410,7 +431,8 @@ def _publish(job: _Job) -> None:
 def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """Export a run directory or checkpoint file into ``out`` (default ``export/<run name>``).
 
-    Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``data_dir``, ``n_test``,
+    Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``int8_settings``: an
+    :class:`~akd_edge.compress.quantize.Int8Settings` or a dict of its fields, ``data_dir``, ``n_test``,
     ``mobile_batch``, ``min_int8_agreement``, ``seed``, ``data``, ``on_stage``, ``factory``: the trusted
     ``module:factory`` of a checkpoint of your own architecture). Returns the folder and report.
     ``out`` must be missing, empty or an earlier export (UsageError otherwise; nothing is deleted).
@@ -426,10 +448,11 @@ def _export(
     which: str = "best",
     int8: bool = True,
     calib: int = 512,
+    int8_settings: Int8Settings | dict[str, Any] | None = None,
     data_dir: str | None = None,
     n_test: int = 0,
     mobile_batch: int = 1,
-    min_int8_agreement: float = 0.98,
+    min_int8_agreement: float = 0.995,
     seed: int = 0,
     data: ExportData | None = None,
     on_stage: StageFn | None = None,
@@ -447,6 +470,7 @@ def _export(
             on_stage(text)
 
     _check_options(int8, calib, n_test, mobile_batch, min_int8_agreement)
+    settings = _int8_settings(int8_settings)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:  # a bad --out fails before the model is even loaded
         export_folder.prepare_out(out_dir)
@@ -456,7 +480,7 @@ def _export(
         out_dir = Path("export") / run_name(meta)
         export_folder.prepare_out(out_dir)
     data = _resolve_data(meta, data, data_dir, int8, calib, n_test, seed)
-    job = _Job(model, meta, out_dir, data, data_dir, seed)
+    job = _Job(model, meta, out_dir, data, data_dir, seed, settings)
     _start_report(job, source)
     with export_folder.building(out_dir) as tmp:
         job.tmp = tmp
