@@ -271,6 +271,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     try:
         with torch_threads(1):
             recipe = load_recipe(task["recipe"], task["overrides"])
+            if _finished_elsewhere(task):
+                return {**task["previous"], "action": "kept"}
             if task["eval_only"] and not (run_dir / "summary.json").is_file():
                 return {**entry, "status": "untrained"}
             if task["eval_only"]:
@@ -285,6 +287,19 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     except (Exception, SystemExit) as err:  # a failed cell is reported; the study goes on
         log.error("%s seed %s failed:\n%s", task["variant"], task["seed"], traceback.format_exc())
         return {**entry, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+
+
+def _finished_elsewhere(task: dict[str, Any]) -> bool:
+    """A cell whose results entry is complete for this recipe and these evaluation settings, but whose run
+    directory is gone (``runs/`` is not committed: a study continued from a fresh checkout keeps the cells
+    an earlier session finished instead of training them again)."""
+    run_dir, previous = Path(task["run_dir"]), task.get("previous") or {}
+    return (
+        not run_dir.exists()
+        and previous.get("status") == "done"
+        and previous.get("overrides") == task["overrides"]
+        and previous.get("eval", {}).get("settings") == task["eval"]
+    )
 
 
 def _current(previous: dict[str, Any], train: dict[str, Any], settings: dict[str, Any]) -> bool:
@@ -398,6 +413,8 @@ def _state(task: dict[str, Any]) -> str:
     if (run_dir / "summary.json").is_file():
         train = {"summary_mtime_ns": (run_dir / "summary.json").stat().st_mtime_ns}
         return "done" if _current(task["previous"] or {}, train, task["eval"]) else "evaluate"
+    if _finished_elsewhere(task):
+        return "done (run directory gone; results kept)"
     if task["eval_only"]:
         return "untrained (skipped: --eval-only)"
     return "resume" if (run_dir / "last.pt").is_file() else "train"
