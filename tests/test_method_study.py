@@ -125,7 +125,7 @@ def test_rerun_redoes_only_what_is_missing(study: dict[str, Path]) -> None:
     assert {k: v for k, v in new["trades/seed1"].items() if k != "action"} == {
         k: v for k, v in untouched.items() if k != "action"
     }, "a finished, evaluated cell was evaluated again"
-    assert "done, skipped" in done.stderr
+    assert "trades/seed1: done (kept)" in done.stderr
 
 
 def test_report_prints_mean_and_std_over_seeds(study: dict[str, Path]) -> None:
