@@ -9,7 +9,7 @@ import pytest
 
 from akd_edge.config import RunConfig, load_recipe
 from akd_edge.errors import ConfigError
-from akd_edge.registry import BUILTIN_NAMES, known_names
+from akd_edge.registry import BUILTIN_NAMES
 
 FLOAT_KEYS = [
     "train.optim.lr",
