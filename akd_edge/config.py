@@ -253,10 +253,13 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """One teacher of a distillation: a run directory or checkpoint file, and its ensemble weight."""
+    """One teacher of a distillation: where it comes from, and its ensemble weight."""
 
     path: str = ""
-    """Run directory or ``.pt`` checkpoint; ``builtin:fmnist-teacher`` is the shipped teacher."""
+    """Where the teacher comes from: an akd-edge run directory or ``.pt`` checkpoint; ``builtin:fmnist-teacher``
+    (the shipped teacher); ``onnx:PATH.onnx`` (any framework's classifier exported to ONNX, run by onnxruntime,
+    images NCHW float32 in [0, 1] with a dynamic batch axis); or a plain weights file (a ``state_dict`` in
+    ``.pt``/``.pth``/``.bin``, or ``.safetensors``) built by ``factory``."""
     which: str = "best"
     """For a run directory: ``best`` (early-stopped, default), ``last`` or an epoch number."""
     weight: float = 1.0
@@ -264,7 +267,11 @@ class TeacherSpec:
     factory: str = ""
     """``package.module:factory`` of a teacher of your own architecture, imported to rebuild it (this runs
     the module's code, so name only code you trust); empty for a registered architecture. A checkpoint's
-    own ``module:factory`` name is never imported without it."""
+    own ``module:factory`` name is never imported without it. A plain weights file needs it: the teacher is
+    ``factory(num_classes, input_shape=(C, H, W), **kwargs)`` (taking images in [0, 1]) with the file's
+    ``state_dict`` loaded into it."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``factory`` for a plain weights file (for example ``{depth = 28, width = 10}``)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "teachers.path", "is required")
@@ -280,6 +287,23 @@ class TeacherSpec:
             f"must be best, last or an epoch number, got {self.which!r}",
         )
         _check(self.weight > 0, "teachers.weight", "must be > 0")
+        onnx = self.path.startswith("onnx:")
+        _check(
+            not onnx or bool(self.path.removeprefix("onnx:")), "teachers.path", "onnx: needs a file, as onnx:PATH.onnx"
+        )
+        _check(
+            not (onnx and (self.factory or self.kwargs)),
+            "teachers.factory",
+            f"an onnx: teacher carries its own graph; factory and kwargs are for weights files ({self.path})",
+        )
+        _check(
+            not self.path.endswith(".safetensors") or bool(self.factory),
+            "teachers.factory",
+            f"{self.path} holds weights only: give factory = 'package.module:factory' (and kwargs) to build it",
+        )
+        _check(
+            not self.kwargs or bool(self.factory), "teachers.kwargs", "are the factory's arguments: give factory too"
+        )
 
 
 @dataclass(frozen=True)

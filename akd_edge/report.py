@@ -177,6 +177,42 @@ def _mobile(mobile: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _attack_text(attack: Any) -> str:
+    """An attack's settings as one phrase (``pgd-10 linf eps=0.1``), or what the file said, or n/a."""
+    if isinstance(attack, dict):
+        return f"{attack.get('name', '?')}-{attack.get('steps', '?')} {attack.get('norm', '')} eps={attack.get('eps')}"
+    return str(attack) if attack else "n/a"
+
+
+def _teachers(teachers: list[dict[str, Any]]) -> list[str]:
+    """Where the student's teachers came from: source, SHA-256, their recorded accuracy and its attack."""
+    if not teachers:
+        return []
+    lines = [
+        "## Teachers",
+        "",
+        "The model was distilled from these teachers (accuracy as recorded with each teacher, not re-measured).",
+        "",
+    ]
+    rows = []
+    for t in teachers:
+        val = t.get("val") or {}
+        sha = t.get("sha256")
+        rows.append(
+            [
+                f"`{t.get('source')}`",
+                t.get("kind"),
+                f"`{t.get('arch')}`" if t.get("arch") else "n/a",
+                f"`{sha[:16]}…`" if sha else "n/a",
+                f"{float(t['weight']):.3f}" if t.get("weight") is not None else "n/a",
+                _pct(val.get("clean_acc")),
+                _pct(val.get("robust_acc")),
+                _attack_text(t.get("attack")),
+            ]
+        )
+    return lines + _table(["source", "kind", "architecture", "sha256", "weight", "clean", "robust", "attack"], rows)
+
+
 def _checks(report: dict[str, Any]) -> list[str]:
     checks = report.get("checks", {})
     lines = ["## Export checks", ""]
@@ -243,6 +279,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         f"- Output `{model.get('output', {}).get('name')}`: {model.get('output', {}).get('shape')} logits, in the class order above.",
         "",
     ]
+    lines += _teachers(source.get("teachers") or [])
     verify = report.get("verify")
     if verify:
         lines += _robustness(verify)

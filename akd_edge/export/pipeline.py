@@ -309,6 +309,7 @@ def _start_report(job: _Job, source: str | Path) -> None:
             "params": int(sum(p.numel() for p in job.model.parameters())),
             "val": meta.get("val") or {},
             "pruned": bool(meta.get("pruning")),
+            "teachers": meta.get("teachers") or [],
         },
         "data": {
             "name": (meta.get("data") or {}).get("name"),

@@ -390,6 +390,9 @@ def accelerate_teacher(teacher: TeacherEnsemble, plan: SpeedPlan, *, needs_grad:
 
     members = []
     for member in teacher.members:
+        if not getattr(member, "differentiable", True):  # an ONNX teacher: onnxruntime optimised it already
+            members.append(member)
+            continue
         fast = fold_batchnorm(member) if plan.teacher_fold else copy.deepcopy(member).eval()
         if plan.teacher_channels_last:
             fast = fast.to(memory_format=torch.channels_last)
@@ -400,6 +403,7 @@ def accelerate_teacher(teacher: TeacherEnsemble, plan: SpeedPlan, *, needs_grad:
     fast_ensemble.configure(
         channels_last=plan.teacher_channels_last, precision=plan.teacher_precision, needs_grad=needs_grad
     )
+    fast_ensemble.provenance = teacher.provenance
     return fast_ensemble.to(teacher.weights.device)
 
 

@@ -40,7 +40,7 @@ from akd_edge.files import (
 )
 from akd_edge.methods import METHODS, Task
 from akd_edge.models import create_model, model_info
-from akd_edge.teachers import CleanTeacherCache, load_teachers
+from akd_edge.teachers import CleanTeacherCache, load_teachers, require_autograd, teacher_provenance
 from akd_edge.train.accel import (
     DeviceSums,
     SpeedPlan,
@@ -205,6 +205,10 @@ class Trainer:
         self.splits: DatasetSplits = data if data is not None else load_dataset(recipe.data, recipe.run.seed)
         self.model = model.to(self.device) if model is not None else self._build_model()
         self.teacher = self._build_teacher() if teacher is None else self._given_teacher(teacher)
+        if self.teacher is not None:
+            if METHODS.get(recipe.method.name).teacher_needs_grad:
+                require_autograd(self.teacher, recipe.method.name)
+            self.ckpt_extra.setdefault("teachers", teacher_provenance(self.teacher))
         self.attack = build_attack(recipe.train.attack, check_range=False)  # batches are uint8 / 255: in range
         self.task: Task | None = None  # built by prepare(), once the speed plan is known
         self.plan: SpeedPlan | None = None
@@ -636,6 +640,8 @@ class Trainer:
             "train_attack": self.recipe.train.attack.settings(),
             "speed": {k: v for k, v in self.plan.to_dict().items() if k != "measured"} if self.plan else {},
         }
+        if "teachers" in self.ckpt_extra:
+            summary["teachers"] = self.ckpt_extra["teachers"]
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
 

@@ -49,8 +49,9 @@ class OrtClassifier:
     """``metadata_props`` of the file, JSON values decoded."""
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 0) -> OrtClassifier:
-        """Open ``path`` on the CPU provider; ``threads`` = 0 lets onnxruntime choose."""
+    def load(cls, path: str | Path, threads: int = 0, providers: list[Any] | None = None) -> OrtClassifier:
+        """Open ``path`` on the CPU provider (or ``providers``, in order of preference); ``threads`` = 0 lets
+        onnxruntime choose."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -63,7 +64,7 @@ class OrtClassifier:
         if path.suffix == ".ort":  # replay the CPU fusions akd-edge saved in its own .ort files, as an app would
             options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelFileError(

@@ -1,0 +1,290 @@
+"""Teachers from anywhere: ONNX files and plain weights files teach like the torch checkpoint they came from,
+mismatches are refused with exit 2, and every teacher's provenance reaches the student's files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import tomli_w
+import torch
+from click.testing import CliRunner
+
+from akd_edge.cli.main import cli
+from akd_edge.config import TeacherSpec, load_recipe
+from akd_edge.data import iterate_batches
+from akd_edge.errors import CheckpointError, ConfigError
+from akd_edge.export.onnx import export_onnx, set_metadata
+from akd_edge.export.pipeline import onnx_metadata
+from akd_edge.report import sha256_file
+from akd_edge.teachers import CleanTeacherCache, TeacherEnsemble, load_teachers
+from akd_edge.teachers_onnx import OnnxTeacher
+from akd_edge.train.accel import SpeedPlan, accelerate_teacher
+from akd_edge.train.checkpoint import load_checkpoint, load_model
+from akd_edge.train.loop import Trainer, train_run
+
+SYNTH = "n=256,test=64,shape=1x8x8,classes=3"
+SHAPE, CLASSES = (1, 8, 8), 3
+FACTORY = "akd_edge.models.cnn:cnn_student"
+
+
+def tiny_recipe(method: str = "akd", synth: str = SYNTH, **teacher: object) -> dict:
+    recipe = {
+        "run": {"name": method, "seed": 1},
+        "data": {"name": "synthetic", "data_dir": synth, "val_size": 64, "batch_size": 64, "eval_batch_size": 64},
+        "model": {"name": "cnn-student", "kwargs": {"width": 0.5}},
+        "method": {"name": method},
+        "train": {"epochs": 1, "keep_epoch_checkpoints": False, "attack": {"eps": 0.1, "steps": 1}},
+        "eval": {"val_samples": 32, "attack": {"eps": 0.1, "steps": 1}},
+    }
+    if teacher:
+        recipe["teachers"] = [teacher]
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    train_run(load_recipe(tiny_recipe("at")), run, role="teacher")
+    return run
+
+
+@pytest.fixture(scope="module")
+def onnx_teacher(teacher_run: Path) -> Path:
+    """The torch teacher exported with akd-edge's own exporter (dynamic batch, metadata, input_range [0, 1])."""
+    model, meta = load_model(teacher_run)
+    path = teacher_run.parent / "teacher.onnx"
+    export_onnx(model, path, SHAPE, onnx_metadata(meta))
+    return path
+
+
+def images(n: int = 16) -> torch.Tensor:
+    return torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(3))
+
+
+def torch_probs(teacher_run: Path, x: torch.Tensor) -> torch.Tensor:
+    return load_teachers([TeacherSpec(path=str(teacher_run))], input_shape=SHAPE, num_classes=CLASSES).probs(x)
+
+
+# -- each source gives the torch teacher's probabilities ----------------------------------------------------
+
+
+def test_onnx_teacher_gives_the_torch_probabilities(teacher_run: Path, onnx_teacher: Path) -> None:
+    x = images()
+    ensemble = load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES)
+    assert isinstance(ensemble.members[0], OnnxTeacher)
+    expected = torch_probs(teacher_run, x)
+    assert torch.allclose(ensemble.probs(x), expected, atol=1e-5)
+    assert torch.allclose(
+        ensemble.probs(x, temperature=4.0),
+        TeacherEnsemble([load_model(teacher_run)[0]]).probs(x, temperature=4.0),
+        atol=1e-5,
+    )
+    # channels_last input (the fast path's layout) and a gradient-requiring input are accepted as they are.
+    assert torch.allclose(ensemble.probs(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+    assert not ensemble.probs(x.clone().requires_grad_()).requires_grad
+    # ... and averaged with a torch member by weight: 0.25 * onnx + 0.75 * torch = the torch teacher's.
+    mixed = load_teachers(
+        [TeacherSpec(path=f"onnx:{onnx_teacher}"), TeacherSpec(path=str(teacher_run), weight=3.0)],
+        input_shape=SHAPE,
+        num_classes=CLASSES,
+    )
+    assert torch.allclose(mixed.probs(x), expected, atol=1e-5)
+    assert [r["weight"] for r in mixed.provenance] == pytest.approx([0.25, 0.75])
+
+
+def test_fast_teacher_path_leaves_onnx_members_alone_and_keeps_provenance(onnx_teacher: Path) -> None:
+    ensemble = load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES)
+    plan = SpeedPlan(teacher_fold=True, teacher_channels_last=True, teacher_precision="bf16")
+    fast = accelerate_teacher(ensemble, plan)
+    assert fast.members[0] is ensemble.members[0]  # not folded, converted or copied
+    assert fast.provenance == ensemble.provenance
+    x = images()
+    assert torch.allclose(fast.probs(x), ensemble.probs(x), atol=1e-6)  # bf16 autocast does not reach onnxruntime
+
+
+def test_clean_teacher_cache_reads_what_the_onnx_teacher_computes(onnx_teacher: Path) -> None:
+    from akd_edge.data import load_dataset
+
+    recipe = load_recipe(tiny_recipe())
+    splits = load_dataset(recipe.data, recipe.run.seed)
+    ensemble = load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES)
+    cache = CleanTeacherCache.build(ensemble, splits.train, 50, torch.device("cpu"), CLASSES)
+    assert cache is not None
+    x, _, idx = next(iter(iterate_batches(splits.train, 32, shuffle=True, seed=0, epoch=0)))
+    assert torch.allclose(cache.probs(idx, 2.0), ensemble.probs(x, 2.0), atol=1e-6)
+
+
+def _state_files(teacher_run: Path, folder: Path) -> dict[str, Path]:
+    """The teacher's bare network as a state_dict in the usual published forms."""
+    net_state = load_model(teacher_run)[0].net.state_dict()
+    files = {"plain": folder / "w.pt", "wrapped": folder / "wrapped.pth"}
+    torch.save(net_state, files["plain"])
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in net_state.items()}}, files["wrapped"])
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        return files
+    files["safetensors"] = folder / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in net_state.items()}, str(files["safetensors"]))
+    return files
+
+
+def test_weights_files_build_the_factory_and_give_the_bare_networks_probabilities(
+    teacher_run: Path, tmp_path: Path
+) -> None:
+    files = _state_files(teacher_run, tmp_path)
+    net = load_model(teacher_run)[0].net  # a published state_dict has no akd-edge normalise layer
+    x = images()
+    expected = torch.softmax(net(x), 1)
+    for kind, path in files.items():
+        spec = TeacherSpec(path=str(path), factory=FACTORY, kwargs={"width": 0.5})
+        ensemble = load_teachers([spec], input_shape=SHAPE, num_classes=CLASSES)
+        assert torch.allclose(ensemble.probs(x), expected, atol=1e-6), kind
+        record = ensemble.provenance[0]
+        assert record["kind"] == "weights" and record["sha256"] == sha256_file(path)
+        assert record["arch"] == FACTORY and record["kwargs"] == {"width": 0.5}
+
+
+def test_weights_file_mismatches_name_the_keys(teacher_run: Path, tmp_path: Path) -> None:
+    path = _state_files(teacher_run, tmp_path)["plain"]
+    with pytest.raises(CheckpointError, match=r"do not fit .*cnn_student.*size mismatch"):
+        load_teachers([TeacherSpec(path=str(path), factory=FACTORY)], input_shape=SHAPE, num_classes=CLASSES)
+    state = torch.load(path, weights_only=True)
+    extra, missing = tmp_path / "extra.pt", tmp_path / "missing.pt"
+    torch.save({**state, "head.extra": torch.zeros(1)}, extra)
+    torch.save({k: v for i, (k, v) in enumerate(state.items()) if i}, missing)
+    spec = {"factory": FACTORY, "kwargs": {"width": 0.5}}
+    with pytest.raises(CheckpointError, match=r"missing keys none, unexpected keys head\.extra"):
+        load_teachers([TeacherSpec(path=str(extra), **spec)], input_shape=SHAPE, num_classes=CLASSES)
+    first = next(iter(state))
+    with pytest.raises(CheckpointError, match=rf"missing keys {first}, unexpected keys none"):
+        load_teachers([TeacherSpec(path=str(missing), **spec)], input_shape=SHAPE, num_classes=CLASSES)
+    with pytest.raises(ConfigError, match="holds a state_dict.*give factory"):
+        load_teachers([TeacherSpec(path=str(path))], input_shape=SHAPE, num_classes=CLASSES)
+    with pytest.raises(ConfigError, match="holds weights only"):
+        TeacherSpec(path="w.safetensors")
+    with pytest.raises(ConfigError, match="onnx: teacher carries its own graph"):
+        TeacherSpec(path="onnx:t.onnx", factory=FACTORY)
+
+
+# -- mismatches exit 2 through the CLI -----------------------------------------------------------------------
+
+
+def _distill(tmp_path: Path, teacher: str, method: str = "akd", synth: str = SYNTH) -> object:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(tomli_w.dumps(tiny_recipe(method, synth)))
+    args = ["distill", "--recipe", str(recipe), "--teacher", teacher, "--out", str(tmp_path / "student")]
+    return CliRunner().invoke(cli, args)
+
+
+def _variant(onnx_teacher: Path, folder: Path, **metadata: object) -> Path:
+    import onnx
+
+    proto = onnx.load(str(onnx_teacher))
+    set_metadata(proto, metadata)
+    path = folder / "variant.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def _static_batch(onnx_teacher: Path, folder: Path) -> Path:
+    from akd_edge.export.mobile import fix_batch
+
+    path = folder / "static.onnx"
+    fix_batch(onnx_teacher, path, 1)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("shape", r"takes inputs of shape \(1, 8, 8\).*the data has \(1, 6, 6\)"),
+        ("classes", "has 3 classes, the data has 4"),
+        ("static batch", "fixed batch of 1; export it with a dynamic batch axis"),
+        ("range", r"declares input_range \[0, 255\].*normalisation inside the graph"),
+        ("gradient", "method.name='adaad' differentiates the teacher.*onnxruntime without gradients"),
+        ("missing", "file not found"),
+    ],
+)
+def test_onnx_teacher_mismatches_exit_2_with_the_reason(
+    onnx_teacher: Path, tmp_path: Path, case: str, message: str
+) -> None:
+    teacher, method, synth = onnx_teacher, "akd", SYNTH
+    if case == "shape":
+        synth = "n=256,test=64,shape=1x6x6,classes=3"
+    elif case == "classes":
+        synth = "n=256,test=64,shape=1x8x8,classes=4"
+    elif case == "static batch":
+        teacher = _static_batch(onnx_teacher, tmp_path)
+    elif case == "range":
+        teacher = _variant(onnx_teacher, tmp_path, input_range=[0, 255])
+    elif case == "gradient":
+        method = "adaad"
+    else:
+        teacher = tmp_path / "nothing.onnx"
+    result = _distill(tmp_path, f"onnx:{teacher}", method, synth)
+    assert result.exit_code == 2, result.output
+    assert re.search(message, " ".join(result.output.split())), result.output
+    assert not (tmp_path / "student" / "last.pt").exists()
+
+
+# -- a distillation from an ONNX teacher, and its provenance everywhere ---------------------------------------
+
+
+def test_distill_from_onnx_teacher_records_provenance_in_checkpoint_summary_report_and_card(
+    teacher_run: Path, onnx_teacher: Path, tmp_path: Path
+) -> None:
+    from akd_edge.export import export_checkpoint
+
+    teacher_meta = load_checkpoint(teacher_run)
+    result = _distill(tmp_path, f"onnx:{onnx_teacher}")
+    assert result.exit_code == 0, result.output
+    student = tmp_path / "student"
+    sha = sha256_file(onnx_teacher)
+    summary = json.loads((student / "summary.json").read_text())
+    for teachers in (
+        summary["teachers"],
+        load_checkpoint(student / "best.pt")["teachers"],
+        load_checkpoint(student, "last")["teachers"],
+    ):
+        (record,) = teachers
+        assert record["kind"] == "onnx" and record["source"] == f"onnx:{onnx_teacher}" and record["sha256"] == sha
+        assert record["weight"] == 1.0 and record["arch"] == "cnn-student"
+        assert record["val"] == {k: teacher_meta["val"][k] for k in ("clean_acc", "robust_acc")}
+        assert record["threat"] == {"norm": "linf", "eps": 0.1} and "pgd-1" in record["attack"]
+    assert summary["epochs"] == 1 and 0.0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"] <= 1.0
+
+    folder, report = export_checkpoint(student, tmp_path / "export", int8=False, calib=0, n_test=32)
+    on_disk = json.loads((folder / "report.json").read_text())
+    assert on_disk["source"]["teachers"] == report["source"]["teachers"] == summary["teachers"]
+    card = " ".join((folder / "MODEL_CARD.md").read_text().split())
+    assert "## Teachers" in card and f"`onnx:{onnx_teacher}`" in card and sha[:16] in card
+    assert f"{100 * teacher_meta['val']['robust_acc']:.2f}%" in card
+
+
+def test_checkpoint_teacher_provenance_has_hash_accuracy_and_attack(teacher_run: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(tiny_recipe(path=str(teacher_run)))
+    trainer = Trainer(recipe, tmp_path / "s", "student")
+    (record,) = trainer.ckpt_extra["teachers"]
+    meta = load_checkpoint(teacher_run)
+    assert record["kind"] == "checkpoint" and record["which"] == "best" and record["epoch"] == meta["epoch"]
+    assert record["sha256"] == sha256_file(teacher_run / "best.pt") and record["val"] == meta["val"]
+    assert record["attack"] == {
+        "name": "pgd",
+        "norm": "linf",
+        "eps": 0.1,
+        "steps": 1,
+        "step_size": 0.0,
+        "random_start": True,
+    }
+
+
+def test_python_teacher_object_is_recorded_by_class(teacher_run: Path, tmp_path: Path) -> None:
+    model, _ = load_model(teacher_run)
+    trainer = Trainer(load_recipe(tiny_recipe()), tmp_path / "s", "student", teacher=model)
+    assert trainer.ckpt_extra["teachers"] == [
+        {"kind": "object", "source": "python object NormalizedModel", "weight": 1.0}
+    ]
