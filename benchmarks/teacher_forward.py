@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Benchmark: the teacher's forward time per training step, torch vs onnxruntime (issue 12, Done-when).
+
+The teacher is loaded twice through ``akd_edge.teachers.load_teachers``: as its torch checkpoint, then given
+as loaded (torch eager, float32) and with the fast-teacher path a distillation uses on this machine
+(``accelerate_teacher`` with ``default_plan``: BatchNorm folded, layout and precision as the hardware
+decides: bf16 on AMX CPUs), and as ``onnx:`` of its akd-edge export (``OnnxTeacher``, float32). Each computes
+``ensemble.probs`` on the same random batch of the training batch size, timed alternately (a, b, c, a, ...)
+so a busy machine's load hits all; the median is reported with each one's largest probability difference
+from the eager teacher.
+
+    python benchmarks/teacher_forward.py                       # the shipped teacher, batch 128, 1 thread
+    python benchmarks/teacher_forward.py --teacher runs/t --batch 256 --threads 4
+
+``--out`` (default benchmarks/results/teacher_forward.json) gets the figures and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from akd_edge.config import TeacherSpec
+from akd_edge.export.onnx import export_onnx
+from akd_edge.export.pipeline import onnx_metadata, quiet_libraries
+from akd_edge.teachers import load_teachers
+from akd_edge.train.accel import accelerate_teacher, default_plan, machine_summary, time_alternating
+from akd_edge.train.checkpoint import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="builtin:fmnist-teacher", help="teacher run directory or checkpoint")
+    parser.add_argument("--batch", type=int, default=128, help="images per step (the recipe's data.batch_size)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", default="benchmarks/results/teacher_forward.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, meta = load_model(args.teacher)
+    shape, classes = tuple(meta["arch"]["input_shape"]), int(meta["arch"]["num_classes"])
+    device = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "teacher.onnx"
+        with quiet_libraries():
+            export_onnx(model, path, shape, onnx_metadata(meta))
+        eager = load_teachers([TeacherSpec(path=args.teacher)], device, shape, classes)
+        plan = default_plan(device)
+        fast = accelerate_teacher(eager, plan)
+        onnx_teacher = load_teachers([TeacherSpec(path=f"onnx:{path}")], device, shape, classes)
+        x = torch.rand(args.batch, *shape, generator=torch.Generator().manual_seed(0))
+        teachers = {"torch eager fp32": eager, "torch fast path": fast, "onnxruntime": onnx_teacher}
+        reference = eager.probs(x)
+        diffs = {name: float((t.probs(x) - reference).abs().max()) for name, t in teachers.items()}
+        times = time_alternating(
+            {name: (lambda t=t: t.probs(x)) for name, t in teachers.items()}, device, repeats=args.repeats, warmup=3
+        )
+    result = {
+        "teacher": args.teacher,
+        "arch": meta["arch"]["name"],
+        "batch": args.batch,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch_plan": {k: v for k, v in plan.to_dict().items() if k.startswith("teacher")},
+        "ms_per_step": {name: round(seconds * 1e3, 3) for name, seconds in times.items()},
+        "onnxruntime_speedup": {
+            name: round(seconds / times["onnxruntime"], 2) for name, seconds in times.items() if name != "onnxruntime"
+        },
+        "max_abs_prob_diff_vs_eager": diffs,
+        "machine": machine_summary(),
+    }
+    print(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
