@@ -98,11 +98,14 @@ def load_teachers(
     """Load each teacher and check it fits the student's data; the ensemble's :attr:`provenance` says what each is.
 
     Sources: an akd-edge run directory or checkpoint (early-stopped ``best`` by default), ``builtin:NAME``,
-    ``onnx:PATH`` (run by onnxruntime) or a plain weights file built by ``spec.factory``.
+    ``onnx:PATH`` (run by onnxruntime) or a plain weights file built by ``spec.factory``. Loading leaves torch's
+    random state as it was, so a run's random numbers do not depend on the teachers' source: the same seed
+    distills the same student from a checkpoint or from its ONNX export.
     """
     models, records = [], []
     for spec in specs:
-        model, record = _load_member(spec, device, input_shape, num_classes)
+        with torch.random.fork_rng(devices=[]):  # building a torch teacher draws init weights: not the run's RNG
+            model, record = _load_member(spec, device, input_shape, num_classes)
         log.info("teacher %s (%s): val %s", spec.path, record.get("kind"), record.get("val"))
         models.append(model)
         records.append(record)

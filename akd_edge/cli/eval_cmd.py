@@ -96,6 +96,26 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"[yellow]{note}[/]", highlight=False)
 
 
+def print_gap(report: dict[str, Any]) -> None:
+    """Student and teacher accuracy per evaluation, and the gap in points."""
+    scores, threat = report["scores"], report["threat"]
+    title = (
+        f"student vs teacher on {report['data']['n_samples']} {report['data']['name']} test images, "
+        f"{threat['norm']} eps {threat['eps']:g}"
+    )
+    table = Table("evaluation", "student %", "teacher %", "gap (points)", title=title)
+    for key, student in scores["student"].items():
+        teacher = scores["teacher"].get(key, {})
+        gap = report["gap"].get(key)
+        table.add_row(
+            key,
+            _pct(student["acc"]),
+            _pct(teacher.get("acc")) if "not_run" not in teacher else f"not run ({teacher['not_run']})",
+            "-" if gap is None else f"{100 * gap:+.2f}",
+        )
+    out.print(table)
+
+
 def print_dynamics(report: dict[str, Any]) -> None:
     """Per-run summary and, for two runs, the set-by-set comparison."""
     names = report["names"]
@@ -175,6 +195,12 @@ def print_dynamics(report: dict[str, Any]) -> None:
     help="Analyse the training dynamics of RUN (dynamics.npz), or compare RUN_A and RUN_B, instead of attacking.",
 )
 @click.option("--names", default=None, help="With --dynamics: labels of the runs, e.g. at,akd.")
+@click.option(
+    "--teacher-gap",
+    is_flag=True,
+    help="Evaluate the distilled student RUN and its recipe's teachers on the same images and attacks; "
+    "writes teacher_gap.json.",
+)
 @user_errors
 def eval_cmd(
     sources: tuple[str, ...],
@@ -200,6 +226,7 @@ def eval_cmd(
     no_plots: bool,
     dynamics: bool,
     names: str | None,
+    teacher_gap: bool,
 ) -> None:
     """Robust accuracy, calibration and sanity checks of RUN_OR_CHECKPOINT on its test split.
 
@@ -255,6 +282,13 @@ def eval_cmd(
         device=str(resolve_device(device)),
         factory=model_factory,
     )
+    if teacher_gap:
+        from akd_edge.evaluation.teacher_gap import teacher_gap as measure_gap
+
+        report, path = measure_gap(sources[0], options, out_dir=out_dir)
+        print_gap(report)
+        console.print(f"wrote {path}", highlight=False)
+        return
     with make_progress(transient=True) as progress:
         task = progress.add_task("eval", total=None, info="")
 
