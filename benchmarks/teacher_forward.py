@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Benchmark: the teacher's forward time per training step, torch vs onnxruntime (issue 12, Done-when).
 
-The teacher is loaded twice through ``akd_edge.teachers.load_teachers``: as its torch checkpoint, then given
-as loaded (torch eager, float32) and with the fast-teacher path a distillation uses on this machine
-(``accelerate_teacher`` with ``default_plan``: BatchNorm folded, layout and precision as the hardware
-decides: bf16 on AMX CPUs), and as ``onnx:`` of its akd-edge export (``OnnxTeacher``, float32). Each computes
-``ensemble.probs`` on the same random batch of the training batch size, timed alternately (a, b, c, a, ...)
-so a busy machine's load hits all; the median is reported with each one's largest probability difference
-from the eager teacher.
+The teacher is loaded through ``akd_edge.teachers.load_teachers`` four ways: its torch checkpoint as loaded
+(eager, float32); with the fast-teacher path a distillation uses on this machine (``accelerate_teacher``
+with ``default_plan``: BatchNorm folded, layout and precision as the hardware decides, bf16 on AMX CPUs);
+the same fast path in float32 (what a CPU without AMX-BF16 runs); and ``onnx:`` of its akd-edge export
+(``OnnxTeacher``, float32). Each computes ``ensemble.probs`` on the same random batch of the training batch
+size, timed alternately (a, b, c, d, a, ...) so a busy machine's load hits all; the median is reported with
+each one's largest probability difference from the eager teacher.
 
     python benchmarks/teacher_forward.py                       # the shipped teacher, batch 128, 1 thread
     python benchmarks/teacher_forward.py --teacher runs/t --batch 256 --threads 4
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,7 +55,13 @@ def main() -> None:
         fast = accelerate_teacher(eager, plan)
         onnx_teacher = load_teachers([TeacherSpec(path=f"onnx:{path}")], device, shape, classes)
         x = torch.rand(args.batch, *shape, generator=torch.Generator().manual_seed(0))
-        teachers = {"torch eager fp32": eager, "torch fast path": fast, "onnxruntime": onnx_teacher}
+        fast_fp32 = accelerate_teacher(eager, replace(plan, teacher_precision="fp32"))  # a CPU without AMX-BF16
+        teachers = {
+            "torch eager fp32": eager,
+            "torch fast path": fast,
+            "torch fast path fp32": fast_fp32,
+            "onnxruntime": onnx_teacher,
+        }
         reference = eager.probs(x)
         diffs = {name: float((t.probs(x) - reference).abs().max()) for name, t in teachers.items()}
         times = time_alternating(

@@ -95,6 +95,27 @@ def test_onnx_teacher_gives_the_torch_probabilities(teacher_run: Path, onnx_teac
     assert [r["weight"] for r in mixed.provenance] == pytest.approx([0.25, 0.75])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as many users still call it
+def test_a_plain_torch_onnx_export_without_metadata_teaches(teacher_run: Path, tmp_path: Path) -> None:
+    """The second half of the RobustBench path: any torch model exported by torch.onnx.export itself (no
+    akd-edge metadata, other tensor names) is an onnx: teacher; a fixed batch is refused with the fix."""
+    model, _ = load_model(teacher_run)
+    path = tmp_path / "plain.onnx"
+    example = torch.rand(2, *SHAPE)
+    torch.onnx.export(
+        model, (example,), str(path), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}}, opset_version=17
+    )
+    ensemble = load_teachers([TeacherSpec(path=f"onnx:{path}")], input_shape=SHAPE, num_classes=CLASSES)
+    x = images()
+    assert torch.allclose(ensemble.probs(x), torch_probs(teacher_run, x), atol=1e-5)
+    record = ensemble.provenance[0]
+    assert record["sha256"] == sha256_file(path) and record["val"] == {} and record["arch"] is None
+    static = tmp_path / "static.onnx"
+    torch.onnx.export(model, (example,), str(static), dynamo=False, input_names=["x"], opset_version=17)
+    with pytest.raises(ConfigError, match="fixed batch of 2; export it with a dynamic batch axis"):
+        load_teachers([TeacherSpec(path=f"onnx:{static}")], input_shape=SHAPE, num_classes=CLASSES)
+
+
 def test_fast_teacher_path_leaves_onnx_members_alone_and_keeps_provenance(onnx_teacher: Path) -> None:
     ensemble = load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES)
     plan = SpeedPlan(teacher_fold=True, teacher_channels_last=True, teacher_precision="bf16")
