@@ -357,3 +357,20 @@ def test_python_teacher_object_is_recorded_by_class(teacher_run: Path, tmp_path:
     assert trainer.ckpt_extra["teachers"] == [
         {"kind": "object", "source": "python object NormalizedModel", "weight": 1.0}
     ]
+
+
+def test_resume_warns_when_a_teacher_file_changed(
+    teacher_run: Path, onnx_teacher: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    copy = tmp_path / "teacher.onnx"
+    shutil.copy(onnx_teacher, copy)
+    recipe = load_recipe(tiny_recipe(path=f"onnx:{copy}"))
+    run = tmp_path / "student"
+    train_run(recipe, run)
+    train_run(recipe, run, resume=True)  # a finished run resumes to its summary; the same file: no warning
+    assert "teacher file changed" not in caplog.text
+    _variant(copy, tmp_path, note="rebuilt").replace(copy)  # the same graph, other bytes
+    train_run(recipe, run, resume=True)
+    assert "teacher file changed" in caplog.text

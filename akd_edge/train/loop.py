@@ -388,6 +388,9 @@ class Trainer:
                 f"only {', '.join(RESUME_MAY_CHANGE)} may change when resuming"
             )
         metrics = self._kept_metrics(ckpt["epoch"])  # checked before anything changes
+        saved_teachers = [t.get("sha256") for t in ckpt.get("teachers") or []]
+        if saved_teachers and saved_teachers != [t.get("sha256") for t in self.ckpt_extra.get("teachers") or []]:
+            log.warning("a teacher file changed since %s was saved (SHA-256 differs): the run mixes teachers", path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
