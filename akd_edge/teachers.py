@@ -69,8 +69,9 @@ class TeacherEnsemble(nn.Module):
         """Each member's logits on ``x`` (in the configured layout and precision; autograd as the caller has it)."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
-            return [member(x) for member in self.members]
+        if self.precision == "fp32":  # also inside the student's bf16 step: the teacher keeps its own precision
+            with torch.autocast(x.device.type, enabled=False):
+                return [member(x) for member in self.members]
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         with torch.autocast(x.device.type, dtype=dtype):
             return [member(x) for member in self.members]

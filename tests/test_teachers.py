@@ -172,3 +172,14 @@ def test_load_teachers_rejects_a_teacher_for_other_data(teacher_run: Path) -> No
         load_teachers([spec], input_shape=(3, 8, 8), num_classes=3)
     with pytest.raises(ConfigError, match="has 3 classes, the data has 10"):
         load_teachers([spec], input_shape=(1, 8, 8), num_classes=10)
+
+
+def test_a_float32_teacher_stays_float32_inside_the_students_bf16_step() -> None:
+    ensemble = TeacherEnsemble(two_teachers())
+    seen = []
+    ensemble.members[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ensemble.probs(X)
+        ensemble.configure(precision="bf16")
+        ensemble.probs(X)
+    assert seen == [torch.float32, torch.bfloat16]
