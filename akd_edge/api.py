@@ -163,7 +163,7 @@ def evaluate(
     import numpy as np
 
     from akd_edge.evaluation.engine import evaluate_dataset
-    from akd_edge.evaluation.report import EvalOptions, _load_data, attack_specs, resolve_threat
+    from akd_edge.evaluation.report import EvalOptions, attack_specs, load_eval_data, resolve_threat
     from akd_edge.train.checkpoint import load_model
 
     opts = EvalOptions(attacks=tuple(attacks), norm=norm, eps=eps, plots=False, **options)
@@ -172,7 +172,7 @@ def evaluate(
             model, meta = load_model(model, opts.which, opts.device, opts.factory)
             norm, eps = resolve_threat(meta, norm, eps)
             if data is None:
-                data, _ = _load_data(meta, opts)
+                data, _ = load_eval_data(meta, opts)
         elif data is None or eps is None or norm is None:
             from akd_edge.errors import UsageError
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -139,6 +140,20 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
                 fh.write(block)
 
     return write_atomic(dst, copy)
+
+
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file (``sha256``, or ``md5`` for datasets that publish only that), read in 1 MiB blocks."""
+    digest = hashlib.new(algo, usedforsecurity=False) if algo == "md5" else hashlib.new(algo)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file: what reports and provenance record."""
+    return file_digest(path, "sha256")
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:

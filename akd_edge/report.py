@@ -6,7 +6,6 @@ model card is always re-rendered from it, never edited by hand. numpy/torch-free
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,9 @@ REPORT_FORMAT = "akd-edge-export/1"
 """``format`` of an export's report.json."""
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_record(path: str | Path) -> dict[str, Any]:
     """What report.json's ``files`` section holds for a model file: its size and SHA-256."""
-    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+    return {"bytes": Path(path).stat().st_size, "sha256": files.sha256_file(path)}
 
 
 def write_report(folder: str | Path, report: dict[str, Any]) -> None:

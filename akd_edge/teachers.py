@@ -14,8 +14,8 @@ from torch import nn
 
 from akd_edge.config import TeacherSpec
 from akd_edge.errors import CheckpointError, ConfigError
-from akd_edge.report import sha256_file
-from akd_edge.train.checkpoint import FORMAT, RESUME_KEYS, _why_unreadable, build_model, load_model
+from akd_edge.files import sha256_file
+from akd_edge.train.checkpoint import FORMAT, RESUME_KEYS, build_model, load_model, why_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def read_weights(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickle with code in it, not a torch file
-        raise CheckpointError(f"cannot read {path}: {_why_unreadable(err)}") from None
+        raise CheckpointError(f"cannot read {path}: {why_unreadable(err)}") from None
 
 
 def state_dict_of(content: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from akd_edge.data import iterate_batches
 from akd_edge.errors import CheckpointError, ConfigError
 from akd_edge.export.onnx import export_onnx, set_metadata
 from akd_edge.export.pipeline import onnx_metadata
-from akd_edge.report import sha256_file
+from akd_edge.files import sha256_file
 from akd_edge.teachers import CleanTeacherCache, TeacherEnsemble, load_teachers
 from akd_edge.teachers_onnx import OnnxTeacher
 from akd_edge.train.accel import SpeedPlan, accelerate_teacher

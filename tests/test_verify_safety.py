@@ -183,6 +183,6 @@ def test_names_from_the_report_are_names_not_paths(folder: Path, tmp_path: Path,
 
 
 def _sha(path: Path) -> str:
-    from akd_edge.report import sha256_file
+    from akd_edge.files import sha256_file
 
     return sha256_file(path)

@@ -25,7 +25,7 @@ from typing import IO
 
 from akd_edge import __version__
 from akd_edge.errors import DataError
-from akd_edge.files import write_atomic
+from akd_edge.files import file_digest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,6 @@ SOURCES: dict[str, Source] = {
         },
     ),
 }
-
-
-def file_digest(path: Path, algo: str) -> str:
-    """Hex digest of a file, read in chunks."""
-    digest = hashlib.new(algo, usedforsecurity=False) if algo == "md5" else hashlib.new(algo)
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _split_checksum(checksum: str) -> tuple[str, str]:

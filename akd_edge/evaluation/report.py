@@ -91,7 +91,7 @@ def resolve_threat(meta: dict[str, Any], norm: str | None, eps: float | None) ->
     return str(norm), float(eps)
 
 
-def _load_data(meta: dict[str, Any], options: EvalOptions) -> tuple[Any, dict[str, Any]]:
+def load_eval_data(meta: dict[str, Any], options: EvalOptions) -> tuple[Any, dict[str, Any]]:
     from akd_edge.data import load_test_split
 
     data = meta.get("data") or {}
@@ -166,7 +166,7 @@ def evaluate(
     model, meta = load_model(source, options.which, options.device, options.factory)
     out = ensure_writable_dir(Path(out_dir) if out_dir is not None else default_out_dir(source), "--out")
     norm, eps = resolve_threat(meta, options.norm, options.eps)
-    dataset, data_meta = _load_data(meta, options)
+    dataset, data_meta = load_eval_data(meta, options)
     specs, base = attack_specs(options, norm, eps)
     curve = eps_grid(options.eps_curve) if options.eps_curve else []
     batches = iterate_batches(dataset, options.batch_size, device=options.device)

@@ -18,7 +18,7 @@ from akd_edge.config import TeacherSpec, from_dict
 from akd_edge.env import package_versions
 from akd_edge.errors import UsageError
 from akd_edge.evaluation.engine import evaluate_model
-from akd_edge.evaluation.report import EvalOptions, _load_data, attack_specs, default_out_dir, resolve_threat
+from akd_edge.evaluation.report import EvalOptions, attack_specs, default_out_dir, load_eval_data, resolve_threat
 from akd_edge.files import ensure_writable_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def teacher_gap(
     specs = [from_dict(TeacherSpec, dict(entry), prefix="teachers") for entry in entries]
     teacher = load_teachers(specs, options.device, tuple(arch["input_shape"]), int(arch["num_classes"]))
     norm, eps = resolve_threat(meta, options.norm, options.eps)
-    dataset, data_meta = _load_data(meta, options)
+    dataset, data_meta = load_eval_data(meta, options)
     attacks, _ = attack_specs(options, norm, eps)
     differentiable = all(getattr(m, "differentiable", True) for m in teacher.members)
     teacher.configure(needs_grad=differentiable)  # gradient attacks differentiate the ensemble's output

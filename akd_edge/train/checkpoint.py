@@ -76,14 +76,14 @@ def load_checkpoint(source: str | Path, which: str = "best") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickle with code in it, not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {_why_unreadable(err)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {why_unreadable(err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "arch" not in ckpt:
         raise CheckpointError(f"{path} is not an akd-edge checkpoint (expected format {FORMAT!r})")
     ckpt["path"] = str(path)
     return ckpt
 
 
-def _why_unreadable(err: Exception) -> str:
+def why_unreadable(err: Exception) -> str:
     """One line on why ``torch.load`` failed; torch's own text is long and advises turning the safety off."""
     text = str(err)
     if isinstance(err, pickle.UnpicklingError) and "weights only" in text.lower():

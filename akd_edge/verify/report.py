@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from akd_edge.errors import CheckpointError, DataError, UsageError
-from akd_edge.files import FolderLock, check_name, ensure_writable_dir
+from akd_edge.files import FolderLock, check_name, ensure_writable_dir, sha256_file
 from akd_edge.interval import REPORTED_N, interval_of, wilson_interval
-from akd_edge.report import REPORT_FORMAT, read_report, sha256_file, write_report
+from akd_edge.report import REPORT_FORMAT, read_report, write_report
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier, as_float_images, file_size, ort_latency
 
 log = logging.getLogger(__name__)
