@@ -152,6 +152,9 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     """For ``multistep``: fractions of training at which the rate is multiplied by ``gamma``."""
     gamma: float = 0.1
+    warmup: float = 0.0
+    """Fraction of training over which the rate rises linearly from ``lr / 10`` to ``lr`` before a cosine,
+    multistep or constant schedule (one-cycle has its own warm-up); for large batches with a scaled rate."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 = off)."""
 
@@ -163,6 +166,12 @@ class OptimConfig:
         _check(self.schedule in schedules, "optim.schedule", f"must be one of {schedules}")
         _check(all(0 < m < 1 for m in self.milestones), "optim.milestones", "must be fractions in (0, 1)")
         _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+        _check(0 <= self.warmup < 1, "optim.warmup", "must be a fraction of training in [0, 1)")
+        _check(
+            self.warmup == 0 or self.schedule != "onecycle",
+            "optim.warmup",
+            "one-cycle warms up by itself; set warmup only with cosine, multistep or constant",
+        )
 
 
 @dataclass(frozen=True)

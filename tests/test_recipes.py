@@ -25,8 +25,22 @@ def test_the_issue_s_recipes_are_shipped() -> None:
         "fmnist-akd",
         "cifar10-akd-resnet18",
         "cifar10-akd-mobilenetv2",
+        "cifar10-akd-resnet18-b512",
+        "cifar10-akd-mobilenetv2-b512",
     ):
         assert name in RECIPES
+
+
+@pytest.mark.parametrize("student", ["resnet18", "mobilenetv2"])
+def test_large_batch_variants_scale_the_rate_linearly_and_warm_up(student: str) -> None:
+    """cifar10-akd-STUDENT-b512: the base recipe with the batch and the peak rate both x4 and a warm-up."""
+    base = load_recipe(RECIPES[f"cifar10-akd-{student}"])
+    large = load_recipe(RECIPES[f"cifar10-akd-{student}-b512"])
+    scale = large.data.batch_size / base.data.batch_size
+    assert scale == 4 and large.train.optim.lr == pytest.approx(base.train.optim.lr * scale)
+    assert large.train.optim.warmup > 0 and large.train.optim.schedule == base.train.optim.schedule
+    assert large.train.epochs == base.train.epochs and large.train.attack == base.train.attack
+    assert large.method == base.method and large.model == base.model
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

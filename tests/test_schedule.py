@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from akd_edge.config import OptimConfig, load_recipe
+from akd_edge.errors import ConfigError
 from akd_edge.train.loop import Callbacks, train_run
 from akd_edge.train.schedule import build_optimizer, build_scheduler
 
@@ -152,3 +153,25 @@ def test_sgd_update_matches_the_nesterov_formula() -> None:
     assert layer.weight.item() == pytest.approx(1.0 - 0.1 * 3.0)
     optimizer.step()  # v = 0.5 * 2 + 2 = 3, update = 2 + 0.5 * 3 = 3.5
     assert layer.weight.item() == pytest.approx(0.7 - 0.1 * 3.5)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "multistep", "constant"])
+def test_warmup_rises_linearly_from_a_tenth_to_the_peak_then_runs_the_schedule(schedule: str) -> None:
+    """optim.warmup = 0.1: 10 batches from lr/10 up to lr, then the schedule over the remaining 90 batches."""
+    rates = lrs(OptimConfig(lr=LR, schedule=schedule, warmup=0.1))
+    for t in range(10):
+        assert rates[t] == pytest.approx(LR * (0.1 + 0.9 * t / 10)), t
+    assert rates[10] == pytest.approx(LR)
+    plain = lrs(OptimConfig(lr=LR, schedule=schedule), total_steps=90)
+    if schedule == "multistep":  # milestones stay fractions of the whole run: 50 and 75 of 100 batches
+        assert rates[49] == pytest.approx(LR) and rates[50] == pytest.approx(LR * 0.1)
+        assert rates[74] == pytest.approx(LR * 0.1) and rates[75] == pytest.approx(LR * 0.01)
+    else:
+        assert rates[10:] == pytest.approx(plain, rel=1e-6)
+
+
+def test_warmup_is_refused_with_onecycle_and_outside_its_range() -> None:
+    with pytest.raises(ConfigError, match="optim.warmup"):
+        OptimConfig(schedule="onecycle", warmup=0.1)
+    with pytest.raises(ConfigError, match="optim.warmup"):
+        OptimConfig(schedule="cosine", warmup=1.0)

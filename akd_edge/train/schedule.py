@@ -22,13 +22,31 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """One of onecycle, cosine, multistep or constant over ``total_steps`` batches."""
+    """One of onecycle, cosine, multistep or constant over ``total_steps`` batches.
+
+    With ``cfg.warmup`` > 0 the first ``warmup * total_steps`` batches rise linearly from ``lr / 10`` to ``lr``
+    and the schedule proper runs over the remaining batches (milestones stay fractions of the whole run).
+    """
+    sched = torch.optim.lr_scheduler
+    warm = round(cfg.warmup * total_steps) if cfg.schedule != "onecycle" else 0
+    if warm < 1:
+        return _main_schedule(optimizer, cfg, total_steps, 0)
+    ramp = sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warm)
+    main = _main_schedule(optimizer, cfg, total_steps, warm)
+    return sched.SequentialLR(optimizer, schedulers=[ramp, main], milestones=[warm])
+
+
+def _main_schedule(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, warm: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule after ``warm`` warm-up batches (``warm`` = 0: the whole run)."""
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
         return sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(total_steps, 2), cycle_momentum=False)
     if cfg.schedule == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+        return sched.CosineAnnealingLR(optimizer, T_max=max(total_steps - warm, 1))
     if cfg.schedule == "multistep":
-        milestones = sorted(max(1, round(m * total_steps)) for m in cfg.milestones)  # duplicates decay twice
+        # duplicates decay twice; a milestone inside the warm-up fires on its first batch after it
+        milestones = sorted(max(1, round(m * total_steps) - warm) for m in cfg.milestones)
         return sched.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
     return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
