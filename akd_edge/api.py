@@ -61,6 +61,7 @@ def _train(
     data: DatasetSplits | None,
     teacher: nn.Module | None,
     threads: int,
+    callbacks: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     from akd_edge.train.checkpoint import load_model
     from akd_edge.train.loop import train_run
@@ -70,7 +71,7 @@ def _train(
     with _isolated(threads or cfg.run.threads):
         claimed = open_run_dir(run_dir) if resume and run_dir is not None else claim_run_dir(cfg, run_dir)
         with claimed:
-            summary = train_run(cfg, claimed, resume=resume, role=role, data=data, teacher=teacher)
+            summary = train_run(cfg, claimed, resume=resume, role=role, data=data, teacher=teacher, callbacks=callbacks)
         own = cfg.model.name if ":" in cfg.model.name else None  # the recipe's own module:factory, trusted
         model, _ = load_model(claimed.path, "best", factory=own)
     return model, summary
@@ -85,6 +86,7 @@ def distill(
     data: DatasetSplits | None = None,
     teacher: nn.Module | None = None,
     threads: int = 0,
+    callbacks: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Distill a student as ``recipe`` says (a shipped name, a TOML path, a dict or a :class:`Recipe`).
 
@@ -92,7 +94,8 @@ def distill(
     or your own :class:`DatasetSplits`) and ``teacher`` (any module that returns logits for images in
     [0, 1], or a ``TeacherEnsemble``; it is frozen and moved to the run's device) replace the recipe's.
     ``run_dir`` defaults to ``<run.out_dir>/<run.name>[-N]``; ``resume=True`` continues it. Returns the
-    early-stopped student (``best.pt``, in eval mode, on the CPU) and the run's summary.
+    early-stopped student (``best.pt``, in eval mode, on the CPU) and the run's summary. ``callbacks``
+    (optional) receive the training loop's progress events, as :class:`~akd_edge.train.loop.Trainer` calls them.
     """
     return _train(
         recipe,
@@ -103,6 +106,7 @@ def distill(
         data=data,
         teacher=teacher,
         threads=threads,
+        callbacks=callbacks,
     )
 
 
