@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install install-dev data demo test lint bench clean
+.PHONY: install install-dev data web-deps demo test lint bench clean
 
 ## Fashion-MNIST from Debian's dataset-fashion-mnist package, where apt exists.
 data:
@@ -23,11 +23,28 @@ install-dev: data
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[dev,plots]"
 
+## The browser test's tools (tests/test_web_export.py): Debian's chromium, and onnxruntime-web from npm into
+## tests/web/node_modules (version pinned by tests/web/package-lock.json). Playwright's Python package comes
+## with the dev extra and drives this chromium through executable_path: no `playwright install` download.
+web-deps:
+	@if command -v chromium >/dev/null || [ -n "$$AKD_EDGE_CHROMIUM" ]; then echo "chromium present"; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }; \
+	else echo "no apt-get: install Chromium and set AKD_EDGE_CHROMIUM to its executable"; fi
+	@if command -v npm >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y nodejs npm || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }; \
+	else echo "no npm: install Node.js and npm"; exit 1; fi
+	@if [ tests/web/node_modules/.package-lock.json -nt tests/web/package-lock.json ]; then echo "onnxruntime-web present"; \
+	else cd tests/web && npm ci --ignore-scripts --no-audit --no-fund; fi
+
 demo: install
 	akd-edge distill --recipe fmnist-quickstart
 
-test: install-dev
-	$(PYTHON) -m pytest -q
+## The browser test may not skip under `make test` (or CI): `make test AKD_EDGE_REQUIRE_BROWSER=` lets it.
+AKD_EDGE_REQUIRE_BROWSER ?= 1
+test: install-dev web-deps
+	AKD_EDGE_REQUIRE_BROWSER=$(AKD_EDGE_REQUIRE_BROWSER) $(PYTHON) -m pytest -q
 
 lint:
 	ruff check akd_edge tests benchmarks

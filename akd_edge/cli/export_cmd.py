@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from akd_edge.cli.common import (
@@ -145,6 +146,19 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     type=click.FloatRange(0, 1),
     help="Warn below this fp32-vs-int8 agreement.",
 )
+@click.option(
+    "--web/--no-web",
+    default=True,
+    show_default=True,
+    help="Also write web/: a page that runs the ONNX models under onnxruntime-web on sample test images.",
+)
+@click.option(
+    "--web-runtime",
+    default=None,
+    metavar="PATH",
+    help="onnxruntime-web package (or its dist/ folder) to copy into web/ort/ "
+    "[default: $AKD_EDGE_WEB_RUNTIME, else ./node_modules/onnxruntime-web, else none: web/README.md says how].",
+)
 @seed_option("the calibration sample")
 @user_errors
 def export_cmd(
@@ -163,13 +177,16 @@ def export_cmd(
     data_dir: str | None,
     mobile_batch: int,
     min_int8_agreement: float,
+    web: bool,
+    web_runtime: str | None,
     seed: int,
 ) -> None:
     """Export a run or checkpoint to ONNX (fp32 + int8), onnxruntime-mobile .ort, report.json and MODEL_CARD.md.
 
     The graph takes images float32 NCHW in [0, 1] with a dynamic batch and returns logits (normalisation is
     inside). Checks: onnx.checker full check, parity with torch, fp32-vs-int8 agreement on the test split, and
-    NNAPI/CoreML coverage. Then run `akd-edge verify` on the folder.
+    NNAPI/CoreML coverage. web/ holds a page that classifies sample test images with the same files under
+    onnxruntime-web in a browser. Then run `akd-edge verify` on the folder.
     """
     from akd_edge.export import ExportCheckFailed, export_checkpoint
 
@@ -195,12 +212,33 @@ def export_cmd(
                 seed=seed,
                 on_stage=lambda text: status.update(text),
                 factory=model_factory,
+                web=web,
+                web_runtime=web_runtime,
             )
         except ExportCheckFailed as err:
             console.print(f"[bold red]export failed:[/] {err}", highlight=False)
             raise click.exceptions.Exit(1) from None
     _print_export(folder, report)
+    _print_web(folder, report.get("web"))
     console.print(f"[green]wrote[/] {folder}   next: akd-edge verify {folder}", highlight=False)
+
+
+def _print_web(folder: Path, web: dict[str, Any] | None) -> None:
+    """Where the browser page is and how to open it, or what it still needs."""
+    if not web:
+        return
+    runtime = web.get("runtime")
+    if runtime is None:
+        console.print(
+            f"web/: onnxruntime-web not copied ({escape(web.get('runtime_missing', ''))}; or --web-runtime PATH)",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"web/: onnxruntime-web {escape(str(runtime.get('version')))}, {web['samples']} sample images; open it with "
+        f"python3 -m http.server --bind 127.0.0.1 --directory {escape(str(folder))} 8000 and http://127.0.0.1:8000/web/",
+        highlight=False,
+    )
 
 
 def _trusting(factory: str | None) -> contextlib.AbstractContextManager[None]:

@@ -1,4 +1,4 @@
-"""The export pipeline, one function per stage: load, fp32 ONNX, parity, int8, mobile, report, publish.
+"""The export pipeline, one function per stage: load, fp32 ONNX, parity, int8, mobile, web page, report, publish.
 
 :func:`export_checkpoint` runs them in order on an :class:`_Job`. The folder is built beside its final
 place and renamed into it at the end (:mod:`akd_edge.export.folder`), so a failed export never replaces
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from akd_edge.compress.quantize import Int8Settings
+    from akd_edge.export.web import WebRuntime
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,19 @@ def _check_options(int8: bool, calib: int, n_test: int, mobile_batch: int, min_i
         raise UsageError(f"--min-int8-agreement must be in [0, 1], got {min_int8_agreement}")
 
 
+def _web_runtime(web: bool, given: str | Path | None, samples: int) -> WebRuntime | None:
+    """The onnxruntime-web to copy into web/, found before any work so that a wrong --web-runtime fails at once."""
+    from akd_edge.export.web import find_runtime
+
+    if not web:
+        if given is not None:
+            raise UsageError("--web-runtime goes with the web/ page: drop it, or drop --no-web")
+        return None
+    if samples < 1:
+        raise UsageError(f"the web/ page needs at least one sample image, got {samples}")
+    return find_runtime(given)
+
+
 def _int8_settings(given: Int8Settings | dict[str, Any] | None) -> Int8Settings:
     """The int8 settings as an Int8Settings; a bad field or value is a UsageError that names it."""
     from akd_edge.compress.quantize import Int8Settings
@@ -401,8 +415,22 @@ def _mobile(job: _Job, batch: int) -> None:
     job.report["mobile"] = mobile
 
 
+def _web(job: _Job, runtime: WebRuntime | None, n: int) -> None:
+    """Stage 6: web/, the page that runs the ONNX files under onnxruntime-web on a few test images."""
+    from akd_edge.export.web import pick_samples, write_web
+
+    images, labels = job.data.test_images, job.data.test_labels
+    if images is None:
+        images, labels = job.parity_images[:n], None
+    else:
+        pick = pick_samples(images, labels, n)
+        images, labels = images[pick], None if labels is None else labels[pick]
+    class_names, title = job.report["model"]["class_names"], job.report["source"]["run"]
+    job.report["web"] = write_web(job.tmp, job.onnx_files, images, labels, class_names, title, runtime)
+
+
 def _write_report(job: _Job) -> None:
-    """Stage 6: size and SHA-256 of every model file (verify checks them), report.json and MODEL_CARD.md."""
+    """Stage 7: size and SHA-256 of every model file (verify checks them), report.json and MODEL_CARD.md."""
     from akd_edge.report import file_record, write_report
 
     job.report["files"] = {
@@ -412,7 +440,7 @@ def _write_report(job: _Job) -> None:
 
 
 def _publish(job: _Job) -> None:
-    """Stage 7: into place if the checker and parity passed; else kept in ``<name>.failed`` and ExportCheckFailed."""
+    """Stage 8: into place if the checker and parity passed; else kept in ``<name>.failed`` and ExportCheckFailed."""
     checks = job.report["checks"]
     failed = [name for name, result in checks["onnx_checker"].items() if not result["passed"]]
     if not failed and checks["parity"]["passed"]:
@@ -435,7 +463,8 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwarg
     Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``int8_settings``: an
     :class:`~akd_edge.compress.quantize.Int8Settings` or a dict of its fields, ``data_dir``, ``n_test``,
     ``mobile_batch``, ``min_int8_agreement``, ``seed``, ``data``, ``on_stage``, ``factory``: the trusted
-    ``module:factory`` of a checkpoint of your own architecture). Returns the folder and report.
+    ``module:factory`` of a checkpoint of your own architecture, ``web``, ``web_runtime``: the
+    onnxruntime-web package the web/ page gets, ``web_samples``). Returns the folder and report.
     ``out`` must be missing, empty or an earlier export (UsageError otherwise; nothing is deleted).
     """
     with quiet_libraries():
@@ -458,11 +487,17 @@ def _export(
     data: ExportData | None = None,
     on_stage: StageFn | None = None,
     factory: str | None = None,
+    web: bool = True,
+    web_runtime: str | Path | None = None,
+    web_samples: int = 10,
 ) -> tuple[Path, dict[str, Any]]:
     """The stages in order (see :func:`export_checkpoint`).
 
     ``data`` overrides the dataset lookup (tests, or images the user loaded). Without test images the
-    parity check runs on random images and the int8 agreement is skipped.
+    parity check runs on random images and the int8 agreement is skipped. ``web``: write web/, the
+    onnxruntime-web page, classifying ``web_samples`` test images; its onnxruntime-web files are copied
+    from ``web_runtime`` (else ``$AKD_EDGE_WEB_RUNTIME``, else ``./node_modules/onnxruntime-web``, else
+    none: web/README.md says how to add them).
     """
 
     def stage(text: str) -> None:
@@ -472,6 +507,7 @@ def _export(
 
     _check_options(int8, calib, n_test, mobile_batch, min_int8_agreement)
     settings = _int8_settings(int8_settings)
+    runtime = _web_runtime(web, web_runtime, web_samples)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:  # a bad --out fails before the model is even loaded
         export_folder.prepare_out(out_dir)
@@ -493,6 +529,9 @@ def _export(
             _quantize(job, min_int8_agreement, stage)
         stage("onnxruntime-mobile: .ort files and NNAPI/CoreML coverage")
         _mobile(job, mobile_batch)
+        if web:
+            stage("web/: the onnxruntime-web page and its sample images")
+            _web(job, runtime, web_samples)
         _write_report(job)
         _publish(job)
     stage(f"wrote {out_dir}")
