@@ -417,7 +417,7 @@ def _mobile(job: _Job, batch: int) -> None:
 
 def _web(job: _Job, runtime: WebRuntime | None, n: int) -> None:
     """Stage 6: web/, the page that runs the ONNX files under onnxruntime-web on a few test images."""
-    from akd_edge.export.web import pick_samples, write_web
+    from akd_edge.export.web import Samples, pick_samples, write_web
 
     images, labels = job.data.test_images, job.data.test_labels
     if images is None:
@@ -425,8 +425,8 @@ def _web(job: _Job, runtime: WebRuntime | None, n: int) -> None:
     else:
         pick = pick_samples(images, labels, n)
         images, labels = images[pick], None if labels is None else labels[pick]
-    class_names, title = job.report["model"]["class_names"], job.report["source"]["run"]
-    job.report["web"] = write_web(job.tmp, job.onnx_files, images, labels, class_names, title, runtime)
+    samples = Samples(images, labels, job.report["model"]["class_names"], job.report["source"]["run"])
+    job.report["web"] = write_web(job.tmp, job.onnx_files, samples, runtime)
 
 
 def _write_report(job: _Job) -> None:

@@ -111,60 +111,55 @@ def _pixels(images: np.ndarray) -> tuple[list[list[Any]], int]:
     return [[float(v) for v in image.reshape(-1)] for image in floats], 1
 
 
-def samples_document(
-    folder: Path,
-    models: list[str],
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    class_names: list[str],
-    title: str,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Samples:
+    """What the page shows: images (uint8 [0, 255] or float [0, 1], NCHW), their labels, the class names."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    """int [N], or None for images without labels."""
+    class_names: list[str]
+    title: str
+    """The page's title: the run's name."""
+
+
+def samples_document(folder: Path, models: list[str], samples: Samples) -> dict[str, Any]:
     """``samples.json``: the images, their labels, and each model's logits from onnxruntime in Python (CPU)."""
     from akd_edge.verify.runtime import OrtClassifier, as_float_images
 
-    pixels, scale = _pixels(images)
-    x = as_float_images(images)
+    pixels, scale = _pixels(samples.images)
+    x = as_float_images(samples.images)
     reference = {name: OrtClassifier.load(folder / name).predict(x) for name in models}
+    labels = [None] * len(pixels) if samples.labels is None else [int(label) for label in samples.labels]
     return {
         "format": SAMPLES_FORMAT,
-        "title": title,
+        "title": samples.title,
         "input_name": "images",
         "output_name": "logits",
-        "input_shape": [int(v) for v in images.shape[1:]],
+        "input_shape": [int(v) for v in samples.images.shape[1:]],
         "pixel_scale": scale,
-        "class_names": [str(name) for name in class_names],
-        "samples": [
-            {"label": None if labels is None else int(label), "pixels": values}
-            for values, label in zip(pixels, labels if labels is not None else [None] * len(pixels), strict=True)
-        ],
+        "class_names": [str(name) for name in samples.class_names],
+        "samples": [{"label": label, "pixels": values} for values, label in zip(pixels, labels, strict=True)],
         "models": models,
         "reference": {name: logits.tolist() for name, logits in reference.items()},
         "tolerance": TOLERANCE,
     }
 
 
-def write_web(
-    folder: Path,
-    models: list[str],
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    class_names: list[str],
-    title: str,
-    runtime: WebRuntime | None,
-) -> dict[str, Any]:
+def write_web(folder: Path, models: list[str], samples: Samples, runtime: WebRuntime | None) -> dict[str, Any]:
     """Write ``folder/web/`` for the ONNX ``models`` in ``folder``; the report's ``web`` section."""
     web = folder / WEB_DIR
     web.mkdir(mode=files.dir_mode())
     for name in PAGE_FILES:
         files.copy_atomic(ASSETS / name, web / name)
-    document = samples_document(folder, models, images, labels, class_names, title)
+    document = samples_document(folder, models, samples)
     text = json.dumps(files.json_ready(document), separators=(",", ":"), allow_nan=False)
     files.write_text_atomic(web / "samples.json", text + "\n")
     section: dict[str, Any] = {
         "folder": WEB_DIR,
         "page": "web/index.html",
         "models": models,
-        "samples": len(images),
+        "samples": len(samples.images),
         "tolerance": TOLERANCE,
         "runtime": None,
     }

@@ -91,7 +91,11 @@ function showModels(samples) {
 function showSamples(samples) {
   const table = document.getElementById("samples");
   const names = samples.class_names;
-  for (const name of Object.keys(results.models)) cell(table.tHead.rows[0], `${name} prediction`);
+  for (const name of Object.keys(results.models)) {
+    const heading = document.createElement("th");
+    heading.textContent = `${name} prediction`;
+    table.tHead.rows[0].appendChild(heading);
+  }
   samples.samples.forEach((sample, i) => {
     const row = table.tBodies[0].insertRow();
     cell(row, String(i));
