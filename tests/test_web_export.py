@@ -54,6 +54,15 @@ CHROMIUM_ARGS = [  # a closed network: no background connections, no component d
 ]
 
 
+def _test_runtime() -> Path | None:
+    """onnxruntime-web's dist/ for the tests: from $AKD_EDGE_WEB_RUNTIME, else tests/web/node_modules; or None."""
+    try:
+        found = find_runtime(os.environ.get(RUNTIME_ENV) or NPM_RUNTIME, environ={})
+    except UsageError:
+        return None
+    return None if found is None else found.dist
+
+
 def _browser_parts() -> tuple[str, Path]:
     """Chromium's executable and onnxruntime-web's folder; skip without them, or fail when they are required."""
     missing = []
@@ -62,15 +71,16 @@ def _browser_parts() -> tuple[str, Path]:
         missing.append("chromium (apt-get install chromium)")
     if importlib.util.find_spec("playwright") is None:
         missing.append("playwright (pip install playwright)")
-    runtime = Path(os.environ.get(RUNTIME_ENV) or NPM_RUNTIME)
-    if not all((runtime / "dist" / name).is_file() for name in RUNTIME_FILES):
-        missing.append(f"onnxruntime-web in {runtime} (make web-deps: npm ci in tests/web)")
+    runtime = _test_runtime()
+    if runtime is None:
+        where = os.environ.get(RUNTIME_ENV) or NPM_RUNTIME
+        missing.append(f"onnxruntime-web in {where} (make web-deps: npm ci in tests/web)")
     if missing:
         message = "browser test needs " + ", ".join(missing)
         if os.environ.get(REQUIRE, "") not in ("", "0"):
             pytest.fail(f"{message}; {REQUIRE} is set, so it may not be skipped")
         pytest.skip(message)
-    assert chromium is not None
+    assert chromium is not None and runtime is not None
     return chromium, runtime
 
 
@@ -87,9 +97,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """The export, with onnxruntime-web copied into web/ort/ when the npm copy is there."""
-    runtime = NPM_RUNTIME if (NPM_RUNTIME / "dist" / RUNTIME_FILES[0]).is_file() else None
-    return export_checkpoint(checkpoint, tmp_path_factory.mktemp("web") / "tiny", calib=128, web_runtime=runtime)
+    """The export, with onnxruntime-web copied into web/ort/ when the tests have it."""
+    folder = tmp_path_factory.mktemp("web") / "tiny"
+    return export_checkpoint(checkpoint, folder, calib=128, web_runtime=_test_runtime())
 
 
 def _python_logits(folder: Path, samples: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -287,7 +297,7 @@ def open_page(browser: Any, folder: Path) -> tuple[dict[str, Any], str, dict[str
     return results, text, seen
 
 
-def test_browser_logits_match_onnxruntime(exported: tuple[Path, dict[str, Any]], browser: Any) -> None:
+def test_browser_logits_match_onnxruntime(browser: Any, exported: tuple[Path, dict[str, Any]]) -> None:
     folder, report = exported
     assert report["web"]["runtime"] is not None and report["web"]["runtime"]["version"]
     results, text, seen = open_page(browser, folder)
@@ -305,7 +315,7 @@ def test_browser_logits_match_onnxruntime(exported: tuple[Path, dict[str, Any]],
 
 
 def test_browser_check_fails_when_the_browser_disagrees(
-    exported: tuple[Path, dict[str, Any]], browser: Any, tmp_path: Path
+    browser: Any, exported: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     """The same page with the two model files swapped: the page says MISMATCH, and the test's comparison fails."""
     folder, _ = exported
