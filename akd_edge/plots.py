@@ -1,5 +1,6 @@
 """PNG plots of an evaluation (matplotlib, optional): robust accuracy against epsilon, reliability
-diagrams, and the training-dynamics comparison of two runs.
+diagrams, the training-dynamics comparison of two runs, and the Pareto front of robust accuracy against
+size and latency (``akd-edge report``).
 
 matplotlib is imported inside each function with the non-interactive Agg backend; callers check
 :func:`matplotlib_available` first and report :data:`MISSING` when it is not installed.
@@ -28,10 +29,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    """Lay out (inside ``rect``, leaving the rest for a figure legend) and write the figure atomically."""
     from akd_edge.files import write_atomic
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     try:
         write_atomic(path, lambda fh: fig.savefig(fh, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
     finally:
@@ -120,3 +122,76 @@ def plot_dynamics(comparison: dict[str, Any], path: str | Path) -> Path:
     right.legend()
     right.set_title("sample sets under the training attack")
     return _save(fig, Path(path))
+
+
+PARETO_AXES = (
+    ("bytes", "file size (KiB, log scale)", 1 / 1024),
+    ("p50_ms", "p50 latency, batch 1 (ms, log scale)", 1.0),
+)
+"""The two costs of :func:`plot_pareto`: the point's key, the axis label, the factor to the axis unit."""
+PARETO_MARKERS = {"student": "o", "pruned student": "^", "teacher": "*"}
+PARETO_COLOURS = {"fp32": "tab:blue", "int8": "tab:orange"}
+
+
+def _kind(point: dict[str, Any]) -> str:
+    return "teacher" if point.get("role") == "teacher" else "pruned student" if point.get("pruned") else "student"
+
+
+def _pareto_panel(ax: Any, points: Sequence[dict[str, Any]], key: str, label: str, scale: float) -> None:
+    """One panel: every point (marker by role, colour by precision, ringed on the front), labelled, and the
+    front as a dashed step line."""
+    from matplotlib.ticker import FuncFormatter
+
+    shown = [p for p in points if p.get(key) is not None]
+    for point in shown:
+        kind = _kind(point)
+        x, y = point[key] * scale, 100 * point["robust"]
+        if point.get(f"front_{key}"):
+            ax.scatter(x, y, s=260, facecolor="none", edgecolor="black", linewidth=1.2, zorder=2)
+        colour = PARETO_COLOURS.get(point.get("precision"), "tab:gray")
+        size = 180 if kind == "teacher" else 60
+        ax.scatter(x, y, marker=PARETO_MARKERS[kind], s=size, color=colour, edgecolor="black", linewidth=0.5, zorder=3)
+        ax.annotate(point["label"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=7)
+    front = sorted((p for p in shown if p.get(f"front_{key}")), key=lambda p: p[key])
+    if len(front) > 1:
+        xs, ys = [p[key] * scale for p in front], [100 * p["robust"] for p in front]
+        ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, zorder=1)
+    if shown:
+        ax.set_xscale("log")
+        ax.margins(x=0.15, y=0.12)
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel(label)
+    ax.set_ylabel("verified robust accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+
+
+def _pareto_legend(fig: Any) -> None:
+    from matplotlib.lines import Line2D
+
+    def handle(marker: str, colour: str, text: str, **kw: Any) -> Any:
+        return Line2D([], [], marker=marker, color=colour, linestyle="none", label=text, **{"markersize": 8, **kw})
+
+    handles = [handle(m, "lightgray", kind, markeredgecolor="black") for kind, m in PARETO_MARKERS.items()]
+    handles += [handle("s", c, precision) for precision, c in PARETO_COLOURS.items()]
+    handles.append(handle("o", "none", "on the Pareto front", markeredgecolor="black", markersize=12))
+    handles.append(Line2D([], [], color="black", linestyle="--", label="the front"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
+def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Robust accuracy against file size and against p50 latency, the Pareto front of each marked.
+
+    ``points``: ``{"label", "robust" (0-1), "bytes", "p50_ms" (either may be None), "precision", "role",
+    "pruned", "front_bytes", "front_p50_ms"}``. Markers: circle student, triangle pruned student, star
+    teacher; blue fp32, orange int8; a ring and the dashed step line mark the front.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    for ax, (key, label, scale) in zip(axes, PARETO_AXES, strict=True):
+        _pareto_panel(ax, points, key, label, scale)
+    fig.suptitle(title or "robust accuracy verified under onnxruntime, against size and latency")
+    _pareto_legend(fig)
+    return _save(fig, Path(path), rect=(0, 0.07, 1, 1))

@@ -38,7 +38,8 @@ def read_report(folder: str | Path) -> dict[str, Any] | None:
     return files.read_json_object(path, "export report")
 
 
-def _pct(value: Any) -> str:
+def format_pct(value: Any) -> str:
+    """A fraction as a percentage with two decimals, or n/a."""
     return "n/a" if value is None else f"{100 * float(value):.2f}%"
 
 
@@ -56,7 +57,8 @@ def _sci(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.2e}"
 
 
-def _size(num: Any) -> str:
+def format_size(num: Any) -> str:
+    """Bytes as KiB (or MiB from 1 MiB up), or n/a."""
     if num is None:
         return "n/a"
     return f"{num / 1024:.1f} KiB" if num < 1024 * 1024 else f"{num / 1024 / 1024:.2f} MiB"
@@ -128,7 +130,7 @@ def _latency(verify: dict[str, Any]) -> list[str]:
                 f"{res['batch1_p50_ms']:.3f}" if "batch1_p50_ms" in res else "n/a",
                 f"{res['batch1_p95_ms']:.3f}" if "batch1_p95_ms" in res else "n/a",
                 f"{res['throughput_img_s']:,.0f}" if res.get("throughput_img_s") else "n/a",
-                _size(res.get("bytes")),
+                format_size(res.get("bytes")),
             ]
         )
     lines += _table(["model", "p50 ms (batch 1)", "p95 ms (batch 1)", "images/s (batch 256)", "size"], rows)
@@ -195,8 +197,8 @@ def _teachers(teachers: list[dict[str, Any]]) -> list[str]:
                 f"`{t.get('arch')}`" if t.get("arch") else "n/a",
                 f"`{sha[:16]}…`" if sha else "n/a",
                 f"{float(t['weight']):.3f}" if t.get("weight") is not None else "n/a",
-                _pct(val.get("clean_acc")),
-                _pct(val.get("robust_acc")),
+                format_pct(val.get("clean_acc")),
+                format_pct(val.get("robust_acc")),
                 _attack_text(t.get("attack")),
             ]
         )
@@ -217,7 +219,7 @@ def _checks(report: dict[str, Any]) -> list[str]:
                 f"torch vs onnxruntime fp32 ({parity['n']} images)",
                 _ok(parity["passed"]),
                 f"max abs logit diff {_sci(parity['max_abs_logit_diff'])} (<= {_sci(parity['max_abs_logit_diff_threshold'])}), "
-                f"argmax agreement {_pct(parity['argmax_agreement'])} (>= {_pct(parity['argmax_agreement_threshold'])})",
+                f"argmax agreement {format_pct(parity['argmax_agreement'])} (>= {format_pct(parity['argmax_agreement_threshold'])})",
             ]
         )
     agreement = checks.get("int8_agreement")
@@ -226,8 +228,8 @@ def _checks(report: dict[str, Any]) -> list[str]:
             [
                 f"fp32 vs int8 on the test split ({agreement['n']} images)",
                 _ok(agreement["passed"]),
-                f"argmax agreement {_pct(agreement['argmax_agreement'])} (>= {_pct(agreement['threshold'])}); clean "
-                f"accuracy fp32 {_pct(agreement['fp32_clean_acc'])}, int8 {_pct(agreement['int8_clean_acc'])}",
+                f"argmax agreement {format_pct(agreement['argmax_agreement'])} (>= {format_pct(agreement['threshold'])}); clean "
+                f"accuracy fp32 {format_pct(agreement['fp32_clean_acc'])}, int8 {format_pct(agreement['int8_clean_acc'])}",
             ]
         )
     for name, info in (report.get("mobile") or {}).get("ort", {}).items():
@@ -236,7 +238,7 @@ def _checks(report: dict[str, Any]) -> list[str]:
             [
                 f"`{name}` vs `{info['from']}`",
                 _ok(parity_ort["argmax_agreement"] == 1.0),
-                f"max abs logit diff {_sci(parity_ort['max_abs_logit_diff'])}, argmax agreement {_pct(parity_ort['argmax_agreement'])}",
+                f"max abs logit diff {_sci(parity_ort['max_abs_logit_diff'])}, argmax agreement {format_pct(parity_ort['argmax_agreement'])}",
             ]
         )
     return lines + _table(["check", "result", "detail"], rows)
@@ -298,7 +300,7 @@ def render_model_card(report: dict[str, Any]) -> str:
         lines += ["## Files", ""]
         lines += _table(
             ["file", "size", "sha256"],
-            [[f"`{k}`", _size(v["bytes"]), f"`{v['sha256'][:16]}…`"] for k, v in files.items()],
+            [[f"`{k}`", format_size(v["bytes"]), f"`{v['sha256'][:16]}…`"] for k, v in files.items()],
         )
     lines += [
         "## Limitations",

@@ -11,6 +11,8 @@ from akd_edge.cli.common import out, setup_logging, user_errors
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.cli.eval_cmd import eval_cmd
 from akd_edge.cli.export_cmd import export_cmd, verify_cmd
+from akd_edge.cli.report_cmd import report_cmd
+from akd_edge.cli.run_cmd import run_cmd
 from akd_edge.cli.train_cmd import distill, train_teacher
 
 
@@ -26,6 +28,7 @@ def cli(verbose: bool) -> None:
       akd-edge eval runs/fmnist-quickstart  # clean, PGD and AutoAttack accuracy, calibration
       akd-edge export runs/fmnist-quickstart
       akd-edge verify export/fmnist-quickstart
+      akd-edge run fmnist-quickstart --prune 0.5   # all of the above (and pruning), then a report
     """
     setup_logging(verbose)
 
@@ -100,6 +103,8 @@ cli.add_command(compress_cmd)
 cli.add_command(export_cmd)
 cli.add_command(verify_cmd)
 cli.add_command(distill)
+cli.add_command(run_cmd)
+cli.add_command(report_cmd)
 
 
 def main() -> None:

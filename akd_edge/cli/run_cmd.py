@@ -1,0 +1,235 @@
+"""``akd-edge run``: recipe to distilled, pruned, exported and verified models and a report, resumable.
+
+Exit status: 0 done, 1 an export failed its checks (the attempt is kept beside it), 2 usage error, 3 the
+training loss diverged, 130 stopped by Ctrl-C. After any of them, the same command continues where it stopped.
+Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from akd_edge.cli.common import (
+    console,
+    data_dir_option,
+    device_option,
+    make_progress,
+    n_option,
+    out,
+    out_option,
+    seed_option,
+    set_option,
+    threads_option,
+    user_errors,
+)
+from akd_edge.cli.compress_cmd import _StepCallbacks
+from akd_edge.interval import REPORTED_N
+from akd_edge.pipeline.runner import PipelineCallbacks
+
+EXIT_CHECK_FAILED = 1
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Display(PipelineCallbacks):
+    """One rich display: the stage (k of N) with its own bar below it, and a line as each stage ends."""
+
+    def __init__(self) -> None:
+        self.progress = make_progress()
+        self.overall = self.progress.add_task("stages", total=None, info="")
+        self.stage_task: Any = None
+        self.bars: dict[str, Any] = {}
+        self.train = _StepCallbacks()
+        self.train.progress = self.progress  # training bars share the display (rich allows one live display)
+
+    def __enter__(self) -> _Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _clear(self) -> None:
+        for task in (self.stage_task, *self.bars.values(), self.train.epoch_task, self.train.batch_task):
+            if task is not None:
+                self.progress.remove_task(task)
+        self.stage_task, self.bars = None, {}
+        self.train.epoch_task = self.train.batch_task = None
+
+    def stage_start(self, index: int, total: int, stage: Any) -> None:
+        self._clear()
+        self.progress.update(
+            self.overall, description=f"stage {index}/{total}: {escape(stage.title)}", total=total, completed=index - 1
+        )
+        self.stage_task = self.progress.add_task("  starting", total=None, info="")
+
+    def stage_text(self, text: str) -> None:
+        if self.stage_task is not None:
+            self.progress.update(self.stage_task, description=f"  {escape(text)}")
+
+    def stage_progress(self, label: str, done: int, total: int) -> None:
+        if label not in self.bars:
+            self.bars[label] = self.progress.add_task(f"  Square {escape(label)}", total=total, info="")
+        self.progress.update(self.bars[label], completed=done)
+
+    def stage_end(self, index: int, total: int, stage: Any, outcome: str) -> None:
+        self._clear()
+        self.progress.update(self.overall, completed=index)
+        mark = "[dim]skip[/]" if "skipped" in outcome else "[green]done[/]"
+        self.progress.console.print(f"{mark} {index}/{total} {escape(stage.title)}: {escape(outcome)}", highlight=False)
+
+
+@contextlib.contextmanager
+def _quiet_unless_verbose() -> Iterator[None]:
+    """The stages' own INFO lines repeat what the display shows: keep warnings only, unless -v was given."""
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    logger = logging.getLogger("akd_edge")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def summary_table(data: dict[str, Any], title: str) -> Table:
+    """The report's models in short: size, latency, verified robust accuracy and the Pareto fronts."""
+    table = Table("model", "size", "p50 ms", "clean", "robust (worst case)", "Pareto front", title=title)
+    for m in data["models"]:
+        front = ", ".join(k for k, flag in (("size", m["front_bytes"]), ("latency", m["front_p50_ms"])) if flag)
+        table.add_row(
+            escape(m["label"]),
+            f"{m['bytes'] / 1024:.1f} KiB" if m["bytes"] else "-",
+            f"{m['p50_ms']:.3f}" if m["p50_ms"] is not None else "-",
+            _pct(m["accuracy"].get("clean")),
+            _pct(m["accuracy"].get("robust")) if m["verified"] else f"[yellow]{escape(m['status'])}[/]",
+            front or "-",
+        )
+    return table
+
+
+@click.command("run")
+@click.argument("recipe", metavar="RECIPE")
+@click.option(
+    "--prune",
+    default="",
+    metavar="RATIO[,RATIO...]",
+    help="Also prune the student at each ratio (fraction of each layer's channels, e.g. 0.3,0.5) and fine-tune it.",
+)
+@click.option("--int8/--no-int8", default=True, show_default=True, help="Export and verify int8 students too.")
+@click.option(
+    "--teacher/--no-teacher",
+    default=True,
+    show_default=True,
+    help="Export and verify the recipe's teachers (fp32) to compare the students with.",
+)
+@set_option()
+@out_option("Pipeline folder", "<run.out_dir>/<run.name>-pipeline")
+@click.option(
+    "--prune-epochs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Robust fine-tuning epochs after pruning (0 = prune only).",
+)
+@n_option("that verify attacks (and compress compares on)", REPORTED_N, all_when_zero=False)
+@click.option(
+    "--square-queries", default=1000, show_default=True, type=click.IntRange(min=0), help="Queries of verify's Square."
+)
+@click.option(
+    "--transfer",
+    type=click.Choice(["fast", "standard", "none"]),
+    default="fast",
+    show_default=True,
+    help="AutoAttack version run on the torch model for verify's transfer examples.",
+)
+@click.option(
+    "--calib", default=512, show_default=True, type=click.IntRange(min=0), help="Training images that calibrate int8."
+)
+@device_option()
+@data_dir_option("the recipe's data.data_dir")
+@threads_option("torch and onnxruntime after distillation (the recipe's run.threads applies to it)")
+@seed_option("the attacks and the int8 calibration sample")
+@user_errors
+def run_cmd(
+    recipe: str,
+    prune: str,
+    int8: bool,
+    teacher: bool,
+    overrides: tuple[str, ...],
+    out_dir: str | None,
+    prune_epochs: int,
+    n: int,
+    square_queries: int,
+    transfer: str,
+    calib: int,
+    device: str | None,
+    data_dir: str | None,
+    threads: int,
+    seed: int,
+) -> None:
+    """Distill RECIPE's student, prune it, export and verify every model, and write a report, in one go.
+
+    Each stage is skipped when its output exists and its inputs (files by SHA-256, and settings) are those it
+    was made from; a failed or killed stage leaves the finished ones as they are, and the same command
+    continues with it (a distillation from its last checkpoint). A distillation run of the same recipe that
+    `akd-edge distill` made is reused. The report (index.html, report.md) lands in the pipeline folder's
+    report/.
+
+    \b
+    Examples:
+      akd-edge run fmnist-quickstart --prune 0.5
+      akd-edge run fmnist-quickstart --prune 0.3,0.5 --no-int8 --set train.epochs=1 --n 500
+    """
+    from akd_edge.export import ExportCheckFailed
+    from akd_edge.pipeline import PipelineOptions, parse_ratios, run_pipeline
+    from akd_edge.train.loop import Diverged
+
+    extra = [f"run.device={json.dumps(device)}"] if device else []
+    extra += [f"data.data_dir={json.dumps(data_dir)}"] if data_dir else []
+    options = PipelineOptions(
+        prune=parse_ratios(prune),
+        int8=int8,
+        teacher=teacher,
+        prune_epochs=prune_epochs,
+        n=n,
+        square_queries=square_queries,
+        transfer=transfer,
+        calib=calib,
+        seed=seed,
+        threads=threads,
+    )
+    again = "run the same command again to continue where it stopped"
+    try:
+        with _quiet_unless_verbose(), _Display() as display:
+            result = run_pipeline(
+                recipe, overrides=[*overrides, *extra], options=options, out=out_dir, callbacks=display
+            )
+    except KeyboardInterrupt:
+        console.print(f"[yellow]stopped.[/] Finished stages are kept; {again}.")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except ExportCheckFailed as err:
+        console.print(f"[bold red]export failed:[/] {escape(str(err))}; {again} once it is fixed", highlight=False)
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED) from None
+    except Diverged as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        raise click.exceptions.Exit(EXIT_DIVERGED) from None
+    from akd_edge.files import read_json_object
+
+    report_dir = result["root"] + "/report"
+    data = read_json_object(f"{report_dir}/report.json", "report")
+    out.print(summary_table(data, f"pipeline {result['root']}"))
+    console.print(f"[green]report:[/] {escape(result['report'])} (and report.md)", highlight=False)
