@@ -239,6 +239,10 @@ class TrainConfig:
     """Also save a resumable checkpoint every this many batches (0 = only at epoch ends)."""
     record_dynamics: bool = False
     """Record, per training sample and epoch, whether it is classified correctly (clean and adversarial)."""
+    sync_bn: bool = False
+    """Under torchrun: BatchNorm statistics over the whole global batch (PyTorch's SyncBatchNorm, GPUs only).
+    ``false`` keeps per-rank statistics: each rank normalises with its own shard's, and the running statistics
+    saved are rank 0's. No effect on a single-process run."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -1,8 +1,18 @@
 """``akd-edge eval``: clean, PGD and AutoAttack accuracy, eps curve, calibration and sanity checks of a
-run or checkpoint; ``--dynamics`` analyses or compares the training dynamics of runs."""
+run or checkpoint; ``--dynamics`` analyses or compares the training dynamics of runs.
+
+Under torchrun the ranks share the attacked batches (:func:`akd_edge.evaluation.engine.sharded`): each rank
+attacks every ``world``-th batch and all of them end with the whole result, the single-process one. Rank 0
+writes eval.json and the plots; the others write theirs into a temporary folder that is removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +32,7 @@ from akd_edge.cli.common import (
     user_errors,
     which_option,
 )
+from akd_edge.cli.launch import distributed_command
 from akd_edge.errors import UsageError
 from akd_edge.interval import REPORTED_N, format_interval, interval_of
 
@@ -202,6 +213,7 @@ def print_dynamics(report: dict[str, Any]) -> None:
     "writes teacher_gap.json.",
 )
 @user_errors
+@distributed_command
 def eval_cmd(
     sources: tuple[str, ...],
     attacks: tuple[str, ...],
@@ -238,21 +250,31 @@ def eval_cmd(
     published ensemble) about 40x. Writes eval.json (every number with its settings, sample count, ci95
     and the package versions) into the run directory.
 
+    Under torchrun the ranks share the batches (each rank attacks every N-th batch of --batch-size images;
+    the numbers are those of one process) and rank 0 writes the files.
+
     \b
     Examples:
       akd-edge eval runs/fmnist-akd
       akd-edge eval runs/fmnist-akd --attack pgd,aa-fast --eps-curve 0,0.05,0.1,0.15,0.2
       akd-edge eval --dynamics runs/fmnist-at runs/fmnist-akd --names at,akd
+      torchrun --nproc_per_node 4 -m akd_edge eval runs/cifar-akd --attack aa-standard -n 10000 --device cuda
     """
+    from akd_edge.distributed import current
     from akd_edge.env import resolve_device
     from akd_edge.evaluation.dynamics import evaluate_dynamics
+    from akd_edge.evaluation.engine import sharded
     from akd_edge.evaluation.report import EvalOptions, evaluate
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    group = current()
+    is_main = group is None or group.is_main
     if dynamics:
+        if not is_main:
+            return  # no attacks to share: rank 0 reads the runs and writes the report
         labels = [v.strip() for v in names.split(",")] if names else None
         if labels is not None and len(labels) != len(sources):
             raise UsageError(f"--names gives {len(labels)} labels for {len(sources)} runs")
@@ -279,25 +301,46 @@ def eval_cmd(
         plots=not no_plots,
         data_dir=data_dir,
         which=which,
-        device=str(resolve_device(device)),
+        device=str(group.device(resolve_device(device)) if group is not None else resolve_device(device)),
         factory=model_factory,
     )
-    if teacher_gap:
-        from akd_edge.evaluation.teacher_gap import teacher_gap as measure_gap
+    if not is_main:
+        options = replace(options, plots=False)
+    with sharded(group), _rank_out(out_dir, is_main) as where:
+        if teacher_gap:
+            from akd_edge.evaluation.teacher_gap import teacher_gap as measure_gap
 
-        report, path = measure_gap(sources[0], options, out_dir=out_dir)
-        print_gap(report)
-        console.print(f"wrote {path}", highlight=False)
-        return
-    with make_progress(transient=True) as progress:
-        task = progress.add_task("eval", total=None, info="")
-
-        def update(done: int, total: int, info: str) -> None:
-            progress.update(task, completed=done, total=total, info=info)
-
-        report, path = evaluate(sources[0], options, out_dir=out_dir, progress=update)
+            report, path = measure_gap(sources[0], options, out_dir=where)
+            print_gap(report)
+            console.print(f"wrote {path}", highlight=False)
+            return
+        with make_progress(transient=True) if is_main else contextlib.nullcontext() as progress:
+            report, path = evaluate(sources[0], options, out_dir=where, progress=_updater(progress))
     print_report(report)
     console.print(f"wrote {path}", highlight=False)
+
+
+def _updater(progress: Any) -> Callable[[int, int, str], None] | None:
+    """The engine's progress callback drawing on ``progress`` (None: no bar, as on ranks other than 0)."""
+    if progress is None:
+        return None
+    task = progress.add_task("eval", total=None, info="")
+
+    def update(done: int, total: int, info: str) -> None:
+        progress.update(task, completed=done, total=total, info=info)
+
+    return update
+
+
+@contextlib.contextmanager
+def _rank_out(out_dir: str | None, is_main: bool) -> Iterator[str | None]:
+    """Where this process writes: ``--out`` on rank 0 (and in a single process); on the other ranks, which
+    compute the same report, a temporary folder removed afterwards, so that rank 0 alone writes files."""
+    if is_main:
+        yield out_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="akd-edge-rank-") as scratch:
+        yield str(Path(scratch))
 
 
 def _eps_values(text: str) -> list[float]:

@@ -1,12 +1,17 @@
 """`akd-edge train-teacher` and `akd-edge distill`: run a recipe through the training loop.
 
 Exit status: 0 trained, 2 usage error (bad recipe, run directory in use or not a run, refused resume
-override), 3 training diverged (the loss became NaN or inf; the last good checkpoint is kept), 130 stopped
-by Ctrl-C after saving a resumable checkpoint.
+override), 3 training diverged (the loss became NaN or inf; the last good checkpoint is kept), 4 (under
+torchrun) another rank failed or did not answer, 130 stopped by Ctrl-C (or, under torchrun, SIGTERM) after
+saving a resumable checkpoint.
+
+Under torchrun both commands train data-parallel (:mod:`akd_edge.cli.launch`, docs/DISTRIBUTED.md): rank 0
+claims the run directory and prints; every rank trains its share of each batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -28,6 +33,7 @@ from akd_edge.cli.common import (
     set_option,
     user_errors,
 )
+from akd_edge.cli.launch import distributed_command
 from akd_edge.config import Recipe, load_recipe, parse_override, read_toml
 from akd_edge.errors import ConfigError
 
@@ -141,20 +147,39 @@ def _given(name: str) -> bool:
     return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
+def _claim(recipe: Recipe, run_dir: Path | None, out_dir: str | None) -> tuple[Any, Path]:
+    """The run directory, locked (checked writable before any data loads), and its path.
+
+    Under torchrun rank 0 claims it and the other ranks get its path (None for the lock); a refusal stops
+    every rank with rank 0's message.
+    """
+    from akd_edge.distributed import current
+    from akd_edge.train.rundir import claim_run_dir, open_run_dir
+
+    group = current()
+    held: list[Any] = []
+
+    def claim() -> str:
+        held.append(open_run_dir(run_dir) if run_dir else claim_run_dir(recipe, out_dir))
+        return str(held[0].path)
+
+    path = claim() if group is None else group.from_main(claim)
+    return (held[0] if held else None), Path(path)
+
+
 def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -> dict[str, Any]:
     """Claim the run directory (locked, checked writable before any data loads), then train in it."""
     from akd_edge.env import torch_threads
-    from akd_edge.train.loop import Diverged, Interrupted, train_run
-    from akd_edge.train.rundir import claim_run_dir, open_run_dir
+    from akd_edge.train.loop import Callbacks, Diverged, Interrupted, train_run
 
     with torch_threads(recipe.run.threads):
-        claimed = open_run_dir(run_dir) if run_dir else claim_run_dir(recipe, out_dir)
-        with claimed:
+        claimed, path = _claim(recipe, run_dir, out_dir)
+        with claimed or contextlib.nullcontext():
             try:
-                with RichCallbacks() as callbacks:
+                with RichCallbacks() if claimed is not None else contextlib.nullcontext(Callbacks()) as callbacks:
                     summary = train_run(
                         recipe,
-                        claimed,
+                        claimed or path,
                         resume=run_dir is not None,
                         role=role,
                         callbacks=callbacks,
@@ -198,6 +223,7 @@ def _with_flags(overrides: tuple[str, ...], device: str | None, data_dir: str | 
 @click.option("--recipe", "-r", default=DEFAULT_TEACHER_RECIPE, show_default=True, help="Recipe file or shipped name.")
 @_run_options
 @user_errors
+@distributed_command
 def train_teacher(
     recipe: str,
     overrides: tuple[str, ...],
@@ -233,6 +259,7 @@ def train_teacher(
 )
 @_run_options
 @user_errors
+@distributed_command
 def distill(
     recipe: str,
     teachers: tuple[str, ...],

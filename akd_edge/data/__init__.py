@@ -7,7 +7,7 @@ once batched. ``akd-edge datasets`` lists the registered names.
 
 from akd_edge.data import cifar, idx, imagefolder, svhn, synthetic  # noqa: F401  (register the loaders)
 from akd_edge.data.base import DATASETS, DatasetSplits, ImageDataset, LoadedData, channel_stats
-from akd_edge.data.batches import augment_batch, epoch_order, iterate_batches, num_batches
+from akd_edge.data.batches import augment_batch, epoch_order, iterate_batches, num_batches, shard_bounds
 from akd_edge.data.splits import get_loader, list_datasets, load_dataset, load_test_split, split_train_val
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "load_dataset",
     "load_test_split",
     "num_batches",
+    "shard_bounds",
     "split_train_val",
 ]

@@ -39,13 +39,28 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     return _rng(_ORDER, seed, epoch).permutation(n) if shuffle else np.arange(n)
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random crop with zero padding ``PAD`` and random horizontal flip, vectorised over uint8 [B, C, H, W]."""
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of a batch of ``n`` that rank ``rank`` of ``world`` takes: contiguous, disjoint,
+    covering the batch, sizes differing by at most one."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    return rank * n // world, (rank + 1) * n // world
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, rows: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Random crop with zero padding ``PAD`` and random horizontal flip, vectorised over uint8 [B, C, H, W].
+
+    ``rows=(lo, hi, n)``: ``images`` are rows ``lo..hi`` of a batch of ``n``; the random draws are made for all
+    ``n`` rows and these rows get theirs, as they would in the whole batch.
+    """
     b, _, h, w = images.shape
+    lo, hi, n = rows if rows is not None else (0, b, b)
+    if hi - lo != b:
+        raise ValueError(f"rows {lo}..{hi} do not match the {b} images given")
     padded = np.pad(images, ((0, 0), (0, 0), (PAD, PAD), (PAD, PAD)))
-    top = rng.integers(0, 2 * PAD + 1, size=b)
-    left = rng.integers(0, 2 * PAD + 1, size=b)
-    flip = rng.random(b) < 0.5
+    top = rng.integers(0, 2 * PAD + 1, size=n)[lo:hi]
+    left = rng.integers(0, 2 * PAD + 1, size=n)[lo:hi]
+    flip = (rng.random(n) < 0.5)[lo:hi]
     windows = sliding_window_view(padded, (h, w), axis=(2, 3))  # a view [B, C, 2*PAD+1, 2*PAD+1, H, W]
     out = windows[np.arange(b), :, top, left]  # one gather: a copy [B, C, H, W]
     out[flip] = out[flip][..., ::-1]
@@ -64,6 +79,7 @@ def iterate_batches(
     device: str | torch.device = "cpu",
     drop_last: bool = False,
     prefetch: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x float32 NCHW in [0, 1], y int64, idx int64)``; ``idx`` are the samples' indices in ``ds``.
 
@@ -72,12 +88,13 @@ def iterate_batches(
     builds up to that many batches ahead in a background thread (pinned memory and asynchronous copies on
     CUDA), overlapping batch making with the step; the batches, their order and augmentation are the same.
     Every ``x`` is in [0, 1] by construction (uint8 / 255), so attacks on these batches need no range check.
+    ``shard=(rank, world)`` yields only this rank's rows of each batch (:func:`shard_bounds`); ``idx`` says which.
     """
     import torch
 
     device = torch.device(device)
     pin = prefetch > 0 and device.type == "cuda" and torch.cuda.is_available()
-    host = _host_batches(ds, batch_size, shuffle, seed, epoch, start_batch, augment, device, drop_last, pin)
+    host = _host_batches(ds, batch_size, shuffle, seed, epoch, start_batch, augment, device, drop_last, pin, shard)
     if prefetch > 0:
         host = _prefetched(host, prefetch)
     for images, labels, idx in host:
@@ -99,17 +116,23 @@ def _host_batches(
     device: torch.device,
     drop_last: bool,
     pin: bool,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Host tensors of each batch: float32 images for a CPU run, uint8 (pinned if ``pin``) for a device."""
+    """Host tensors of each batch (or of this rank's ``shard`` of it): float32 images for a CPU run, uint8
+    (pinned if ``pin``) for a device."""
     import torch
 
     total = num_batches(len(ds), batch_size, drop_last)
     order = epoch_order(len(ds), shuffle=shuffle, seed=seed, epoch=epoch)
     for batch in range(max(start_batch, 0), total):
         idx = order[batch * batch_size : (batch + 1) * batch_size]
+        rows = None
+        if shard is not None:
+            lo, hi = shard_bounds(len(idx), *shard)
+            rows, idx = (lo, hi, len(idx)), idx[lo:hi]
         images = ds.images[idx]
         if augment:
-            images = augment_batch(images, _rng(_AUGMENT, seed, epoch, batch))
+            images = augment_batch(images, _rng(_AUGMENT, seed, epoch, batch), rows)
         if device.type == "cpu":  # numpy converts single-threaded: no OpenMP stalls on a busy machine
             x = torch.from_numpy(np.divide(images, np.float32(255.0), dtype=np.float32))
         else:

@@ -5,13 +5,21 @@ here. One pass over the data: per batch, clean predictions, every attack asked f
 and the calibration meters; only per-sample flags (a few bytes each) are kept, so memory stays flat
 whatever the size of the test set. The result holds every accuracy with the settings that produced it,
 the sanity checks, and the per-sample flags themselves.
+
+Inside :func:`sharded` (a data-parallel run), every pass splits its batches across the ranks: rank ``r`` measures
+batches ``r, r + world, ...`` under their global batch numbers (which seed PGD's and AutoAttack's random starts),
+then the ranks exchange their per-batch results and each one folds them in batch order. The result is the
+single-process result (calibration sums included, bit for bit), except the seconds: each attack's is the
+longest time one rank spent on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +33,27 @@ from akd_edge.metrics.robust import AttackSpec, EvalAttack, accuracy, eps_curve_
 
 if TYPE_CHECKING:
     from akd_edge.data import ImageDataset
+    from akd_edge.distributed import Group
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None, str], None]
 """``progress(samples_done, samples_total, info)``, called after each batch."""
+
+_SHARDS: contextvars.ContextVar[Group | None] = contextvars.ContextVar("akd_edge_eval_shards", default=None)
+
+
+@contextlib.contextmanager
+def sharded(group: Group | None) -> Iterator[None]:
+    """Every evaluation pass in the block splits its batches across the ranks of ``group`` (None: no split).
+
+    Every rank must run the same passes on the same batches; each gets the whole result.
+    """
+    token = _SHARDS.set(group if group is not None and group.world > 1 else None)
+    try:
+        yield
+    finally:
+        _SHARDS.reset(token)
 
 
 @dataclass
@@ -119,34 +143,131 @@ def evaluate_batches(
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError(f"attack names must be distinct (each one is a column of the results), got {names}")
-    stream = _Stream(curve=[[] for _ in curve])
-    model_checks: list[CheckResult] = []
-    done = 0
-    for batch, (x, y, *_) in enumerate(batches):
-        if batch == 0 and checks:
-            model_checks = run_model_checks(model, x[:check_samples], y[:check_samples])
-        logits = predict(model, x)
-        stream.clean.append((logits.argmax(1) == y).cpu())
-        if calibration:
-            stream.cal_clean.update(logits, y)
-        x_cal = _attack_batch(model, x, y, specs, batch, stream)
-        if calibration and x_cal is not None:
-            stream.cal_adv.update(predict(model, x_cal), y)
-        if curve:
-            start = time.perf_counter()
-            for flags, acc in zip(stream.curve, eps_curve_flags(model, x, y, curve_spec, curve, batch), strict=True):
-                flags.append(acc)
-            stream.seconds["eps_curve"] = stream.seconds.get("eps_curve", 0.0) + time.perf_counter() - start
-        done += len(y)
-        if progress is not None:
-            info = " ".join(
-                f"{name} {100 * float(_cat(f).float().mean()):.1f}%"
-                for name, f in [("clean", stream.clean), *stream.attacks.items()]
-            )
-            progress(done, total, info)
-    if done == 0:
+    group = _SHARDS.get()
+    if group is not None:
+        stream, model_checks = _sharded_pass(
+            model, batches, specs, group, total, curve, curve_spec, calibration, checks, check_samples, progress
+        )
+    else:
+        stream, model_checks = _Stream(curve=[[] for _ in curve]), []
+        done = 0
+        for batch, (x, y, *_) in enumerate(batches):
+            if batch == 0 and checks:
+                model_checks = run_model_checks(model, x[:check_samples], y[:check_samples])
+            _measure_batch(model, x, y, batch, specs, stream, curve, curve_spec, calibration)
+            done += len(y)
+            if progress is not None:
+                progress(done, total, _progress_info(stream))
+    if not stream.clean:
         raise DataError("the dataset is empty: nothing to evaluate")
     return _results(stream, specs, curve, curve_spec, calibration, model_checks)
+
+
+def _measure_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    specs: Sequence[EvalAttack],
+    stream: _Stream,
+    curve: Sequence[float],
+    curve_spec: AttackSpec | None,
+    calibration: bool,
+) -> None:
+    """Clean predictions, every attack and the eps curve of batch number ``batch``, added to ``stream``."""
+    logits = predict(model, x)
+    stream.clean.append((logits.argmax(1) == y).cpu())
+    if calibration:
+        stream.cal_clean.update(logits, y)
+    x_cal = _attack_batch(model, x, y, specs, batch, stream)
+    if calibration and x_cal is not None:
+        stream.cal_adv.update(predict(model, x_cal), y)
+    if curve:
+        start = time.perf_counter()
+        for flags, acc in zip(stream.curve, eps_curve_flags(model, x, y, curve_spec, curve, batch), strict=True):
+            flags.append(acc)
+        stream.seconds["eps_curve"] = stream.seconds.get("eps_curve", 0.0) + time.perf_counter() - start
+
+
+def _progress_info(stream: _Stream) -> str:
+    return " ".join(
+        f"{name} {100 * float(_cat(f).float().mean()):.1f}%"
+        for name, f in [("clean", stream.clean), *stream.attacks.items()]
+    )
+
+
+def _sharded_pass(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, ...]],
+    specs: Sequence[EvalAttack],
+    group: Group,
+    total: int | None,
+    curve: Sequence[float],
+    curve_spec: AttackSpec | None,
+    calibration: bool,
+    checks: bool,
+    check_samples: int,
+    progress: Progress | None,
+) -> tuple[_Stream, list[CheckResult]]:
+    """This rank's batches (every ``world``-th), measured one stream per batch, then every rank's folded in order.
+
+    Progress counts the samples of every batch up to the current one, whichever rank measures it (the ranks
+    move through the batches at about the same pace).
+    """
+    mine: list[tuple[int, _Stream]] = []
+    model_checks: list[CheckResult] = []
+    seen = 0
+    for batch, (x, y, *_) in enumerate(batches):
+        seen += len(y)
+        if batch % group.world != group.rank:
+            continue
+        if batch == 0 and checks:
+            model_checks = run_model_checks(model, x[:check_samples], y[:check_samples])
+        part = _Stream(curve=[[] for _ in curve])
+        _measure_batch(model, x, y, batch, specs, part, curve, curve_spec, calibration)
+        mine.append((batch, part))
+        if progress is not None:
+            progress(
+                seen if total is None else min(seen, total), total, _progress_info(_fold([p for _, p in mine], curve))
+            )
+    gathered = group.all_gather((mine, model_checks))
+    parts = sorted((item for rank_parts, _ in gathered for item in rank_parts), key=lambda item: item[0])
+    stream = _fold([part for _, part in parts], curve)
+    stream.seconds = {}
+    for rank_parts, _ in gathered:  # wall time: the slowest rank's total per attack
+        for key, value in _fold([part for _, part in rank_parts], curve).seconds.items():
+            stream.seconds[key] = max(stream.seconds.get(key, 0.0), value)
+    return stream, gathered[0][1]
+
+
+def _fold(parts: Sequence[_Stream], curve: Sequence[float]) -> _Stream:
+    """One stream from per-batch streams, in the order given (calibration sums added in that order)."""
+    out = _Stream(curve=[[] for _ in curve])
+    for part in parts:
+        out.clean += part.clean
+        for name, flags in part.attacks.items():
+            out.attacks.setdefault(name, []).extend(flags)
+        for name, by_part in part.parts.items():
+            for key, flags in by_part.items():
+                out.parts.setdefault(name, {}).setdefault(key, []).extend(flags)
+        for mine, theirs in zip(out.curve, part.curve, strict=True):
+            mine += theirs
+        for key, value in part.seconds.items():
+            out.seconds[key] = out.seconds.get(key, 0.0) + value
+        for total, meter in ((out.cal_clean, part.cal_clean), (out.cal_adv, part.cal_adv)):
+            _add_meter(total, meter)
+        out.warnings += [m for m in part.warnings if m not in out.warnings]
+    return out
+
+
+def _add_meter(total: CalibrationMeter, part: CalibrationMeter) -> None:
+    """Add ``part``'s counts and sums to ``total`` (in the order a single pass would have added them)."""
+    total.count += part.count
+    total.confidence_sum += part.confidence_sum
+    total.correct_sum += part.correct_sum
+    total.nll_sum += part.nll_sum
+    total.brier_sum += part.brier_sum
+    total.n += part.n
 
 
 def evaluate_dataset(

@@ -8,6 +8,15 @@ A run directory belongs to one process at a time (:class:`RunDir`: locked, marke
 with :class:`Diverged` rather than save NaN weights, and the library leaves process-wide state alone: the
 trainer draws random numbers from its own RNG state (the global one is put back), and the thread count
 (:func:`torch_threads`) and the Ctrl-C handler (``save_on_ctrl_c``) are for the caller to choose.
+
+Under torchrun (a process group joined by the caller, :mod:`akd_edge.distributed`) the same loop runs
+data-parallel: each rank takes its contiguous part of every global batch (``data.batch_size`` is the global
+batch), its attack and teacher run on that part, and PyTorch's DistributedDataParallel averages the gradients.
+A rank's loss is weighted by its share of the batch, so the averaged gradient is the single-process one even
+when the shares differ. Rank 0 alone claims the run directory and writes to it; loss sums, the stop flag and
+validation are reduced across ranks, so every rank takes the same decisions. Checkpoints hold every rank's RNG
+state: a resume with the same world size continues each rank's random stream, another world size gives the
+ranks fresh ones.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from torch import nn
 from akd_edge.attacks import build_attack, eval_mode
 from akd_edge.config import Recipe, to_dict
 from akd_edge.data import DatasetSplits, iterate_batches, load_dataset, num_batches
+from akd_edge.distributed import Group, check_sync_bn, current, data_parallel, rank_seed, use_sync_batchnorm
 from akd_edge.env import resolve_device, torch_threads
 from akd_edge.errors import CheckpointError, ConfigError
 from akd_edge.files import (
@@ -47,6 +57,7 @@ from akd_edge.train.accel import (
     accelerate_teacher,
     as_input,
     bf16_supported,
+    compile_model,
     default_plan,
     plan_settings,
     prepare_student,
@@ -128,10 +139,12 @@ def _rng_state(cuda: bool) -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
 
 
 @dataclass
@@ -146,29 +159,39 @@ class _State:
 
 
 class _SigintFlag:
-    """First Ctrl-C asks the loop to save and stop after the current batch; a second one aborts."""
+    """First Ctrl-C asks the loop to save and stop after the current batch; a second one aborts.
+
+    In a data-parallel run SIGTERM (torchrun or a scheduler stopping the job) asks the same, and a second signal
+    does not abort: torchrun passes Ctrl-C on to ranks that the terminal has signalled already.
+    """
 
     def __init__(self) -> None:
         self.requested = False
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
+    def installed(self, distributed: bool = False) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.getsignal(signal.SIGINT)
+        signals = (signal.SIGINT, signal.SIGTERM) if distributed else (signal.SIGINT,)
+        previous = {signum: signal.getsignal(signum) for signum in signals}
 
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:
+            if self.requested and not distributed:
                 raise KeyboardInterrupt
+            if not self.requested:
+                what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                again = "" if distributed else " (press again to abort now)"
+                log.warning("%s: saving a checkpoint after this batch%s", what, again)
             self.requested = True
-            log.warning("Ctrl-C: saving a checkpoint after this batch (press again to abort now)")
 
-        signal.signal(signal.SIGINT, handler)
+        for signum in signals:
+            signal.signal(signum, handler)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, old in previous.items():
+                signal.signal(signum, old)
 
 
 class Trainer:
@@ -190,15 +213,33 @@ class Trainer:
         self.claimed = run_dir if isinstance(run_dir, RunDir) else None
         self.run_dir = Path(run_dir)
         self.role = role
-        self.cb = callbacks or Callbacks()
+        self.group: Group | None = current()
+        """The process group of a data-parallel run (joined by the caller, e.g. under torchrun), else None."""
+        self.is_main = self.group is None or self.group.is_main
+        self.cb = (callbacks or Callbacks()) if self.is_main else Callbacks()  # progress from rank 0 only
         self.device = resolve_device(recipe.run.device)
-        outer = _rng_state(self.device.type == "cuda")
+        if self.group is not None:
+            self.device = self.group.device(self.device)
+        self._ddp: nn.Module | None = None
+        self._restore_bn: Any = None
+        outer = self._rng_now()
         try:  # seeded from run.seed in an RNG state of its own; the caller's global state is put back
             torch.manual_seed(recipe.run.seed)
             self._build(model, data, teacher)
-            self._rng = _rng_state(self.device.type == "cuda")
+            if self.group is not None and not self.group.is_main:  # the same model, another stream of starts
+                torch.manual_seed(rank_seed(recipe.run.seed, self.group.rank))
+            self._rng = self._rng_now()
         finally:
-            _set_rng_state(outer)
+            _set_rng_state(outer, self.device)
+
+    def _rng_now(self) -> dict[str, Any]:
+        """The global RNG state: CPU and, on CUDA, every device's (one process) or this rank's device's only."""
+        if self.group is None:
+            return _rng_state(self.device.type == "cuda")
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_device"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def _build(self, model: nn.Module | None, data: DatasetSplits | None, teacher: nn.Module | None) -> None:
         recipe = self.recipe
@@ -214,15 +255,37 @@ class Trainer:
         self.plan: SpeedPlan | None = None
         self.optimizer = build_optimizer(self.model, recipe.train.optim)
         self.steps_per_epoch = num_batches(len(self.splits.train), recipe.data.batch_size)
+        if self.group is not None:
+            self._check_shards()
         self.scheduler = build_scheduler(self.optimizer, recipe.train.optim, recipe.train.epochs * self.steps_per_epoch)
         self.state = _State()
         self.saved_at: tuple[int, int] | None = None  # (epoch, batch) of last.pt, the resume point on disk
         self.sigint = _SigintFlag()
+        self._stop = False  # data-parallel: the ranks agreed to stop
         self.sync_every = 1 if self.device.type == "cpu" else 25
         """Batches between reads of the running totals: each read waits for the GPU, so not every step there."""
         self.dynamics = {"clean": [], "adv": []}
         fp16 = recipe.train.amp == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+
+    def _check_shards(self) -> None:
+        """Every rank needs a part of every batch: the smallest batch (the last one) must have a row per rank."""
+        assert self.group is not None
+        n, size, world = len(self.splits.train), self.recipe.data.batch_size, self.group.world
+        smallest = min(size, n % size or size)
+        if smallest < world:
+            raise ConfigError(
+                f"data.batch_size={size} is the global batch, shared by {world} ranks: the "
+                f"{'last batch of an epoch has' if smallest < size else 'batch has'} {smallest} images "
+                f"({n} training images), fewer than the ranks; choose a batch size that leaves each rank some"
+            )
+        if self.recipe.train.sync_bn:
+            check_sync_bn(self.device)  # a CPU run is refused before any work
+
+    def _global_size(self, batch: int) -> int:
+        """Images in global batch number ``batch`` of an epoch."""
+        size = self.recipe.data.batch_size
+        return min(size, len(self.splits.train) - batch * size)
 
     def _precision(self) -> str:
         """train.amp as a plan precision; what this device cannot run falls back to float32 with a warning."""
@@ -256,6 +319,8 @@ class Trainer:
                 compile=t.compile,
                 fast_teacher=t.fast_teacher,
             )
+        if self.group is not None and t.sync_bn and self._restore_bn is None:
+            self._restore_bn = use_sync_batchnorm(self.model, self.device)
         step_model = prepare_student(self.model, self.plan)
         method = METHODS.get(self.recipe.method.name)
         if self.teacher is not None and t.fast_teacher:
@@ -263,6 +328,8 @@ class Trainer:
         elif self.teacher is not None and method.teacher_needs_grad:
             self.teacher.needs_grad = True  # as loaded, with autograd through it (its parameters stay frozen)
         self.task = method(step_model, self.attack, self.recipe.method, self.teacher)
+        if self.group is not None:
+            self._data_parallel(step_model)
         if self.teacher is not None and method.teacher_sees_clean(self.recipe.method) and not self.recipe.data.augment:
             self.task.clean_cache = CleanTeacherCache.build(
                 self.teacher,
@@ -273,16 +340,44 @@ class Trainer:
             )
         log.debug("speed plan: %s", {k: v for k, v in self.plan.to_dict().items() if k != "measured"})
 
+    def _data_parallel(self, step_model: nn.Module) -> None:
+        """The task's loss forward through DistributedDataParallel; its attack keeps the plain student.
+
+        The attack only differentiates with respect to the input and runs in eval mode: through DDP it would
+        broadcast buffers at every attack step for nothing.
+        """
+        assert self.task is not None and self.plan is not None
+        self._ddp = data_parallel(self.model, self.device)
+        loss_model = compile_model(self._ddp) if self.plan.compile else self._ddp
+        attack = self.task.attack
+        if attack is not None:
+            self.task.attack = lambda model, x, y, **kw: attack(
+                step_model if model is loss_model else model, x, y, **kw
+            )
+        self.task.model = loss_model
+
+    def _release_parallel(self) -> None:
+        """Drop the DDP wrapper (its gradient hooks) and put plain BatchNorm layers back into the model."""
+        import gc
+
+        if self.task is not None and self._ddp is not None:
+            self.task = None
+            self._ddp = None
+            gc.collect()  # the reducer's hooks go with the wrapper: later backward passes stay local
+        if self._restore_bn is not None:
+            self._restore_bn()
+            self._restore_bn = None
+
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
         """Draw random numbers (initialisation, attack starts) from this run's RNG state, not the caller's."""
-        outer = _rng_state(self.device.type == "cuda")
-        _set_rng_state(self._rng)
+        outer = self._rng_now()
+        _set_rng_state(self._rng, self.device)
         try:
             yield
         finally:
-            self._rng = _rng_state(self.device.type == "cuda")
-            _set_rng_state(outer)
+            self._rng = self._rng_now()
+            _set_rng_state(outer, self.device)
 
     # -- construction -------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
@@ -329,9 +424,16 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoint(self, val: dict[str, Any] | None = None) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """The resumable checkpoint; in a data-parallel run every rank must call it (it gathers RNG states)."""
+        extra: dict[str, Any] = {}
+        if self.group is not None:
+            ranks = self.group.all_gather(self._rng_now())
+            rng = {"torch": ranks[0]["torch"]}
+            extra = {"rng_ranks": ranks, "world_size": self.group.world}
+        else:
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
         data = self.recipe.data
         return {
             "format": FORMAT,
@@ -352,12 +454,25 @@ class Trainer:
             "sums": dict(self.state.sums),
             "dyn_row": dict(self.state.dyn_row),
             "speed": {k: v for k, v in self.plan.to_dict().items() if k != "measured"} if self.plan else {},
+            **extra,
             **self.ckpt_extra,
         }
 
+    def _sync_ranks(self) -> None:
+        """Before a checkpoint or validation: every rank takes rank 0's buffers (BatchNorm statistics) and the
+        epoch's dynamics rows of all ranks, so what is saved and validated is one model, the same on every rank."""
+        if self.group is None:
+            return
+        self.group.sync_buffers(self.model)
+        for row in self.state.dyn_row.values():
+            self.group.max_(row)
+
     def _save_last(self, val: dict[str, Any] | None = None) -> None:
+        self._sync_ranks()
         self._check_finite_weights()
-        save_atomic(self._checkpoint(val), self.run_dir / "last.pt")
+        ckpt = self._checkpoint(val)
+        if self.is_main:
+            save_atomic(ckpt, self.run_dir / "last.pt")
         self.saved_at = (self.state.epoch, self.state.batch)
 
     def _diverged(self, what: str, batch: int | str) -> Diverged:
@@ -370,7 +485,65 @@ class Trainer:
                 raise self._diverged(f"the weights ({name}) became non-finite after", self.state.batch)
 
     def _resume(self) -> dict[str, Any]:
-        """Load last.pt's state; returns its speed plan (a run from before plans: float32, teacher as loaded)."""
+        """Load last.pt's state; returns its speed plan (a run from before plans: float32, teacher as loaded).
+
+        In a data-parallel run rank 0 reads and checks the files and hands the state to every rank.
+        """
+        if self.group is None:
+            ckpt, metrics = self._read_last()
+        else:
+            ckpt, metrics = self.group.from_main(self._read_last)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self._resume_rng(ckpt)
+        self.state = _State(
+            epoch=ckpt["epoch"],
+            batch=ckpt["batch"],
+            sums=dict(ckpt["sums"]),
+            best=dict(ckpt["best"]),
+            dyn_row=dict(ckpt.get("dyn_row", {})),
+        )
+        self.saved_at = (self.state.epoch, self.state.batch)
+        if metrics is not None and self.is_main:
+            write_text_atomic(self.run_dir / "metrics.jsonl", metrics)
+        dyn = self.run_dir / "dynamics.npz"
+        if self.recipe.train.record_dynamics and self.is_main and dyn.is_file():
+            with np.load(dyn) as arrays:
+                self.dynamics = {k: list(arrays[k][: self.state.epoch]) for k in ("clean", "adv")}
+        log.info("resuming %s at epoch %d, batch %d", self.run_dir, self.state.epoch + 1, self.state.batch)
+        legacy = {"precision": self._precision() if self.device.type == "cuda" else "fp32", "teacher_fold": False}
+        return ckpt.get("speed") or legacy
+
+    def _resume_rng(self, ckpt: dict[str, Any]) -> None:
+        """The random stream(s) where the checkpoint left them.
+
+        A data-parallel resume with the world size that saved the checkpoint gives each rank its own state back;
+        with another world size rank 0 continues the saved (rank 0's) stream and the others start fresh ones.
+        """
+        if self.group is None:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+            return
+        ranks = ckpt.get("rng_ranks") or []
+        if len(ranks) == self.group.world:
+            _set_rng_state(ranks[self.group.rank], self.device)
+        elif self.group.is_main:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        else:
+            torch.manual_seed(rank_seed(self.recipe.run.seed, self.group.rank, ckpt["epoch"], ckpt["batch"]))
+        if len(ranks) not in (0, self.group.world) and self.group.is_main:
+            log.info(
+                "resuming with %d ranks a checkpoint saved by %d: the data order is the same, the ranks' random "
+                "attack starts are new draws",
+                self.group.world,
+                len(ranks),
+            )
+
+    def _read_last(self) -> tuple[dict[str, Any], str | None]:
+        """last.pt, checked against this run, and metrics.jsonl as it should be kept (None: no such file)."""
         path = self.run_dir / "last.pt"
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} does not exist (start the run without --resume)")
@@ -391,30 +564,7 @@ class Trainer:
         saved_teachers = [t.get("sha256") for t in ckpt.get("teachers") or []]
         if saved_teachers and saved_teachers != [t.get("sha256") for t in self.ckpt_extra.get("teachers") or []]:
             log.warning("a teacher file changed since %s was saved (SHA-256 differs): the run mixes teachers", path)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        self.state = _State(
-            epoch=ckpt["epoch"],
-            batch=ckpt["batch"],
-            sums=dict(ckpt["sums"]),
-            best=dict(ckpt["best"]),
-            dyn_row=dict(ckpt.get("dyn_row", {})),
-        )
-        self.saved_at = (self.state.epoch, self.state.batch)
-        if metrics is not None:
-            write_text_atomic(self.run_dir / "metrics.jsonl", metrics)
-        dyn = self.run_dir / "dynamics.npz"
-        if self.recipe.train.record_dynamics and dyn.is_file():
-            with np.load(dyn) as arrays:
-                self.dynamics = {k: list(arrays[k][: self.state.epoch]) for k in ("clean", "adv")}
-        log.info("resuming %s at epoch %d, batch %d", self.run_dir, self.state.epoch + 1, self.state.batch)
-        legacy = {"precision": self._precision() if self.device.type == "cuda" else "fp32", "teacher_fold": False}
-        return ckpt.get("speed") or legacy
+        return ckpt, metrics
 
     def _kept_metrics(self, epochs_done: int) -> str | None:
         """metrics.jsonl without lines of epochs that the checkpoint does not contain (a kill between writes).
@@ -456,17 +606,31 @@ class Trainer:
         ``save_on_ctrl_c`` installs a SIGINT handler for the run: Ctrl-C saves a resumable checkpoint after
         the current batch and raises :class:`Interrupted` (the previous handler is put back).
         """
-        if self.claimed is not None:
-            claimed = self.claimed
-        else:
-            claimed = open_run_dir(self.run_dir) if resume else claim_run_dir(self.recipe, self.run_dir)
+        claimed = self._claim(resume)
         try:
-            ctrl_c = self.sigint.installed() if save_on_ctrl_c else contextlib.nullcontext()
-            with self._own_rng(), ctrl_c:
+            distributed = self.group is not None
+            ctrl_c = self.sigint.installed(distributed) if save_on_ctrl_c else contextlib.nullcontext()
+            watch = self.group.watch() if self.group is not None else contextlib.nullcontext()
+            with self._own_rng(), ctrl_c, watch:
                 return self._run(resume)
         finally:
-            if claimed is not self.claimed:
+            self._release_parallel()
+            if claimed is not None and claimed is not self.claimed:
                 claimed.release()
+
+    def _claim(self, resume: bool) -> RunDir | None:
+        """The run directory, held by this process; in a data-parallel run rank 0 holds it (others get None)."""
+
+        def claim() -> RunDir:
+            if self.claimed is not None:
+                return self.claimed
+            return open_run_dir(self.run_dir) if resume else claim_run_dir(self.recipe, self.run_dir)
+
+        if self.group is None:
+            return claim()
+        held: list[RunDir] = []
+        self.group.from_main(lambda: held.append(claim()))  # a refusal stops every rank with its message
+        return held[0] if held else None
 
     def _run(self, resume: bool) -> dict[str, Any]:
         if resume:
@@ -474,7 +638,8 @@ class Trainer:
         else:
             if self.task is None:  # not prepared by the caller
                 self.prepare(None)
-            write_recipe(self.recipe, self.run_dir / "recipe.toml")
+            if self.is_main:
+                write_recipe(self.recipe, self.run_dir / "recipe.toml")
         info = model_info(self.model, self.splits.input_shape)
         info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
         info["speed"] = self._speed_text()
@@ -485,7 +650,7 @@ class Trainer:
     def _epochs(self, info: dict[str, Any]) -> dict[str, Any]:
         while self.state.epoch < self.recipe.train.epochs:
             self._train_epoch()
-            if self.sigint.requested:
+            if self._stopping():
                 self._save_last()
                 raise Interrupted(self.run_dir)
             self._end_epoch()
@@ -512,38 +677,57 @@ class Trainer:
             augment=r.data.augment,
             device=self.device,
             prefetch=2 if self.device.type == "cuda" else 0,  # next batches built and copied while a step runs
+            shard=(self.group.rank, self.group.world) if self.group is not None else None,
         )
         pending, window = DeviceSums(self.device), st.batch + 1  # totals not yet read back from the device
         for x, y, idx in batches:
             t0 = time.perf_counter()
-            out = self._step(x, y, idx)
+            size = len(y) if self.group is None else self._global_size(st.batch)
+            out = self._step(x, y, idx, weight=1.0 if self.group is None else len(y) * self.group.world / size)
             correct = out["logits"].argmax(1) == y
             pending.add(loss=out["loss"].detach().double() * len(y), correct=correct.sum())
             st.sums["time"] += time.perf_counter() - t0
-            st.sums["n"] += len(y)
+            st.sums["n"] += size
             if r.train.record_dynamics:
                 self._record_dynamics(x, y, idx, correct)
             st.batch += 1
             save = bool(r.train.checkpoint_every) and st.batch % r.train.checkpoint_every == 0
-            if save or self.sigint.requested or st.batch % self.sync_every == 0 or st.batch == self.steps_per_epoch:
+            local_stop = self.group is None and self.sigint.requested  # a rank's own request waits for the next sync
+            if save or local_stop or st.batch % self.sync_every == 0 or st.batch == self.steps_per_epoch:
                 self._read_sums(pending, window)
                 pending, window = DeviceSums(self.device), st.batch + 1
                 self.cb.on_batch(st.batch, self._train_stats())
-            if self.sigint.requested:
+            if self._stopping():
                 return
             if save:
                 self._save_last()
 
+    def _stopping(self) -> bool:
+        """Whether Ctrl-C (or, data-parallel, SIGTERM) asked to stop: in a data-parallel run, once the ranks agree."""
+        return self.sigint.requested if self.group is None else self._stop
+
     def _read_sums(self, pending: DeviceSums, first: int) -> None:
-        """Add the device-side totals of batches ``first``..current to the epoch's sums (one host sync)."""
+        """Add the device-side totals of batches ``first``..current to the epoch's sums (one host sync).
+
+        In a data-parallel run the totals are summed over the ranks, and so is the stop flag: every rank stops
+        after the same batch when any of them was asked to.
+        """
         totals = pending.read()
+        if self.group is not None:
+            wanted = float(self.sigint.requested)
+            loss, correct, stops = self.group.sum([totals.get("loss", 0.0), totals.get("correct", 0.0), wanted])
+            totals = {"loss": loss, "correct": correct}
+            self._stop = stops > 0
         if not math.isfinite(totals.get("loss", 0.0)):
             where = first if first == self.state.batch else f"{first}-{self.state.batch}"
             raise self._diverged(f"the loss became {totals['loss']} in", where)
         self.state.sums["loss"] += totals.get("loss", 0.0)
         self.state.sums["correct"] += totals.get("correct", 0.0)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None, weight: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step; ``weight`` scales the loss that is differentiated (a rank's share of the batch)."""
         assert self.task is not None and self.plan is not None
         self.model.train()
         x = as_input(x, self.plan.channels_last)
@@ -552,7 +736,7 @@ class Trainer:
         with step_autocast(self.device, self.plan):
             out = self.task(x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
+        self.scaler.scale(out["loss"] if weight == 1.0 else out["loss"] * weight).backward()
         if self.recipe.train.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.optim.grad_clip)
@@ -580,6 +764,7 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         r, st = self.recipe, self.state
+        self._sync_ranks()
         self._check_finite_weights()
         stats = self._train_stats()
         self.cb.on_validate(st.epoch + 1)
@@ -587,7 +772,9 @@ class Trainer:
         if r.eval.val_samples and len(val_set) > r.eval.val_samples:
             val_set = val_set.subset(np.arange(r.eval.val_samples))
         t0 = time.perf_counter()
-        val = validate(self.model, val_set, r.eval.attack, batch_size=r.data.eval_batch_size, device=self.device)
+        val = validate(
+            self.model, val_set, r.eval.attack, batch_size=r.data.eval_batch_size, device=self.device, group=self.group
+        )
         val_time = time.perf_counter() - t0
         st.epoch += 1
         st.batch = 0
@@ -604,6 +791,16 @@ class Trainer:
         if improved:
             st.best = {"epoch": st.epoch, **val}
         ckpt = self._checkpoint(val)
+        if self.is_main:
+            self._write_epoch(ckpt, epoch_record, eval_record, improved)
+        self.saved_at = (st.epoch, st.batch)
+        self.cb.on_epoch_end({**epoch_record, "val": val, "best": dict(st.best), "improved": improved})
+
+    def _write_epoch(
+        self, ckpt: dict[str, Any], epoch_record: dict[str, Any], eval_record: dict[str, Any], improved: bool
+    ) -> None:
+        """The files of an epoch's end; last.pt last, so a kill before it resumes the epoch's validation."""
+        r, st = self.recipe, self.state
         if r.train.record_dynamics:
             self._save_dynamics()
         if r.train.keep_epoch_checkpoints:
@@ -613,8 +810,6 @@ class Trainer:
         self._log(epoch_record)
         self._log(eval_record)
         save_atomic(ckpt, self.run_dir / "last.pt")
-        self.saved_at = (st.epoch, st.batch)
-        self.cb.on_epoch_end({**epoch_record, "val": val, "best": dict(st.best), "improved": improved})
 
     def _save_dynamics(self) -> None:
         for key in ("clean", "adv"):
@@ -623,6 +818,11 @@ class Trainer:
         write_atomic(self.run_dir / "dynamics.npz", lambda fh: np.savez_compressed(fh, clean=clean, adv=adv))
 
     def _summary(self, info: dict[str, Any]) -> dict[str, Any]:
+        """summary.json, written by rank 0; every rank returns it."""
+        summary = self._write_summary(info) if self.is_main else None
+        return summary if self.group is None else self.group.broadcast(summary)
+
+    def _write_summary(self, info: dict[str, Any]) -> dict[str, Any]:
         records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines() if line]
         epochs = [rec for rec in records if rec["event"] == "epoch"]
         evals = [rec for rec in records if rec["event"] == "eval"]
@@ -645,6 +845,8 @@ class Trainer:
         }
         if "teachers" in self.ckpt_extra:
             summary["teachers"] = self.ckpt_extra["teachers"]
+        if self.group is not None:
+            summary["world_size"] = self.group.world
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
 

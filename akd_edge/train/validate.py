@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from akd_edge.config import AttackConfig
 from akd_edge.data import ImageDataset
-from akd_edge.evaluation.engine import evaluate_dataset
+from akd_edge.evaluation.engine import evaluate_dataset, sharded
 from akd_edge.metrics.robust import ConfigAttack
+
+if TYPE_CHECKING:
+    from akd_edge.distributed import Group
 
 
 def validate(
@@ -18,15 +24,21 @@ def validate(
     *,
     batch_size: int = 500,
     device: str | torch.device = "cpu",
+    group: Group | None = None,
 ) -> dict[str, float]:
     """Clean and robust accuracy of ``model`` on ``dataset`` (the threat model of ``attack_cfg``).
 
-    The attack's random starts come from the global RNG, as training's do; an empty dataset scores 0.
+    The attack's random starts come from the global RNG, as training's do; an empty dataset scores 0. With a
+    ``group`` (a data-parallel run) the ranks share the images, in batches small enough that each rank gets
+    some, and every rank returns the same numbers.
     """
     if len(dataset) == 0:
         return {"clean_acc": 0.0, "robust_acc": 0.0, "n": 0}
+    if group is not None and group.world > 1:
+        batch_size = max(1, math.ceil(min(batch_size, len(dataset)) / group.world))
     attack = ConfigAttack(attack_cfg)
-    run = evaluate_dataset(
-        model, dataset, [attack], batch_size=batch_size, device=device, calibration=False, checks=False
-    )
+    with sharded(group):
+        run = evaluate_dataset(
+            model, dataset, [attack], batch_size=batch_size, device=device, calibration=False, checks=False
+        )
     return {"clean_acc": run.acc("clean"), "robust_acc": run.acc(attack.name), "n": run.results["clean"]["n"]}
