@@ -200,11 +200,19 @@ class Group:
 
     def sync_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) copied into every rank's ``module``."""
+        self._broadcast_tensors(list(module.buffers()))
+
+    def sync_weights(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers copied into every rank's ``module`` (of the same shapes)."""
+        with torch.no_grad():
+            self._broadcast_tensors([*module.parameters(), *module.buffers()])
+
+    def _broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
         import torch.distributed as dist
 
         with self.watch():
-            for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
 
     # -- the word that a rank failed ------------------------------------------------------------------------
     def post_error(self, message: str) -> None:

@@ -24,6 +24,7 @@ from akd_edge.cli.common import (
     user_errors,
     which_option,
 )
+from akd_edge.cli.launch import distributed_command
 from akd_edge.cli.train_cmd import RichCallbacks
 from akd_edge.interval import REPORTED_N, format_interval
 
@@ -185,6 +186,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 )
 @seed_option("the evaluation attacks")
 @user_errors
+@distributed_command
 def compress_cmd(
     source: str,
     ratio: float | None,

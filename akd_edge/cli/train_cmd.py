@@ -234,7 +234,9 @@ def train_teacher(
 ) -> None:
     """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy.
 
-    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 130 stopped by Ctrl-C.
+    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 4 another torchrun rank failed,
+    130 stopped by Ctrl-C (under torchrun also SIGTERM). Launched by torchrun (torchrun --nproc_per_node N
+    -m akd_edge ...) it trains data-parallel, data.batch_size being the global batch (docs/DISTRIBUTED.md).
     """
     flags = _with_flags(overrides, device, data_dir)
     cfg, run_dir = _load(recipe, flags, resume, {"--recipe": _given("recipe"), "--out": out_dir})
@@ -272,7 +274,9 @@ def distill(
 ) -> None:
     """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says.
 
-    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 130 stopped by Ctrl-C.
+    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 4 another torchrun rank failed,
+    130 stopped by Ctrl-C (under torchrun also SIGTERM). Launched by torchrun (torchrun --nproc_per_node N
+    -m akd_edge ...) it trains data-parallel, data.batch_size being the global batch (docs/DISTRIBUTED.md).
     """
     flags = _with_flags(overrides, device, data_dir)
     given = {

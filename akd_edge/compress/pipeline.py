@@ -3,6 +3,10 @@
 The source run is only read. The output folder gets the ``compress`` mark (:func:`akd_edge.files.mark`);
 ``step-K/`` holds the fine-tuning run of step K, ``best.pt`` the final pruned model with its pruning
 history, ``report.json`` the before/after comparison (measured by :mod:`akd_edge.compress.measure`).
+
+Under torchrun (a process group joined by the caller) every rank prunes the same way, the fine-tuning runs
+data-parallel (:mod:`akd_edge.train.loop`) and the measurements share their batches across the ranks; rank 0
+alone claims the output folder and writes to it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 from akd_edge.attacks import eval_mode
 from akd_edge.compress.measure import measure
 from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channels, prune_model, resolve_keep
+from akd_edge.distributed import Group, current
 from akd_edge.errors import CheckpointError, UsageError
 from akd_edge.files import (
     LOCK,
@@ -226,6 +231,8 @@ class _Compression:
         from akd_edge.env import resolve_device
         from akd_edge.train.checkpoint import load_model
 
+        self.group: Group | None = current()
+        self.is_main = self.group is None or self.group.is_main
         if epochs < 0:
             raise UsageError(f"--epochs must be >= 0 (0 = prune without fine-tuning), got {epochs}")
         self.spec, self.evaluation, self.callbacks, self.on_stage = spec, evaluation, callbacks, on_stage
@@ -243,13 +250,16 @@ class _Compression:
         self.source_name = str(recipe_dict.get("run", {}).get("name") or Path(self.meta["path"]).parent.name)
         recipe_dict = _trusted_teachers(recipe_dict, teacher_factory)
         recipe = _finetune_recipe(recipe_dict, f"{self.source_name}-pruned", epochs, overrides, device)
-        self.out_dir, self.lock = _out_dir(out, recipe, self.source_name)
+        self.out_dir, self.lock = self._claim_out(out, recipe)
         try:
             self.recipe = _finetune_recipe(recipe_dict, self.out_dir.name, epochs, overrides, device)
             self.device = resolve_device(self.recipe.run.device)
-            mark(self.out_dir, "compress", source=str(self.meta["path"]))
+            if self.group is not None:
+                self.device = self.group.device(self.device)
+            if self.is_main:
+                mark(self.out_dir, "compress", source=str(self.meta["path"]))
         except BaseException:
-            self.lock.release()
+            self.release()
             raise
         self.model.to(self.device)
         self.input_shape = tuple(int(v) for v in self.meta["arch"]["input_shape"])
@@ -260,6 +270,24 @@ class _Compression:
         resolve_keep(self.model, spec.keep)  # a bad --keep fails before any work
         self.record: dict[str, Any] = {}
         self.steps: list[dict[str, Any]] = []
+
+    def _claim_out(self, out: str | Path | None, recipe: Any) -> tuple[Path, FolderLock | None]:
+        """The output folder and its lock; under torchrun rank 0 claims it and the others get its path."""
+        if self.group is None:
+            return _out_dir(out, recipe, self.source_name)
+        held: list[FolderLock] = []
+
+        def claim() -> str:
+            path, lock = _out_dir(out, recipe, self.source_name)
+            held.append(lock)
+            return str(path)
+
+        path = self.group.from_main(claim)  # a refusal stops every rank with rank 0's message
+        return Path(path), (held[0] if held else None)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def stage(self, text: str) -> None:
         if self.on_stage is None:
@@ -301,16 +329,20 @@ class _Compression:
         return search.ratio, search
 
     def measure(self, model: nn.Module) -> dict[str, Any]:
+        """The before/after figures of ``model``; under torchrun the ranks share the attacked batches."""
+        from akd_edge.evaluation.engine import sharded
+
         ev = self.evaluation
-        return measure(
-            model,
-            self.test,
-            self.recipe.eval.attack,
-            autoattack=ev.autoattack,
-            aa_n=ev.aa_n,
-            seed=ev.seed,
-            batch_size=self.recipe.data.eval_batch_size,
-        )
+        with sharded(self.group):
+            return measure(
+                model,
+                self.test,
+                self.recipe.eval.attack,
+                autoattack=ev.autoattack,
+                aa_n=ev.aa_n,
+                seed=ev.seed,
+                batch_size=self.recipe.data.eval_batch_size,
+            )
 
     def prune(self, ratio: float) -> None:
         """Prune in ``spec.steps`` steps; fine-tune after each one (unless ``epochs`` is 0)."""
@@ -331,6 +363,7 @@ class _Compression:
 
         def after_step(k: int, history: list[list[Any]]) -> None:
             self.model.zero_grad(set_to_none=True)
+            self.same_model_everywhere(k)
             self.timings["prune_s"] += time.perf_counter() - started[0]
             self.record = pruning_record(self.base_history + history, self.input_shape, settings)
             entry = {"step": k, "ratio": ratio * k / spec.steps, **model_info(self.model, self.input_shape)}
@@ -352,6 +385,19 @@ class _Compression:
             after_step=after_step,
         )
 
+    def same_model_everywhere(self, k: int) -> None:
+        """Under torchrun: check that every rank pruned to the same shapes, then give all of them rank 0's weights
+        (importance scores computed on different GPUs may rank channels differently)."""
+        if self.group is None:
+            return
+        shapes = [(name, tuple(t.shape)) for name, t in self.model.state_dict().items()]
+        if any(theirs != shapes for theirs in self.group.all_gather(shapes)):
+            raise UsageError(
+                f"pruning step {k} gave the ranks differently shaped models (their importance scores differ); "
+                f"prune with --importance l1, or without torchrun"
+            )
+        self.group.sync_weights(self.model)
+
     def finetune(self, k: int, params: int) -> dict[str, Any]:
         """Adversarial fine-tuning of step ``k`` in ``<out>/step-k``; continues from its best epoch."""
         import time
@@ -372,7 +418,10 @@ class _Compression:
             ckpt_extra={"pruning": self.record},
         )
         self.timings["finetune_s"] += time.perf_counter() - start
-        best = load_checkpoint(step_dir, "best")
+        def read_best() -> dict[str, Any]:
+            return load_checkpoint(step_dir, "best")
+
+        best = read_best() if self.group is None else self.group.from_main(read_best)  # rank 0 wrote it
         self.model.load_state_dict(best["model"])
         return {"best_epoch": best["epoch"], "val": best["val"], "dir": str(step_dir)}
 
@@ -386,18 +435,27 @@ class _Compression:
         from akd_edge.train.loop import write_recipe
         from akd_edge.train.validate import validate
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_recipe(self.recipe, self.out_dir / "recipe.toml")
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_recipe(self.recipe, self.out_dir / "recipe.toml")
         if self.epochs:
-            copy_atomic(self.out_dir / f"step-{self.spec.steps}" / "best.pt", self.out_dir / "best.pt")
+            if self.is_main:
+                copy_atomic(self.out_dir / f"step-{self.spec.steps}" / "best.pt", self.out_dir / "best.pt")
             return
         self.stage("validating the pruned model (no fine-tuning)")
         recipe, val_set = self.recipe, self.splits.val
         if recipe.eval.val_samples and len(val_set) > recipe.eval.val_samples:
             val_set = val_set.subset(np.arange(recipe.eval.val_samples))
         val = validate(
-            self.model, val_set, recipe.eval.attack, batch_size=recipe.data.eval_batch_size, device=self.device
+            self.model,
+            val_set,
+            recipe.eval.attack,
+            batch_size=recipe.data.eval_batch_size,
+            device=self.device,
+            group=self.group,
         )
+        if not self.is_main:
+            return
         meta = self.meta
         ckpt = {
             "format": CKPT_FORMAT,
@@ -517,11 +575,12 @@ def compress_run(
     try:
         return _compress(job, started)
     finally:
-        job.lock.release()
+        job.release()
 
 
 def _compress(job: _Compression, started: float) -> dict[str, Any]:
     """The stages of :func:`compress_run`, in the locked output folder."""
+    import copy
     import time
 
     from akd_edge.train.checkpoint import load_model
@@ -534,10 +593,14 @@ def _compress(job: _Compression, started: float) -> dict[str, Any]:
     job.prune(ratio)
     job.save()
     job.stage(f"measuring the pruned model (reloaded from {job.out_dir / 'best.pt'})")
-    pruned, _ = load_model(job.out_dir, "best", job.device, job.factory)
+    if job.is_main:
+        pruned, _ = load_model(job.out_dir, "best", job.device, job.factory)
+    else:  # the same weights as rank 0 reloads (the files are rank 0's)
+        pruned = copy.deepcopy(job.model).eval()
     after = job.measure(pruned)
     if search is not None and (after["params"], after["macs"]) != (search.params, search.macs):
         log.warning("the pruned model's counts differ from the search's: %s vs %s", after, search.as_dict())
     report = job.report(before, after, search, pruned, channels_before, time.perf_counter() - started)
-    write_json_atomic(job.out_dir / "report.json", report)
+    if job.is_main:
+        write_json_atomic(job.out_dir / "report.json", report)
     return report

@@ -872,6 +872,11 @@ def train_run(
     ``{"pruning": ...}``). ``data`` (train/val/test splits) and ``teacher`` (a model or
     :class:`~akd_edge.teachers.TeacherEnsemble`) replace the recipe's dataset and teachers. Raises :class:`Diverged` if the loss becomes NaN or inf, :class:`Interrupted`
     on Ctrl-C with ``save_on_ctrl_c``. Thread count and global RNG are left as they were.
+
+    In a process joined to a process group (``torch.distributed.init_process_group``, e.g. under torchrun) every
+    rank calls it with the same arguments and trains its shard of each batch with DistributedDataParallel;
+    rank 0 alone claims ``run_dir``, writes and reports to ``callbacks``, and every rank returns the summary.
+    A rank that loses the others raises :class:`akd_edge.distributed.PeerLost`.
     """
     trainer = Trainer(recipe, run_dir, role, callbacks, model, ckpt_extra, data, teacher)
     return trainer.run(resume=resume, save_on_ctrl_c=save_on_ctrl_c)
