@@ -58,10 +58,18 @@ def _why_not(path: Path, recipe: dict[str, Any] | None) -> str | None:
         what = f"an akd-edge {kind} folder" if kind else "not empty and not an akd-edge pipeline folder"
         return f"{path} is {what}; choose another --out"
     if recipe is not None:
-        saved = PipelineState.recorded_recipe(path)
+        saved = _saved_recipe(path)
         if saved is None or changes(saved, recipe):
             return f"{path} is the pipeline of another recipe"
     return None
+
+
+def _saved_recipe(root: Path) -> dict[str, Any] | None:
+    """The recipe a pipeline folder was made for: its recipe.toml (written first), else its pipeline.json's."""
+    try:
+        return read_toml(root / "recipe.toml")
+    except ConfigError:
+        return PipelineState.recorded_recipe(root)
 
 
 def _candidates(recipe: Recipe) -> Iterator[Path]:
@@ -90,13 +98,20 @@ def claim_root(recipe: Recipe, out: str | Path | None) -> tuple[Path, files.Fold
         if files.marked_kind(chosen) != KIND:
             files.mark(chosen, KIND)
         files.remove_orphans(chosen)
-        from akd_edge.train.rundir import write_recipe
-
-        write_recipe(recipe, chosen / "recipe.toml")
+        _write_recipe(recipe, chosen / "recipe.toml")
     except BaseException:
         lock.release()
         raise
     return chosen, lock
+
+
+def _write_recipe(recipe: Recipe, path: Path) -> None:
+    """The resolved recipe as TOML, rewritten only when it changed (a run with nothing to do writes nothing)."""
+    import tomli_w
+
+    text = tomli_w.dumps(to_dict(recipe))
+    if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != text:
+        files.write_text_atomic(path, text)
 
 
 def clear_ours(path: Path, kind: str) -> None:
