@@ -252,7 +252,7 @@ def test_unverified_exports_and_bare_runs_are_listed_outside_the_front(tmp_path:
     data = build_report([folder, run], tmp_path / "r")
     models = {m["label"]: m for m in data["models"]}
     assert "not verified" in models["fresh (fp32)"]["status"]
-    assert "torch validation only" in models["alone (torch)"]["status"]
+    assert "torch figures only" in models["alone (torch)"]["status"]
     assert not any(m["front_bytes"] or m["front_p50_ms"] for m in data["models"])
     assert "pareto" not in data["plots"]
     assert any("no model has a verified robust accuracy" in note for note in data["notes"])

@@ -152,6 +152,9 @@ def test_run_all_stages_then_a_failure_then_continue_without_redoing(
     assert data["plots"]["pareto"] == "pareto.png" and (root / "report" / "index.html").is_file()
     assert any(m["front_bytes"] for m in models.values()) and any(m["front_p50_ms"] for m in models.values())
     assert "tiny-pruned-0.5 (int8)" in result.output, "the summary table lists the models"
+    again = CliRunner().invoke(cli, ["report", str(root), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert {m["label"] for m in json.loads((tmp_path / "again" / "report.json").read_text())["models"]} == set(models)
 
     # a third run has nothing to do
     forbid("export")
@@ -220,7 +223,7 @@ def test_killed_run_continues_where_it_stopped(tmp_path: Path, forbid: Any) -> N
     kill_during("distill", tmp_path, *args)
     assert (run_dir / "last.pt").is_file() and not (run_dir / "summary.json").exists()
     assert epochs_trained(run_dir) == [1], "killed in epoch 2, after epoch 1 finished"
-    result = invoke(*args)
+    result = invoke(*args, "--set", 'description="other words: not a different run"')
     assert result.exit_code == 0, result.output
     assert "resumed and finished" in result.output
     assert epochs_trained(run_dir) == [1, 2], "epoch 1 was not trained again"

@@ -85,7 +85,7 @@ class _Pipeline:
             resume = found is not None
             self.callbacks.stage_text(f"resuming {found.path}" if found else "distilling")
             _, summary = api.distill(
-                self.recipe,
+                _resumed_recipe(found.path, self.recipe) if found else self.recipe,
                 run_dir=found.path if found else None,
                 resume=resume,
                 callbacks=self.callbacks.train,
@@ -209,6 +209,17 @@ class _Pipeline:
         build_report(paths, out, title=f"akd-edge run {self.recipe.run.name}")
         self.state.finish(stage.key, inputs, out, ["index.html", "report.md"], time.perf_counter() - start)
         return f"wrote {out / 'index.html'}"
+
+
+def _resumed_recipe(run_dir: Path, recipe: Recipe) -> Recipe:
+    """The run's own recipe with this one's device and threads: a resume refuses any other difference, even in
+    the words of ``description`` (which :func:`~akd_edge.pipeline.root.find_run` does not compare)."""
+    import json
+
+    from akd_edge.config import read_toml
+
+    keep = [f"run.device={json.dumps(recipe.run.device)}", f"run.threads={recipe.run.threads}"]
+    return load_recipe(read_toml(run_dir / "recipe.toml"), keep)
 
 
 def _hashes(folder: Path) -> dict[str, str]:

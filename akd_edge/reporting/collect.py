@@ -286,9 +286,11 @@ def _run_info(source: _Source) -> RunInfo:
     recipe = _recipe(path)
     summary_path = path / "summary.json"
     summary = read_json(summary_path, "summary.json") if summary_path.is_file() else {}
-    if source.kind == "compress":
+    if source.kind == "compress":  # its before/after report stands in for a summary
         after = obj(obj(source.report).get("after"))
-        summary = {"params": after.get("params"), "macs": after.get("macs"), "role": "student", "pruned": True}
+        best = {"clean_acc": after.get("clean_acc"), "robust_acc": after.get("pgd_acc")}
+        summary = {"params": after.get("params"), "model": obj(source.report).get("model"), "best": best}
+        summary["role"] = "student"
     name = text(obj(obj(recipe).get("run")).get("name")) or path.name
     return RunInfo(path, source.kind, name, recipe, summary, _eval_section(path))
 
@@ -435,7 +437,7 @@ def _torch_entry(run: RunInfo) -> ModelEntry:
         arch=text(summary.get("model"), 80),
         run=run.name,
         params=count(summary.get("params")),
-        status="not exported: torch validation only, not verified under onnxruntime",
+        status="not exported: torch figures only (PGD at training or compress time), not verified under onnxruntime",
         recipe=run.recipe,
         recipe_from=str(run.path / "recipe.toml") if run.recipe else None,
         torch_val={k: fraction(best.get(k)) for k in ("clean_acc", "robust_acc")},

@@ -98,10 +98,10 @@ def table_rows(collection: Collection) -> list[list[tuple[str, str]]]:
         if not m.file:  # a torch run: its validation figures, labelled as such
             val = m.torch_val
             accuracies = [
-                (f"{format_pct(val.get('clean_acc'))} (torch val)", ""),
+                (f"{format_pct(val.get('clean_acc'))} (torch)", ""),
                 ("n/a", ""),
                 ("n/a", ""),
-                (f"{format_pct(val.get('robust_acc'))} (torch val)", ""),
+                (f"{format_pct(val.get('robust_acc'))} (torch)", ""),
             ]
         rows.append(
             [
