@@ -53,8 +53,10 @@ def record_loss_dtypes(trainer: Trainer) -> list[torch.dtype]:
     """Wraps the trainer's step so the dtype of each loss the loop backpropagates is seen."""
     step, dtypes = trainer._step, []
 
-    def wrapped(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        out = step(x, y, idx)
+    def wrapped(
+        x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None, weight: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        out = step(x, y, idx, weight)
         dtypes.append(out["loss"].dtype)
         return out
 
