@@ -169,6 +169,7 @@ def _claim(recipe: Recipe, run_dir: Path | None, out_dir: str | None) -> tuple[A
 
 def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -> dict[str, Any]:
     """Claim the run directory (locked, checked writable before any data loads), then train in it."""
+    from akd_edge.distributed import current
     from akd_edge.env import torch_threads
     from akd_edge.train.loop import Callbacks, Diverged, Interrupted, train_run
 
@@ -186,8 +187,9 @@ def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -
                         save_on_ctrl_c=True,
                     )
             except Interrupted as stop:
+                launcher = "akd-edge" if current() is None else "torchrun [options] -m akd_edge"
                 console.print(
-                    f"[yellow]stopped; checkpoint saved.[/] Resume with: akd-edge {_cmd(role)} --resume {stop.run_dir}"
+                    f"[yellow]stopped; checkpoint saved.[/] Resume with: {launcher} {_cmd(role)} --resume {stop.run_dir}"
                 )
                 raise click.exceptions.Exit(130) from None
             except Diverged as stop:

@@ -418,6 +418,7 @@ class _Compression:
             ckpt_extra={"pruning": self.record},
         )
         self.timings["finetune_s"] += time.perf_counter() - start
+
         def read_best() -> dict[str, Any]:
             return load_checkpoint(step_dir, "best")
 
