@@ -30,7 +30,7 @@ from akd_edge.errors import UsageError
 
 EXIT_PEER_LOST = 4
 """Exit status of a rank that stopped because another rank failed or the job was stopped."""
-_WAIT_FOR_RANK0_S = 5.0
+_WAIT_FOR_RANK0_S = 10.0
 """How long a rank with a user error waits to see whether rank 0 reports the same failure."""
 
 
