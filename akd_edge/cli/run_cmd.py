@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from akd_edge.cli.common import (
     console,
@@ -107,7 +107,8 @@ def _pct(value: Any) -> str:
 
 def summary_table(data: dict[str, Any], title: str) -> Table:
     """The report's models in short: size, latency, verified robust accuracy and the Pareto fronts."""
-    table = Table("model", "size", "p50 ms", "clean", "robust (worst case)", "Pareto front", title=title)
+    table = Table("size", "p50 ms", "clean", "robust (worst case)", "Pareto front", title=title)
+    table.columns.insert(0, Column("model", overflow="fold"))  # the whole name, wrapped, never cut
     for m in data["models"]:
         front = ", ".join(k for k, flag in (("size", m["front_bytes"]), ("latency", m["front_p50_ms"])) if flag)
         table.add_row(
@@ -161,7 +162,7 @@ def summary_table(data: dict[str, Any], title: str) -> Table:
 )
 @device_option()
 @data_dir_option("the recipe's data.data_dir")
-@threads_option("torch and onnxruntime after distillation (the recipe's run.threads applies to it)")
+@threads_option("torch and onnxruntime in compress and verify (run.threads sets distillation's)")
 @seed_option("the attacks and the int8 calibration sample")
 @user_errors
 def run_cmd(
@@ -187,7 +188,11 @@ def run_cmd(
     was made from; a failed or killed stage leaves the finished ones as they are, and the same command
     continues with it (a distillation from its last checkpoint). A distillation run of the same recipe that
     `akd-edge distill` made is reused. The report (index.html, report.md) lands in the pipeline folder's
-    report/.
+    report/. Verify dominates the time after training (Square and transfer on --n images per model, the
+    teacher ten times the quickstart student's cost): --n 500 --square-queries 500 or --no-teacher for a
+    first look.
+
+    Exit status: 0 done, 1 an export failed its checks, 2 usage error, 3 the loss diverged, 130 Ctrl-C.
 
     \b
     Examples:
