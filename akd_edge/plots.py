@@ -140,10 +140,10 @@ def _kind(point: dict[str, Any]) -> str:
 def _pareto_panel(ax: Any, points: Sequence[dict[str, Any]], key: str, label: str, scale: float) -> None:
     """One panel: every point (marker by role, colour by precision, ringed on the front), labelled, and the
     front as a dashed step line."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    shown = [p for p in points if p.get(key) is not None]
-    for point in shown:
+    shown = sorted((p for p in points if p.get(key) is not None), key=lambda p: p[key])
+    for rank, point in enumerate(shown):
         kind = _kind(point)
         x, y = point[key] * scale, 100 * point["robust"]
         if point.get(f"front_{key}"):
@@ -151,7 +151,8 @@ def _pareto_panel(ax: Any, points: Sequence[dict[str, Any]], key: str, label: st
         colour = PARETO_COLOURS.get(point.get("precision"), "tab:gray")
         size = 180 if kind == "teacher" else 60
         ax.scatter(x, y, marker=PARETO_MARKERS[kind], s=size, color=colour, edgecolor="black", linewidth=0.5, zorder=3)
-        ax.annotate(point["label"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=7)
+        below = rank % 2 == 1  # neighbours in x alternate above and below, so their labels do not overlap
+        ax.annotate(point["label"], (x, y), textcoords="offset points", xytext=(6, -12 if below else 6), fontsize=7)
     front = sorted((p for p in shown if p.get(f"front_{key}")), key=lambda p: p[key])
     if len(front) > 1:
         xs, ys = [p[key] * scale for p in front], [100 * p["robust"] for p in front]
@@ -159,10 +160,9 @@ def _pareto_panel(ax: Any, points: Sequence[dict[str, Any]], key: str, label: st
     if shown:
         ax.set_xscale("log")
         ax.margins(x=0.15, y=0.12)
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
     ax.set_ylabel("verified robust accuracy (%)")
     ax.grid(alpha=0.3, which="both")
