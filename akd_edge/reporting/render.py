@@ -177,7 +177,7 @@ def teacher_rows(m: ModelEntry) -> list[list[str]]:
 TEACHER_HEADER = ["source", "kind", "architecture", "sha256", "weight", "clean (recorded)", "robust (recorded)"]
 INTRO = (
     "Robust accuracy is the per-sample worst case over clean, transferred (AutoAttack on the torch model) and "
-    "Square (query-only, run on the onnxruntime session) examples, measured by `akd-edge verify` on the file "
+    "Square (query-only, run on the onnxruntime session) examples, measured by akd-edge verify on the file "
     "itself; it counts only while the file's SHA-256 matches the one verify recorded. Each accuracy is followed "
     "by its 95% Wilson interval. MACs are those of the convolution and linear layers of the ONNX graph, per "
     "image. Latency is the p50 at batch 1 under onnxruntime on the machine that ran verify: compare latencies "
@@ -307,7 +307,7 @@ def render_markdown(collection: Collection, plots: dict[str, Any], meta: dict[st
         "",
         f"Written {md(meta['created'])} by akd-edge {md(meta['version'])} from {len(collection.sources)} folder(s).",
         "",
-        md(INTRO),
+        INTRO,  # akd-edge's own words: no Markdown in them to escape
         "",
         "## Models",
         "",
