@@ -137,6 +137,35 @@ def n_option(what: str, default: int, *, name: str = "n", all_when_zero: bool = 
     )
 
 
+def square_queries_option(what: str = "the Square attack") -> Option:
+    """``--square-queries``: the query budget of verify's Square attack."""
+    return click.option(
+        "--square-queries", default=1000, show_default=True, type=click.IntRange(min=0), help=f"Queries of {what}."
+    )
+
+
+def transfer_option(note: str = "") -> Option:
+    """``--transfer``: the AutoAttack version run on the torch model for verify's transfer examples."""
+    return click.option(
+        "--transfer",
+        type=click.Choice(["fast", "standard", "none"]),
+        default="fast",
+        show_default=True,
+        help=f"AutoAttack version run on the torch model for verify's transfer examples{note}.",
+    )
+
+
+def calib_option() -> Option:
+    """``--calib``: how many training images calibrate the int8 model."""
+    return click.option(
+        "--calib",
+        default=512,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help="Training images that calibrate int8.",
+    )
+
+
 def which_option(what: str = "Checkpoint of a run directory") -> Option:
     """``--which``: the checkpoint of a run directory."""
     return click.option("--which", default="best", show_default=True, help=f"{what}: best, last or an epoch number.")

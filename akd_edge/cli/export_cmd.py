@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from akd_edge.cli.common import (
+    calib_option,
     console,
     data_dir_option,
     make_progress,
@@ -24,7 +25,9 @@ from akd_edge.cli.common import (
     out,
     out_option,
     seed_option,
+    square_queries_option,
     threads_option,
+    transfer_option,
     user_errors,
     which_option,
 )
@@ -91,13 +94,7 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
 @which_option()
 @model_factory_option()
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also write the static int8 (QDQ) model.")
-@click.option(
-    "--calib",
-    default=512,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Training images used to calibrate int8.",
-)
+@calib_option()
 @click.option(
     "--calib-method",
     type=click.Choice(["minmax", "entropy", "percentile"]),
@@ -300,13 +297,7 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
 )
 @data_dir_option("the one recorded at export")
 @n_option("to verify on (a smaller test split is used whole)", REPORTED_N, all_when_zero=False)
-@click.option(
-    "--square-queries",
-    default=1000,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Queries of the Square attack.",
-)
+@square_queries_option()
 @click.option(
     "--p-init",
     default=0.8,
@@ -314,13 +305,7 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
     type=click.FloatRange(0, 1, min_open=True),
     help="Square's initial square size.",
 )
-@click.option(
-    "--transfer",
-    type=click.Choice(["fast", "standard", "none"]),
-    default="fast",
-    show_default=True,
-    help="AutoAttack version run on the torch model for transfer (fast = APGD-CE + APGD-T).",
-)
+@transfer_option(" (fast = APGD-CE + APGD-T)")
 @click.option("--checkpoint", default=None, help="Torch checkpoint to transfer from [default: the export's source].")
 @model_factory_option(whose="the torch checkpoint's")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Override the threat model's norm.")

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from akd_edge.cli.common import (
+    calib_option,
     console,
     data_dir_option,
     device_option,
@@ -27,7 +28,9 @@ from akd_edge.cli.common import (
     out_option,
     seed_option,
     set_option,
+    square_queries_option,
     threads_option,
+    transfer_option,
     user_errors,
 )
 from akd_edge.cli.compress_cmd import _StepCallbacks
@@ -147,19 +150,9 @@ def summary_table(data: dict[str, Any], title: str) -> Table:
     help="Robust fine-tuning epochs after pruning (0 = prune only).",
 )
 @n_option("that verify attacks (and compress compares on)", REPORTED_N, all_when_zero=False)
-@click.option(
-    "--square-queries", default=1000, show_default=True, type=click.IntRange(min=0), help="Queries of verify's Square."
-)
-@click.option(
-    "--transfer",
-    type=click.Choice(["fast", "standard", "none"]),
-    default="fast",
-    show_default=True,
-    help="AutoAttack version run on the torch model for verify's transfer examples.",
-)
-@click.option(
-    "--calib", default=512, show_default=True, type=click.IntRange(min=0), help="Training images that calibrate int8."
-)
+@square_queries_option("verify's Square")
+@transfer_option()
+@calib_option()
 @device_option()
 @data_dir_option("the recipe's data.data_dir")
 @threads_option("torch and onnxruntime in compress and verify (run.threads sets distillation's)")
