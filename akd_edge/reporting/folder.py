@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,25 +83,15 @@ def _plot_files(plots: dict[str, Any]) -> list[str]:
     return names + list(plots.get("reliability", {}).values())
 
 
-def _remove_stale(out: Path, previous: dict[str, Any] | None, kept: set[str]) -> None:
-    """Delete the files the earlier report listed that this one did not write (plain names only)."""
-    listed = (previous or {}).get("files")
-    for name in listed if isinstance(listed, list) else []:
-        if isinstance(name, str) and name not in kept:
-            try:
-                files.check_name(name, "file listed in the earlier report.json")
-            except UsageError:
-                continue
-            path = out / name
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
+_OWN_PLOT = re.compile(r"(pareto|eps_curve|reliability-[0-9]+)\.png")
+"""The names of the PNGs ``_plots`` writes: the only files besides this run's that a report removes."""
 
 
-def _previous(out: Path) -> dict[str, Any] | None:
-    try:
-        return files.read_json_object(out / DATA_NAME, "earlier report") if (out / DATA_NAME).is_file() else None
-    except UsageError:
-        return None
+def _remove_stale(out: Path, kept: set[str]) -> None:
+    """Delete the plots an earlier report wrote that this one did not (by their fixed names, never a listed one)."""
+    for path in out.iterdir():
+        if path.name not in kept and _OWN_PLOT.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path = "report", *, title: str = "") -> dict[str, Any]:
@@ -122,7 +113,6 @@ def build_report(paths: Sequence[str | Path], out: str | Path = "report", *, tit
     with files.FolderLock(out, "report folder"):
         check_out(out)
         files.remove_orphans(out)
-        previous = _previous(out)
         files.mark(out, KIND)
         plots = _plots(collection, out)
         meta = {
@@ -147,7 +137,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path = "report", *, tit
             "files": written,
         }
         files.write_json_atomic(out / DATA_NAME, data)
-        _remove_stale(out, previous, set(written))
+        _remove_stale(out, set(written))
     log.info("wrote %s", out / "index.html")
     return data
 
