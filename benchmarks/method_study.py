@@ -2,7 +2,7 @@
 """A resumable study: a grid of training runs (variant x seed), each evaluated with the one evaluation engine.
 
     python benchmarks/method_study.py run benchmarks/studies/fmnist-screen.toml [--jobs N] [--only at,akd-a09]
-        [--seeds 0,1] [--eval-only] [--dry-run] [--attacks pgd,aa-fast] [--n 1000] [--set KEY=VALUE ...]
+        [--seeds 0,1] [--eval-only] [--dry-run] [--attacks pgd,aa-fast] [--n 1000] [--eval-batch 1000] [--set KEY=VALUE ...]
     python benchmarks/method_study.py report fmnist-screen            # markdown table + robust-vs-clean plot
 
 A study spec (TOML, ``benchmarks/studies/NAME.toml``) names a base recipe, overrides for every cell, the
@@ -383,6 +383,8 @@ def _tasks(study: Study, cells: list[Cell], args: argparse.Namespace, results: d
         settings["attacks"] = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if args.n is not None:
         settings["n"] = args.n
+    if args.eval_batch:
+        settings["batch_size"] = args.eval_batch
     recipe = str(_recipe_source(study))
     return [
         {
@@ -662,6 +664,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.add_argument("--attacks", default="", help="override the spec's eval attacks (pgd,aa-fast,aa-standard)")
     run.add_argument("--n", type=int, default=None, help="override the spec's number of test images (0 = all)")
+    run.add_argument("--eval-batch", type=int, default=0, help="test images per evaluation batch (default 250)")
     run.add_argument("--device", default="", help="run.device for training and the evaluation device (cpu, cuda)")
     run.add_argument("--runs", default="", help="folder of the run directories (default: the spec's out_dir)")
     run.add_argument("--results", default="", help="results JSON (default benchmarks/results/<study>.json)")

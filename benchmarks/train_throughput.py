@@ -5,11 +5,15 @@ Prints a markdown table: images/s for teacher AT and for the student trained wit
 reached as a share of a large matmul's FLOP/s measured in the same run on the same device (in the step's
 precision). ``--suite cifar`` runs the CIFAR-shape configurations (WRN-34-10 teacher AT, ResNet-18 and
 MobileNetV2 AKD students from WRN-34-10, PGD-10 Linf 8/255, batch 128 and 512); ``--device cuda`` runs on
-the GPU (bf16 autocast by default there, cudnn.benchmark on). ``--tiny`` is a seconds-long smoke check of
-the code path (batch 4, one step, PGD-1) whose numbers mean nothing.
+the GPU (bf16 autocast by default there, cudnn.benchmark on). ``--plain`` adds, for every student, the same AKD step
+written as a plain eager loop (the structure of the published AKD/ARD/RSLAD code: PGD on the student in eval
+mode, the teacher on x' under no_grad, soft cross-entropy, SGD step; same precision and memory format, no
+folding, no compile), timed in the same run, and prints akd-edge's ratio to it. ``--match TEXT`` (repeatable) keeps the
+configurations whose label contains every TEXT. ``--tiny`` is a seconds-long smoke check of the code path (batch 4,
+one step, PGD-1) whose numbers mean nothing.
 
     python benchmarks/train_throughput.py [--batches 10] [--batch-size 128] [--threads 0]
-    python benchmarks/train_throughput.py --suite cifar --device cuda [--channels-last] [--compile]
+    python benchmarks/train_throughput.py --suite cifar --device cuda [--channels-last] [--compile] [--plain]
     python benchmarks/train_throughput.py --suite cifar --device cpu --tiny
 """
 
@@ -102,13 +106,64 @@ def step_fn(
     return step
 
 
+def plain_step_fn(
+    model: torch.nn.Module, method: str, steps: int, teachers: int, args: argparse.Namespace, setting: dict
+) -> callable:
+    """The AKD step as the published code writes it (alpha 0.9, temperature 1), with no akd-edge code in it."""
+    import torch.nn.functional as F
+
+    if method != "akd" or teachers != 1:
+        raise ValueError("the plain loop is written for AKD with one teacher")
+    eps, alpha = setting["eps"], 0.9
+    step_size = 2.5 * eps / steps
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    teacher = make(setting["teacher"], setting["shape"]).to(args.device, memory_format=memory).eval()
+    model.to(memory_format=memory)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    dtype = accel.DTYPES.get(args.amp)
+    device_type = torch.device(args.device).type
+
+    def autocast() -> object:
+        return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.contiguous(memory_format=memory)
+        model.eval()
+        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with autocast():
+                loss = F.cross_entropy(model(x_adv).float(), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + step_size * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+        model.train()
+        with torch.no_grad(), autocast():
+            soft = teacher(x_adv).float().softmax(1)
+        target = alpha * soft + (1 - alpha) * F.one_hot(y, soft.shape[1]).float()
+        with autocast():
+            loss = torch.sum(-target * F.log_softmax(model(x_adv).float(), 1), 1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def measure(
-    label: str, model_name: str, method: str, steps: int, teachers: int, args: argparse.Namespace, setting: dict
+    label: str,
+    model_name: str,
+    method: str,
+    steps: int,
+    teachers: int,
+    args: argparse.Namespace,
+    setting: dict,
+    plain: bool = False,
 ) -> dict:
     torch.manual_seed(0)
     batch_size = setting.get("batch_size", args.batch_size)
     model = make(model_name, setting["shape"]).to(args.device)
-    step = step_fn(model, method, steps, teachers, args, setting)
+    step = (plain_step_fn if plain else step_fn)(model, method, steps, teachers, args, setting)
     x = torch.rand(batch_size, *setting["shape"], device=args.device)
     y = torch.randint(0, 10, (batch_size,), device=args.device)
     flops = count_flops(step, x, y)
@@ -154,6 +209,10 @@ def main() -> None:
     parser.add_argument("--amp", choices=accel.PRECISIONS, help="step precision (default: bf16 on cuda, else fp32)")
     parser.add_argument("--channels-last", action="store_true", help="student, teacher and batches channels_last")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (inductor)")
+    parser.add_argument("--plain", action="store_true", help="also time each AKD student step as a plain eager loop")
+    parser.add_argument(
+        "--match", action="append", default=[], help="only the configurations whose label contains this text (repeatable: all)"
+    )
     parser.add_argument("--tiny", action="store_true", help="smoke check: batch 4, one step, PGD-1")
     args = parser.parse_args()
     if args.threads:
@@ -172,9 +231,15 @@ def main() -> None:
     ]
     if args.suite == "cifar":
         configs = cifar_configs(args.tiny)
+    configs = [c for c in configs if all(m in c[0] for m in args.match)]
     peak_dtype = accel.DTYPES.get(args.amp, torch.float32)
     peak = matmul_peak(device=args.device, dtype=peak_dtype)
-    rows = [measure(*config[:5], args, config[5]) for config in configs]
+    rows = []
+    for config in configs:
+        rows.append(measure(*config[:5], args, config[5]))
+        if args.plain and config[2] == "akd" and config[4] == 1:
+            plain = measure(f"plain eager loop: {config[0]}", *config[1:5], args, config[5], plain=True)
+            rows.append({**plain, "ratio": rows[-1]["images_per_s"] / plain["images_per_s"]})
     peak = max(peak, matmul_peak(device=args.device, dtype=peak_dtype))  # before and after: the higher, vs noise
     machine = accel.machine_summary()
     where = machine["gpu"] if args.device.startswith("cuda") else machine["cpu"]
@@ -184,13 +249,14 @@ def main() -> None:
         f"channels_last {args.channels_last}, compile {args.compile}; "
         f"{args.amp if args.amp != 'fp32' else 'float32'} matmul peak {peak / 1e9:.0f} GFLOP/s\n"
     )
-    print("| configuration | images/s | GFLOP per step | GFLOP/s | share of matmul peak |")
-    print("|---|---:|---:|---:|---:|")
+    print("| configuration | images/s | GFLOP per step | GFLOP/s | share of matmul peak | akd-edge / plain |")
+    print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
         share = row["gflop_per_s"] * 1e9 / peak
+        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else ""
         print(
             f"| {row['label']} | {row['images_per_s']:.0f} | {row['gflop_per_step']:.1f} | "
-            f"{row['gflop_per_s']:.0f} | {share:.0%} |"
+            f"{row['gflop_per_s']:.0f} | {share:.0%} | {ratio} |"
         )
 
 
