@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# One lent GPU session's work for issues 9 and 10, inside a fixed time budget (the device tool lends 15 minutes).
+# One lent GPU session's work for issues 9 and 10, inside a fixed time budget (the device tool lends 15 minutes
+# a session). The plan is the next session's; `git log -p benchmarks/gpu_session.sh` shows what earlier ones ran
+# (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput).
 #
-#   1. the wide Fashion-MNIST teacher (fmnist-teacher-wide), alongside the fmnist-budget study's AT cells,
-#      then its batch-512 cells, then its shipped-teacher AKD cells (three at a time);
-#   2. as soon as the teacher has finished: the cells distilled from it;
-#   3. at LIMIT - 150 s every study process still running is stopped (cells keep their last.pt and resume
-#      later), and benchmarks/train_throughput.py times the CIFAR-shape students (akd-edge's step and a plain
-#      eager loop of the same step) alone on the GPU;
-#   4. the results JSON, the logs and the run directories (without per-epoch checkpoints) land in $OUT
-#      (seven files: the device tool brings back eight at most).
+#   1. training, all at once: the fmnist-long cells (40 epochs, step schedule: robust overfitting) and the
+#      fmnist-budget student-size cells (width 2), then its batch-512 and shipped-teacher cells;
+#   2. beside them, one process evaluates finished fmnist-budget cells with AutoAttack (standard) on 2,000
+#      test images, one cell at a time (evaluations in several processes sharing the GPU did not finish);
+#   3. at LIMIT - 30 s everything still running is stopped (cells keep last.pt and resume later);
+#   4. results JSONs, logs and run directories (without per-epoch checkpoints) land in $OUT (at most 8 files).
 #
-# Every cell is evaluated as it finishes: PGD-20 and AutoAttack (standard) on the first 2,000 test images.
+# CUDA MPS is started when the driver has it, so the many small processes share the GPU instead of taking turns.
+# Carry: .gpu (data and wheels' contents, see below), runs/studies/fmnist-budget, runs/teachers/fmnist-teacher-wide.
 # Prepare here:  mkdir -p .gpu/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/data/fashion-mnist/
 #                pip install --no-deps --target .gpu/site torch-pruning==1.6.1 tomli-w pyautoattack  (drop examples/)
 # Smoke check on the CPU (tiny settings, seconds per cell):  SMOKE=1 DEV=cpu OUT=/tmp/gpu-smoke bash benchmarks/gpu_session.sh
@@ -30,85 +31,70 @@ log() { echo "[$((SECONDS - T0)) s] $*" | tee -a "$OUT/session.log"; }
 left() { echo $((LIMIT - (SECONDS - T0))); }
 
 RUNS=runs/studies
-TEACHER=runs/teachers/fmnist-teacher-wide
-RESULTS=benchmarks/results/fmnist-budget.json
+RESULTS=benchmarks/results  # the committed results travel with the tree and come back with the new cells merged in
 N=2000
 SETS=()
 if [ "$SMOKE" = 1 ]; then
-    RUNS=/tmp/gpu-smoke/studies TEACHER=runs/teachers/fmnist-teacher-wide RESULTS=/tmp/gpu-smoke/fmnist-budget.json N=100
+    RUNS=/tmp/gpu-smoke/studies RESULTS=/tmp/gpu-smoke/results N=100
     SETS=(--set train.epochs=1 --set data.train_subset=256 --set eval.val_samples=64)
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.log"
+if [ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d && $PY -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+        log "CUDA MPS started"
+    else
+        echo quit | nvidia-cuda-mps-control 2>/dev/null
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+        log "CUDA MPS did not work: without it"
+    fi
+else
+    log "no CUDA MPS"
+fi
 $PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$OUT/session.log"
 
-study() {  # study LOGNAME ARGS...: one method_study invocation in its own process group
-    local name=$1
-    shift
-    setsid $PY benchmarks/method_study.py run fmnist-budget --device "$DEV" --attacks pgd,aa-standard --n "$N" \
-        --eval-batch 2000 --runs "$RUNS" --results "$RESULTS" "${SETS[@]}" "$@" >"$LOGS/$name.log" 2>&1 &
+study() {  # study NAME LOGNAME ARGS...: one method_study invocation in its own process group
+    local name=$1 logname=$2
+    shift 2
+    setsid $PY benchmarks/method_study.py run "$name" --device "$DEV" --n "$N" --eval-batch 2000 --runs "$RUNS" \
+        --results "$RESULTS/$name.json" "${SETS[@]}" "$@" >>"$LOGS/$logname.log" 2>&1 &
     echo $! >>"$LOGS/groups"  # setsid in a background job keeps its pid: the pid is the process group
     wait $!
 }
-
-if [ "$DEV" = cuda ]; then  # issue 11: NCCL under torchrun with one process (a few seconds of GPU)
-    timeout 150 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m akd_edge distill -r fmnist-quickstart \
-        --device cuda --out /tmp/ddp-check --set train.epochs=1 --set data.train_subset=4096 >"$LOGS/ddp.log" 2>&1 &
-fi
-log "teacher and the AT cells start"
-setsid $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$TEACHER" "${SETS[@]}" \
-    >"$LOGS/teacher.log" 2>&1 &
-TEACHER_PID=$!
-echo $TEACHER_PID >>"$LOGS/groups"
 STOP="$LOGS/.stop"
 rm -f "$STOP"
-(  # three at a time beside the teacher, then beside the cells distilled from it
-    study study-at --only at --jobs 3
-    [ -e "$STOP" ] || study study-b512 --only akd-a09-t2-b512 --jobs 3
-    [ -e "$STOP" ] || study study-akd --only akd-a09-t2 --jobs 3
-) &
-SHIPPED_PID=$!
 
-WIDE_PID=
-while [ "$(left)" -gt 150 ]; do
-    if [ -z "$WIDE_PID" ] && ! kill -0 "$TEACHER_PID" 2>/dev/null; then
-        wait "$TEACHER_PID"
-        log "teacher finished (exit $?): cells from it start"
-        study study-wide --only akd-wide-a09-t2,adaad-wide --jobs 6 &
-        WIDE_PID=$!
-    fi
-    if [ -n "$WIDE_PID" ] && ! kill -0 "$WIDE_PID" 2>/dev/null && ! kill -0 "$SHIPPED_PID" 2>/dev/null; then
-        break
-    fi
-    sleep 3
+log "training starts"
+study fmnist-long long --only at,akd-wide-a09-t2 --attacks pgd --jobs 6 &
+(
+    study fmnist-budget width --only at-w2,akd-wide-a09-t2-w2 --attacks pgd --jobs 6
+    [ -e "$STOP" ] || study fmnist-budget b512 --only akd-a09-t2-b512,akd-a09-t2 --attacks pgd --jobs 6
+) &
+(  # AutoAttack standard, one cell at a time, for every finished fmnist-budget cell, until the deadline
+    while [ ! -e "$STOP" ]; do
+        study fmnist-budget aa --eval-only --attacks pgd,aa-standard --jobs 1 \
+            --results "$RESULTS/fmnist-budget-aa.json"
+        sleep 20
+    done
+) &
+while [ "$(left)" -gt 30 ]; do
+    sleep 5
 done
-log "study phase over; stopping what still runs"
+log "deadline: stopping what still runs"
 touch "$STOP"
-stop_all() {  # SIGNAL: every process group this script started (study runners with their workers, teacher)
+stop_all() {  # SIGNAL: every process group this script started
     local group
     for group in $(cat "$LOGS/groups" 2>/dev/null); do kill "-$1" -- "-$group" 2>/dev/null; done
 }
 stop_all TERM
 sleep 5
 stop_all KILL
-sleep 1
+[ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control
 
-log "throughput (GPU otherwise idle)"
-TINY=()
-[ "$SMOKE" = 1 ] && TINY=(--tiny)
-budget() { local s=$(($(left) - $1)); echo $((s > 10 ? s : 10)); }
-timeout "$(budget 60)" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain --match student "${TINY[@]}" \
-    >"$OUT/throughput.md" 2>&1
-log "throughput (bf16) exit $?"
-timeout "$(budget 15)" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain --match student \
-    --match "batch 512" --channels-last "${TINY[@]}" >"$OUT/throughput-cl.md" 2>&1
-log "throughput (channels_last) exit $?"
-
-cp "$RESULTS" "$OUT/" 2>/dev/null
-tar czf "$OUT/runs.tgz" --exclude='*/epochs' "$RUNS/fmnist-budget" 2>>"$OUT/session.log"
-KEEP=()
-[ -f "$TEACHER/summary.json" ] && KEEP=(--exclude="$TEACHER/last.pt")  # finished: best.pt is the teacher
-tar czf "$OUT/teacher.tgz" --exclude='*/epochs' "${KEEP[@]}" "$TEACHER" 2>>"$OUT/session.log"
+for f in fmnist-long fmnist-budget fmnist-budget-aa; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
+tar czf "$OUT/runs.tgz" --exclude='*/epochs' "$RUNS" 2>>"$OUT/session.log"
 tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>>"$OUT/session.log"
 ls -la "$OUT" >>"$OUT/session.log"
 log "done"
