@@ -128,6 +128,16 @@ def test_rerun_redoes_only_what_is_missing(study: dict[str, Path]) -> None:
     assert "trades/seed1: done (kept)" in done.stderr
 
 
+def test_eval_batch_is_used_and_recorded(study: dict[str, Path]) -> None:
+    results = study["tmp"] / "results" / "batch16.json"
+    common = ["--runs", str(study["runs"]), "--results", str(results)]
+    _run(study["tmp"], "run", str(study["spec"]), "--eval-only", "--only", "at", "--eval-batch", "16", *common)
+    cells = json.loads(results.read_text())["cells"]
+    assert sorted(cells) == ["at/seed0", "at/seed1"]
+    for cell in cells.values():
+        assert cell["eval"]["settings"]["batch_size"] == 16 and cell["eval"]["n"] == 48
+
+
 def test_report_prints_mean_and_std_over_seeds(study: dict[str, Path]) -> None:
     done = _run(study["tmp"], "report", str(study["spec"]), "--results", str(study["results"]))
     cells = json.loads(study["results"].read_text())["cells"]
