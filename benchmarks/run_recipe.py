@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--measured-run", type=Path, help="measure this finished run of the recipe instead of training again"
     )
+    parser.add_argument(
+        "--trained-on", default="", help="with --measured-run: the machine that trained it (e.g. 'one NVIDIA H200')"
+    )
     return parser.parse_args(argv)
 
 
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = train_run(recipe, run_dir, resume=args.resume)
         wall = time.perf_counter() - start
 
+    trained_on = f"trained on {args.trained_on}, tested on " if args.measured_run and args.trained_on else ""
     torch.manual_seed(0)
     model, meta = load_model(run_dir, "best")
     threat = replace(recipe.eval.attack, steps=20, step_size=0.0)
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         "recipe": path.stem,
         "overrides": args.overrides,
         "akd_edge_version": __version__,
-        "machine": f"{platform.machine()} {platform.processor()}, {torch.get_num_threads()} torch threads, "
+        "machine": trained_on
+        + f"{platform.machine()} {platform.processor()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, device {resolve_device(recipe.run.device)}",
         "wall_time_s": round(wall, 1),
         "train_time_s": round(summary["train_time_s"], 1),

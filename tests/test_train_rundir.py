@@ -284,3 +284,16 @@ def test_orphaned_temp_files_are_removed_on_resume(killed: Path, tmp_path: Path)
     assert not any(path.exists() for path in orphans)
     assert (run / "notes.tmp").exists()
     assert not list(run.glob(".*.tmp"))
+
+
+def test_recipe_words_may_change_under_a_run_but_not_its_settings() -> None:
+    from akd_edge.config import to_dict
+    from akd_edge.train.rundir import recipe_changes
+
+    saved = to_dict(load_recipe("fmnist-akd"))
+    edited = json.loads(json.dumps(saved))
+    edited["description"] = "reworded"
+    edited["expected"]["note"] = "measured since"
+    assert recipe_changes(saved, edited) == []
+    edited["method"]["temperature"] = saved["method"]["temperature"] + 1
+    assert recipe_changes(saved, edited) == ["method.temperature"]

@@ -33,6 +33,7 @@ from akd_edge.train.checkpoint import load_checkpoint
 RESUME_MAY_CHANGE = ("run.threads", "run.device")
 """Recipe keys that may differ when a run is resumed; any other change would make it a different run."""
 _WHERE_KEYS = ("run.name", "run.out_dir")  # where a new run's folder goes: moot once the folder is given
+_INFORMATIVE = ("description", "expected.")  # words about the recipe and its published results: train nothing
 
 
 class RunDir:
@@ -209,8 +210,11 @@ def recipe_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two recipe dicts, except :data:`RESUME_MAY_CHANGE`.
 
     Keys only one side has (a field added in a later version) are not a change, nor is where the run's
-    folder was made (a run folder may be moved or copied).
+    folder was made (a run folder may be moved or copied), nor the recipe's description and ``[expected]``
+    section (a shipped recipe's words may be edited under a finished or interrupted run).
     """
     old, new = _flat(saved), _flat(current)
     same = (*RESUME_MAY_CHANGE, *_WHERE_KEYS)
-    return sorted(k for k in old.keys() & new.keys() if old[k] != new[k] and k not in same)
+    return sorted(
+        k for k in old.keys() & new.keys() if old[k] != new[k] and k not in same and not k.startswith(_INFORMATIVE)
+    )
