@@ -7,7 +7,8 @@
 #      fmnist-budget student-size cells (width 2), then its batch-512 and shipped-teacher cells;
 #   2. beside them, one process evaluates finished fmnist-budget cells with AutoAttack (standard) on 2,000
 #      test images, one cell at a time (evaluations in several processes sharing the GPU did not finish);
-#   3. at LIMIT - 30 s everything still running is stopped (cells keep last.pt and resume later);
+#   3. at LIMIT - 170 s everything still running is stopped (cells keep last.pt and resume later), and
+#      train_throughput.py times MobileNetV2 with torch.compile alone on the GPU (issue 9);
 #   4. results JSONs, logs and run directories (without per-epoch checkpoints) land in $OUT (at most 8 files).
 #
 # CUDA MPS is started when the driver has it, so the many small processes share the GPU instead of taking turns.
@@ -79,7 +80,7 @@ study fmnist-long long --only at,akd-wide-a09-t2 --attacks pgd --jobs 6 &
         sleep 20
     done
 ) &
-while [ "$(left)" -gt 30 ]; do
+while [ "$(left)" -gt 170 ]; do
     sleep 5
 done
 log "deadline: stopping what still runs"
@@ -92,6 +93,16 @@ stop_all TERM
 sleep 5
 stop_all KILL
 [ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control
+unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+
+# Issue 9: MobileNetV2 is launch-bound (2,329 img/s at batch 512 on an H200): does torch.compile (on in the -b512
+# recipes) lift it past 2,400?
+log "throughput with torch.compile (GPU otherwise idle)"
+TINY=()
+[ "$SMOKE" = 1 ] && TINY=(--tiny)
+timeout "$(( $(left) > 40 ? $(left) - 25 : 15 ))" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain \
+    --match mobilenetv2 --match "batch 512" --channels-last --compile "${TINY[@]}" >"$OUT/throughput-compile.md" 2>&1
+log "throughput (compile) exit $?"
 
 for f in fmnist-long fmnist-budget fmnist-budget-aa; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
 tar czf "$OUT/runs.tgz" --exclude='*/epochs' "$RUNS" 2>>"$OUT/session.log"
