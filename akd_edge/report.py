@@ -290,7 +290,11 @@ def render_model_card(report: dict[str, Any]) -> str:
             "## Quantization",
             "",
             f"Static {q['format']}: weights {q['weights']}, activations {q['activations']}, {q['calibration']} "
-            f"calibration on {q['calibration_images']} {q['calibration_split']} images.",
+            f"calibration on {q['calibration_images']} {q['calibration_split']} images"
+            + (", biases corrected for the int8 weights" if q.get("bias_correction") else "")
+            + "."
+            + (f" Logits: {q['logits']}." if q.get("logits") else "")
+            + (f" Float layers: {', '.join(q['float_nodes'])}." if q.get("float_nodes") else ""),
             "",
         ]
     if report.get("mobile"):

@@ -5,12 +5,16 @@ For each model the fp32 ONNX graph is exported once, then quantized (onnxruntime
 ``akd_edge.compress.quantize.quantize_int8``) with a grid of settings: calibration method (MinMax,
 Entropy, Percentile 99.99 / 99.999), per-channel or per-tensor weights, 128 / 512 / 2048 calibration
 images, asymmetric or symmetric activations, calibration images clean or half PGD-perturbed (the model is
-judged on adversarial inputs too), and QDQ placement (logits quantized or left in float). Each int8 model
+judged on adversarial inputs too), and QDQ placement (logits quantized or left in float; with ``--grid
+placement``, the first and/or last weighted layer run in float, each with and without bias correction of
+the int8 weights). Each int8 model
 is scored against its fp32 graph on all test images and on PGD adversarial test images made on the torch
 model: argmax agreement (with its 95% Wilson interval), int8 clean accuracy, file size, time to calibrate.
 
     python benchmarks/int8_calibration.py                                   # the shipped teacher, quick grid
     python benchmarks/int8_calibration.py --model runs/x/best.pt --grid full
+    python benchmarks/int8_calibration.py --model runs/x/best.pt --grid placement \
+        --out benchmarks/results/int8_placement.json
 
 Everything runs on one CPU core (the process is pinned to it; torch and onnxruntime use one thread), so
 the benchmark can share a machine with a training job; calibration times are one-core times.
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from akd_edge.compress.quantize import FLOAT_LAYERS
 from akd_edge.export.pipeline import calibration_sample
 from akd_edge.interval import format_interval, wilson_interval
 
@@ -51,10 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--grid",
-        choices=("quick", "full"),
+        choices=("quick", "full", "placement"),
         default="quick",
         help="quick: each factor varied around the default (one at a time) plus method x images x placement; "
-        "full: every combination (96 per model).",
+        "full: every combination (96 per model); placement: which layers stay float (none / first / last / "
+        "first+last), each with more or PGD-mixed calibration images and the other activation options.",
     )
     parser.add_argument("--n-test", type=int, default=0, help="Clean test images (0 = all).")
     parser.add_argument(
@@ -87,6 +93,8 @@ def settings_grid(grid: str) -> list[dict[str, Any]]:
     full = itertools.product(
         methods, (True, False), (128, 512, 2048), (False, True), ("clean", "clean+pgd"), (False, True)
     )
+    if grid == "placement":
+        return placement_grid(base)
     if grid == "full":
         combos = [
             {
@@ -117,11 +125,31 @@ def settings_grid(grid: str) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
+def placement_grid(base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Float layers (none / first / last / first+last) with and without bias correction, then more or
+    PGD-mixed calibration images and the other activation options around the two best placements."""
+    combos = [{**base, "float_logits": False, "float_layers": "none", "bias_correction": False}]
+    for corrected, layers in itertools.product((False, True), FLOAT_LAYERS):
+        combos.append({**base, "float_layers": layers, "bias_correction": corrected})
+    for corrected, layers in itertools.product((False, True), ("none", "last")):
+        at = {**base, "float_layers": layers, "bias_correction": corrected}
+        combos += [{**at, "n": 2048}, {**at, "n": 2048, "calib_data": "clean+pgd"}]
+    for corrected in (False, True):
+        at = {**base, "float_layers": "last", "bias_correction": corrected}
+        combos += [{**at, "symmetric_activations": True}, {**at, "activation_type": "int8"}]
+    combos.append({**base, "bias_correction": True, "n": 128})
+    unique = {json.dumps(c, sort_keys=True): c for c in combos}
+    return list(unique.values())
+
+
 def label(c: dict[str, Any]) -> str:
     method = c["method"] + (f" {c['percentile']:g}" if c["method"] == "percentile" else "")
+    layers = c.get("float_layers", "none")
     return (
         f"{method}, {'per-channel' if c['per_channel'] else 'per-tensor'}, {c['n']} {c['calib_data']}, "
-        f"{'sym' if c['symmetric_activations'] else 'asym'} act, logits {'float' if c['float_logits'] else 'int8'}"
+        f"{'sym' if c['symmetric_activations'] else 'asym'}{' int8' if c.get('activation_type') == 'int8' else ''} act, "
+        + (f"float {layers} layer" if layers != "none" else f"logits {'float' if c['float_logits'] else 'int8'}")
+        + (", bias-corrected" if c.get("bias_correction") else "")
     )
 
 

@@ -127,6 +127,19 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     show_default=True,
     help="Leave the final layer's output (the logits) in float: 8-bit logits tie and flip the argmax.",
 )
+@click.option(
+    "--float-layers",
+    type=click.Choice(["none", "first", "last", "first+last"]),
+    default="none",
+    show_default=True,
+    help="Weighted layers (Conv/Gemm/MatMul) that run in float, with float weights and bias.",
+)
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    default=True,
+    show_default=True,
+    help="Correct each layer's bias for the mean shift of its int8 weights, measured on the calibration images.",
+)
 @n_option("for the fp32-vs-int8 agreement", 0, name="n_test")
 @data_dir_option("the one recorded in the checkpoint")
 @click.option(
@@ -170,6 +183,8 @@ def export_cmd(
     per_channel: bool,
     symmetric_activations: bool,
     float_logits: bool,
+    float_layers: str,
+    bias_correction: bool,
     n_test: int,
     data_dir: str | None,
     mobile_batch: int,
@@ -201,6 +216,8 @@ def export_cmd(
                     "per_channel": per_channel,
                     "symmetric_activations": symmetric_activations,
                     "float_logits": float_logits,
+                    "float_layers": float_layers,
+                    "bias_correction": bias_correction,
                 },
                 data_dir=data_dir,
                 n_test=n_test,
