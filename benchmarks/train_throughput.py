@@ -211,7 +211,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (inductor)")
     parser.add_argument("--plain", action="store_true", help="also time each AKD student step as a plain eager loop")
     parser.add_argument(
-        "--match", action="append", default=[], help="only the configurations whose label contains this text (repeatable: all)"
+        "--match",
+        action="append",
+        default=[],
+        help="only the configurations whose label contains this text (repeatable: all)",
     )
     parser.add_argument("--tiny", action="store_true", help="smoke check: batch 4, one step, PGD-1")
     args = parser.parse_args()

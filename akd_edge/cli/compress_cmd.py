@@ -26,6 +26,7 @@ from akd_edge.cli.common import (
 )
 from akd_edge.cli.launch import distributed_command
 from akd_edge.cli.train_cmd import RichCallbacks
+from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.interval import REPORTED_N, format_interval
 
 
@@ -153,7 +154,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 )
 @click.option(
     "--epochs",
-    default=1,
+    default=FINETUNE_EPOCHS,
     show_default=True,
     type=click.IntRange(min=0),
     help="Robust fine-tuning epochs after each step (0 = prune only).",

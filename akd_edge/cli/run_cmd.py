@@ -34,6 +34,7 @@ from akd_edge.cli.common import (
     user_errors,
 )
 from akd_edge.cli.compress_cmd import _StepCallbacks
+from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.interval import REPORTED_N
 from akd_edge.pipeline.runner import PipelineCallbacks
 
@@ -144,7 +145,7 @@ def summary_table(data: dict[str, Any], title: str) -> Table:
 @out_option("Pipeline folder", "<run.out_dir>/<run.name>-pipeline")
 @click.option(
     "--prune-epochs",
-    default=1,
+    default=FINETUNE_EPOCHS,
     show_default=True,
     type=click.IntRange(min=0),
     help="Robust fine-tuning epochs after pruning (0 = prune only).",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from akd_edge.attacks import eval_mode
+from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.compress.measure import measure
 from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channels, prune_model, resolve_keep
 from akd_edge.distributed import Group, current
@@ -536,7 +537,7 @@ def compress_run(
     *,
     which: str = "best",
     out: str | Path | None = None,
-    epochs: int = 1,
+    epochs: int = FINETUNE_EPOCHS,
     overrides: Sequence[str] = (),
     device: str | None = None,
     evaluation: EvalSpec | None = None,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.errors import UsageError
 from akd_edge.files import check_name
 from akd_edge.interval import REPORTED_N
@@ -33,7 +34,7 @@ class PipelineOptions:
     """Export each student to int8 too (verified as a model of its own)."""
     teacher: bool = True
     """Export and verify the recipe's teachers (fp32), so the report places them beside the students."""
-    prune_epochs: int = 1
+    prune_epochs: int = FINETUNE_EPOCHS
     """Robust fine-tuning epochs after pruning (0 = prune only)."""
     prune_steps: int = 1
     """Pruning steps, each followed by fine-tuning."""
