@@ -67,6 +67,13 @@ study() {  # study NAME LOGNAME ARGS...: one method_study invocation in its own 
 STOP="$LOGS/.stop"
 rm -f "$STOP"
 
+TEACHER=runs/teachers/fmnist-teacher-wide
+if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ is not committed: a fresh checkout trains it again (about 2 min)
+    log "no $TEACHER/best.pt: training the wide teacher first"
+    $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$TEACHER" "${SETS[@]}" \
+        >"$LOGS/teacher.log" 2>&1
+    log "teacher exit $?"
+fi
 log "training starts"
 study fmnist-long long --only at,akd-wide-a09-t2 --attacks pgd --jobs 6 &
 (
