@@ -34,7 +34,9 @@ class TeacherEnsemble(nn.Module):
         self.provenance: list[dict[str, Any]] | None = None
         """One record per member saying where it came from (set by :func:`load_teachers`)."""
         total = sum(weights)
-        self.register_buffer("weights", torch.tensor([w / total for w in weights]), persistent=False)
+        # on the members' device, so an ensemble of GPU members is on the GPU as a whole (copies follow it)
+        device = next((t.device for t in (*self.members.parameters(), *self.members.buffers())), None)
+        self.register_buffer("weights", torch.tensor([w / total for w in weights], device=device), persistent=False)
         for param in self.parameters():
             param.requires_grad_(False)
         self.eval()

@@ -79,7 +79,7 @@ def step_fn(
 ) -> callable:
     shape, teacher_name = setting["shape"], setting["teacher"]
     members = [make(teacher_name, shape).to(args.device) for _ in range(teachers)]
-    teacher = TeacherEnsemble(members).to(args.device) if teachers else None
+    teacher = TeacherEnsemble(members) if teachers else None
     plan = accel.SpeedPlan(
         channels_last=args.channels_last,
         precision=args.amp,

@@ -183,3 +183,10 @@ def test_a_float32_teacher_stays_float32_inside_the_students_bf16_step() -> None
         ensemble.configure(precision="bf16")
         ensemble.probs(X)
     assert seen == [torch.float32, torch.bfloat16]
+
+
+def test_ensemble_weights_are_on_the_members_device() -> None:
+    """Members already on an accelerator make the whole ensemble live there (meta stands in for CUDA)."""
+    ensemble = TeacherEnsemble([torch.nn.Linear(2, 2).to("meta"), torch.nn.Linear(2, 2).to("meta")], [1.0, 3.0])
+    assert ensemble.weights.device.type == "meta"
+    assert TeacherEnsemble([torch.nn.Linear(2, 2)]).weights.device.type == "cpu"
