@@ -4,7 +4,7 @@
 # (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput).
 #
 #   1. training, all at once: the fmnist-long cells (40 epochs, step schedule: robust overfitting) and the
-#      fmnist-budget student-size cells (width 2), then its batch-512 and shipped-teacher cells;
+#      fmnist-budget student-size cells (width 2: AT, AKD, then AdaAD), then its batch-512 and shipped-teacher cells;
 #   2. beside them, one process evaluates finished fmnist-budget cells with AutoAttack (standard) on 2,000
 #      test images, one cell at a time (evaluations in several processes sharing the GPU did not finish);
 #   3. at LIMIT - 170 s everything still running is stopped (cells keep last.pt and resume later), and
@@ -78,6 +78,7 @@ log "training starts"
 study fmnist-long long --only at,akd-wide-a09-t2 --attacks pgd --jobs 6 &
 (
     study fmnist-budget width --only at-w2,akd-wide-a09-t2-w2 --attacks pgd --jobs 6
+    [ -e "$STOP" ] || study fmnist-budget width-adaad --only adaad-wide-w2 --attacks pgd --jobs 3
     [ -e "$STOP" ] || study fmnist-budget b512 --only akd-a09-t2-b512,akd-a09-t2 --attacks pgd --jobs 6
 ) &
 (  # AutoAttack standard, one cell at a time, for every finished fmnist-budget cell, until the deadline
