@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
 # One lent GPU session's work for issues 9 and 10, inside a fixed time budget (the device tool lends 15 minutes
 # a session). The plan is the next session's; `git log -p benchmarks/gpu_session.sh` shows what earlier ones ran
-# (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput).
+# (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput;
+# commit 11e3254: fmnist-long, the width-2 students, AutoAttack standard on every cell, MobileNetV2 compile).
 #
-#   1. training, all at once: the fmnist-long cells (40 epochs, step schedule: robust overfitting) and the
-#      fmnist-budget student-size cells (width 2: AT, AKD, then AdaAD), then its batch-512 and shipped-teacher cells;
-#   2. beside them, one process evaluates finished fmnist-budget cells with AutoAttack (standard) on 2,000
-#      test images, one cell at a time (evaluations in several processes sharing the GPU did not finish);
+#   1. training, all at once (CUDA MPS): the fmnist-budget levers not yet run (an ensemble of the two teachers,
+#      SAAD, IAD, RSLAD, AKD at alpha 0.5; seeds the CPU has not trained), a wide-teacher run that keeps its
+#      per-epoch weights and then the checkpoint-ensemble cells, and more seeds of the quickstart screen (AT
+#      against the shipped quickstart setting, AutoAttack fast on 1,000 images, as the earlier seeds);
+#   2. beside them, AutoAttack (standard) on 2,000 test images for the fmnist-budget cells trained on the CPU;
 #   3. at LIMIT - 170 s everything still running is stopped (cells keep last.pt and resume later), and
-#      train_throughput.py times MobileNetV2 with torch.compile alone on the GPU (issue 9);
+#      train_throughput.py times MobileNetV2 at batch 128 (float32, compile, compile + channels_last) alone (issue 9);
 #   4. results JSONs, logs and run directories (without per-epoch checkpoints) land in $OUT (at most 8 files).
 #
-# CUDA MPS is started when the driver has it, so the many small processes share the GPU instead of taking turns.
-# Carry: .gpu (data and wheels' contents, see below), runs/studies/fmnist-budget, runs/teachers/fmnist-teacher-wide.
-# Prepare here:  mkdir -p .gpu/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/data/fashion-mnist/
-#                pip install --no-deps --target .gpu/site torch-pruning==1.6.1 tomli-w pyautoattack  (drop examples/)
-# Smoke check on the CPU (tiny settings, seconds per cell):  SMOKE=1 DEV=cpu OUT=/tmp/gpu-smoke bash benchmarks/gpu_session.sh
+# Prepare here (fills .gpu/, ignored by git: the data, the wheels' contents, and the run directories the
+# evaluations need, without the resumable state of finished cells, so the carry stays under 64 MiB):
+#     PREP=1 bash benchmarks/gpu_session.sh
+# Run (device tool):  LIMIT=575 bash benchmarks/gpu_session.sh   carry [".gpu"], timeout 600 s.
+# Afterwards here: copy $OUT/*.json to benchmarks/results/, `tar xzf runs.tgz`, `method_study.py report ...`.
+# Smoke check on the CPU (tiny settings, seconds per cell):
+#     mkdir -p /tmp/gpu-smoke/results && SMOKE=1 DEV=cpu LIMIT=300 OUT=/tmp/gpu-smoke-out bash benchmarks/gpu_session.sh
 set -u
 T0=$SECONDS
 LIMIT=${LIMIT:-560}
@@ -23,10 +27,28 @@ DEV=${DEV:-cuda}
 SMOKE=${SMOKE:-0}
 OUT=${OUT:-/tmp/gpu-session}
 LOGS=${LOGS:-/tmp/gpu-session-logs}
+PY=${PY:-python3}
+
+if [ "${PREP:-0}" = 1 ]; then  # here, before the call: what travels in .gpu
+    set -e
+    mkdir -p .gpu/data/fashion-mnist
+    cp -u "${FMNIST:-/usr/share/datasets/fashion-mnist}"/*.gz .gpu/data/fashion-mnist/
+    [ -d .gpu/site/pyautoattack ] || pip install -q --no-deps --target .gpu/site torch-pruning==1.6.1 tomli-w pyautoattack
+    rm -rf .gpu/site/examples .gpu/runs
+    mkdir -p .gpu/runs/studies .gpu/runs/teachers/fmnist-teacher-wide
+    # finished cells travel without last.pt (optimiser state for resuming); unfinished ones keep it
+    tar cf - --exclude='*/epochs' runs/studies/fmnist-budget | tar xf - -C .gpu
+    for summary in .gpu/runs/studies/*/*/*/summary.json; do rm -f "$(dirname "$summary")/last.pt"; done
+    cp -p runs/teachers/fmnist-teacher-wide/{best.pt,summary.json,recipe.toml,metrics.jsonl,.akd-edge.json} \
+        .gpu/runs/teachers/fmnist-teacher-wide/
+    du -sh .gpu
+    exit 0
+fi
+
 mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.gpu/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d .gpu/data ] && export AKD_EDGE_DATA="$PWD/.gpu/data"
-PY=${PY:-python3}
+[ -d .gpu/runs ] && mkdir -p runs && cp -an .gpu/runs/. runs/  # never over a run here
 
 log() { echo "[$((SECONDS - T0)) s] $*" | tee -a "$OUT/session.log"; }
 left() { echo $((LIMIT - (SECONDS - T0))); }
@@ -35,8 +57,9 @@ RUNS=runs/studies
 RESULTS=benchmarks/results  # the committed results travel with the tree and come back with the new cells merged in
 N=2000
 SETS=()
+TEACHER_EP=runs/teachers/fmnist-teacher-wide-ep
 if [ "$SMOKE" = 1 ]; then
-    RUNS=/tmp/gpu-smoke/studies RESULTS=/tmp/gpu-smoke/results N=100
+    RUNS=/tmp/gpu-smoke/studies RESULTS=/tmp/gpu-smoke/results N=100 TEACHER_EP=/tmp/gpu-smoke/teacher-ep
     SETS=(--set train.epochs=1 --set data.train_subset=256 --set eval.val_samples=64)
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.log"
@@ -59,35 +82,34 @@ $PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torc
 study() {  # study NAME LOGNAME ARGS...: one method_study invocation in its own process group
     local name=$1 logname=$2
     shift 2
-    setsid $PY benchmarks/method_study.py run "$name" --device "$DEV" --n "$N" --eval-batch 2000 --runs "$RUNS" \
-        --results "$RESULTS/$name.json" "${SETS[@]}" "$@" >>"$LOGS/$logname.log" 2>&1 &
+    setsid $PY benchmarks/method_study.py run "$name" --device "$DEV" --eval-batch 2000 --runs "$RUNS" \
+        "${SETS[@]}" "$@" >>"$LOGS/$logname.log" 2>&1 &
     echo $! >>"$LOGS/groups"  # setsid in a background job keeps its pid: the pid is the process group
     wait $!
 }
 STOP="$LOGS/.stop"
 rm -f "$STOP"
 
-TEACHER=runs/teachers/fmnist-teacher-wide
-if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ is not committed: a fresh checkout trains it again (about 2 min)
-    log "no $TEACHER/best.pt: training the wide teacher first"
-    $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$TEACHER" "${SETS[@]}" \
-        >"$LOGS/teacher.log" 2>&1
-    log "teacher exit $?"
-fi
 log "training starts"
-study fmnist-long long --only at,akd-wide-a09-t2 --attacks pgd --jobs 6 &
-(
-    study fmnist-budget width --only at-w2,akd-wide-a09-t2-w2 --attacks pgd --jobs 6
-    [ -e "$STOP" ] || study fmnist-budget width-adaad --only adaad-wide-w2 --attacks pgd --jobs 3
-    [ -e "$STOP" ] || study fmnist-budget b512 --only akd-a09-t2-b512,akd-a09-t2 --attacks pgd --jobs 6
+(  # the checkpoint ensemble needs a wide-teacher run that kept its per-epoch weights (about 2 min)
+    if [ ! -f "$TEACHER_EP/epochs/epoch-015.pt" ] && [ "$SMOKE" = 0 ]; then
+        setsid $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$TEACHER_EP" \
+            >"$LOGS/teacher.log" 2>&1 &
+        echo $! >>"$LOGS/groups"
+        wait $!
+        log "teacher exit $?"
+    fi
+    [ -e "$STOP" ] || [ "$SMOKE" = 1 ] || study fmnist-budget ckens --only akd-ckens-a09-t2 --attacks pgd,aa-standard \
+        --n "$N" --jobs 3 --results "$RESULTS/fmnist-budget-aa.json"
 ) &
-(  # AutoAttack standard, one cell at a time, for every finished fmnist-budget cell, until the deadline
-    while [ ! -e "$STOP" ]; do
-        study fmnist-budget aa --eval-only --attacks pgd,aa-standard --jobs 1 \
-            --results "$RESULTS/fmnist-budget-aa.json"
-        sleep 20
-    done
-) &
+study fmnist-budget levers --only akd-ens-a09-t2,saad-wide,iad-wide,rslad-wide,akd-wide-a05-t2 \
+    --attacks pgd,aa-standard --n "$N" --jobs 8 --results "$RESULTS/fmnist-budget-aa.json" &
+study fmnist-screen screen --only at,akd-a09-t2 --seeds 5,6,7,8,9 --attacks pgd,aa-fast --n 1000 --jobs 4 \
+    --results "$RESULTS/fmnist-screen-aafast.json" &
+# AutoAttack standard for the finished cells trained on the CPU that lack it (the levers' seed-0 cells are
+# evaluated by their own study above)
+study fmnist-budget aa --eval-only --only akd-a09-t2,akd-a09-t2-b512 --attacks pgd,aa-standard --n "$N" --jobs 3 \
+    --results "$RESULTS/fmnist-budget-aa.json" &
 while [ "$(left)" -gt 170 ]; do
     sleep 5
 done
@@ -103,17 +125,24 @@ stop_all KILL
 [ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control
 unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 
-# Issue 9: MobileNetV2 is launch-bound (2,329 img/s at batch 512 on an H200): does torch.compile (on in the -b512
-# recipes) lift it past 2,400?
-log "throughput with torch.compile (GPU otherwise idle)"
+# Issue 9: MobileNetV2 at batch 128 is launch-bound (644 img/s on an H200, bf16 eager; the target is 1,150, which
+# an earlier plain loop reached): float32 without autocast, then torch.compile (at batch 512 it lifted 2,329 to
+# 2,416), then compile with channels_last. Each alone on the GPU, as long as time is left.
+log "MobileNetV2 batch 128 throughput (GPU otherwise idle)"
 TINY=()
 [ "$SMOKE" = 1 ] && TINY=(--tiny)
-timeout "$(( $(left) > 40 ? $(left) - 25 : 15 ))" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain \
-    --match mobilenetv2 --match "batch 512" --channels-last --compile "${TINY[@]}" >"$OUT/throughput-compile.md" 2>&1
-log "throughput (compile) exit $?"
+: >"$OUT/throughput-mobilenetv2-b128.md"
+for options in "--amp fp32" "--compile" "--compile --channels-last"; do
+    [ "$(left)" -gt 30 ] || break
+    # shellcheck disable=SC2086  # options is a list of flags
+    timeout "$(( $(left) - 20 ))" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain \
+        --match mobilenetv2 --match "batch 128" $options "${TINY[@]}" >>"$OUT/throughput-mobilenetv2-b128.md" 2>&1
+    log "throughput ($options) exit $?"
+done
 
-for f in fmnist-long fmnist-budget fmnist-budget-aa; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
+for f in fmnist-budget fmnist-budget-aa fmnist-screen-aafast; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
 tar czf "$OUT/runs.tgz" --exclude='*/epochs' "$RUNS" 2>>"$OUT/session.log"
+[ -d "$TEACHER_EP" ] && cp "$TEACHER_EP"/{summary.json,metrics.jsonl,recipe.toml} "$LOGS/" 2>/dev/null  # weights stay there
 tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>>"$OUT/session.log"
 ls -la "$OUT" >>"$OUT/session.log"
 log "done"
