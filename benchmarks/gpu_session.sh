@@ -129,14 +129,14 @@ unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 # an earlier plain loop reached): float32 without autocast, then torch.compile (at batch 512 it lifted 2,329 to
 # 2,416), then compile with channels_last. Each alone on the GPU, as long as time is left.
 log "MobileNetV2 batch 128 throughput (GPU otherwise idle)"
-TINY=()
-[ "$SMOKE" = 1 ] && TINY=(--tiny)
+TINY=() BATCH="batch 128"
+[ "$SMOKE" = 1 ] && TINY=(--tiny) BATCH="batch 4"  # --tiny: batch 4, one step
 : >"$OUT/throughput-mobilenetv2-b128.md"
 for options in "--amp fp32" "--compile" "--compile --channels-last"; do
     [ "$(left)" -gt 30 ] || break
     # shellcheck disable=SC2086  # options is a list of flags
     timeout "$(( $(left) - 20 ))" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain \
-        --match mobilenetv2 --match "batch 128" $options "${TINY[@]}" >>"$OUT/throughput-mobilenetv2-b128.md" 2>&1
+        --match mobilenetv2 --match "$BATCH" $options "${TINY[@]}" >>"$OUT/throughput-mobilenetv2-b128.md" 2>&1
     log "throughput ($options) exit $?"
 done
 
