@@ -42,7 +42,7 @@ if [ "${PREP:-0}" = 1 ]; then  # here, before the call: what travels in .gpu
     for cells in runs/studies/fmnist-budget runs/studies/fmnist-screen/at runs/studies/fmnist-screen/akd-a09-t2; do
         [ -d "$cells" ] && tar cf - --exclude='*/epochs' "$cells" | tar xf - -C .gpu
     done
-    for summary in .gpu/runs/studies/*/*/*/summary.json .gpu/runs/studies/*/*/*/*/summary.json; do
+    for summary in .gpu/runs/studies/*/*/*/summary.json; do
         [ -f "$summary" ] && rm -f "$(dirname "$summary")/last.pt"
     done
     if [ -f runs/teachers/fmnist-teacher-wide/best.pt ]; then
@@ -96,25 +96,24 @@ study() {  # study NAME LOGNAME ARGS...: one method_study invocation in its own 
     echo $! >>"$LOGS/groups"  # setsid in a background job keeps its pid: the pid is the process group
     wait $!
 }
+wide_teacher() {  # wide_teacher DIR: train fmnist-teacher-wide into DIR (about 2 min), in its own process group
+    setsid $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$1" "${SETS[@]}" \
+        >"$LOGS/teacher-$(basename "$1").log" 2>&1 &
+    echo $! >>"$LOGS/groups"
+    wait $!
+    log "teacher $1 exit $?"
+}
 STOP="$LOGS/.stop"
 rm -f "$STOP"
 
 TEACHER=runs/teachers/fmnist-teacher-wide
-if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ did not survive: train the wide teacher again (about 2 min)
+if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ did not survive: train the wide teacher again
     log "no $TEACHER/best.pt: training the wide teacher first"
-    $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$TEACHER" "${SETS[@]}" \
-        >"$LOGS/teacher.log" 2>&1
-    log "teacher exit $?"
+    wide_teacher "$TEACHER"
 fi
 log "training starts"
-(  # the checkpoint ensemble needs a wide-teacher run that kept its per-epoch weights (about 2 min)
-    if [ ! -f "$TEACHER_EP/epochs/epoch-015.pt" ] && [ "$SMOKE" = 0 ]; then
-        setsid $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$TEACHER_EP" \
-            >"$LOGS/teacher.log" 2>&1 &
-        echo $! >>"$LOGS/groups"
-        wait $!
-        log "teacher exit $?"
-    fi
+(  # the checkpoint ensemble needs a wide-teacher run that kept its per-epoch weights
+    [ -f "$TEACHER_EP/epochs/epoch-015.pt" ] || [ "$SMOKE" = 1 ] || wide_teacher "$TEACHER_EP"
     [ -e "$STOP" ] || [ "$SMOKE" = 1 ] || study fmnist-budget ckens --only akd-ckens-a09-t2 --attacks pgd,aa-standard \
         --n "$N" --jobs 3 --results "$RESULTS/fmnist-budget-aa.json"
 ) &

@@ -30,12 +30,13 @@ def measure(run: Path, n: int, steps: int, threads: int) -> dict:
     """Clean and PGD accuracy of ``run``'s best checkpoint on its training split and on the test split."""
     splits = akd_edge.load_data(run / "recipe.toml")
     train = splits.train.subset(np.arange(min(n, len(splits.train))))
+    test = splits.test.subset(np.arange(min(n, len(splits.test))))
     figures = {}
-    for name, data in (("train", train), ("test", splits.test.subset(np.arange(min(n, len(splits.test)))))):
+    for name, data in (("train", train), ("test", test)):
         results = akd_edge.evaluate(run, data, n=n, steps=steps, threads=threads, checks=False, calibration=False)
         pgd = results["attacks"]["pgd"]
         figures[name] = {"clean": results["clean"]["acc"], "pgd": pgd["acc"], "n": results["clean"]["n"]}
-        figures["attack"] = pgd.get("settings", {})
+    figures["attack"] = pgd.get("settings", {})  # the same settings for both splits
     figures["gap_clean"] = figures["train"]["clean"] - figures["test"]["clean"]
     figures["gap_pgd"] = figures["train"]["pgd"] - figures["test"]["pgd"]
     return figures
