@@ -21,6 +21,8 @@ from akd_edge.errors import ConfigError, UsageError
 from akd_edge.files import check_name
 
 NORMS = ("linf", "l2")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes of the student; the first two without ``max-autotune``'s long kernel search."""
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -230,6 +232,10 @@ class TrainConfig:
     where it measured faster; kept on resume), ``on`` or ``off``."""
     compile: bool = False
     """Wrap the student in ``torch.compile`` (inductor); pays off on long GPU runs, costs minutes on CPUs."""
+    compile_mode: str = "default"
+    """``torch.compile`` mode of the student (with ``compile = true``): ``default``, ``reduce-overhead`` (CUDA
+    graphs: replays each step's kernels without launching them one by one, for small launch-bound batches on
+    GPUs; no effect on CPUs), ``max-autotune`` or ``max-autotune-no-cudagraphs`` (longer compiles)."""
     fast_teacher: bool = True
     """Run frozen teachers with BatchNorm folded into their convolutions, in the student's layout and (for
     bf16) precision, without autograd; ``false`` runs them as loaded."""
@@ -249,6 +255,12 @@ class TrainConfig:
         _check(self.amp in ("auto", "none", "bf16", "fp16"), "train.amp", "must be auto, none, bf16 or fp16")
         _check(self.channels_last in ("auto", "on", "off"), "train.channels_last", "must be auto, on or off")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _check(self.compile_mode in COMPILE_MODES, "train.compile_mode", f"must be one of {', '.join(COMPILE_MODES)}")
+        _check(
+            self.compile or self.compile_mode == "default",
+            "train.compile_mode",
+            f"is {self.compile_mode!r} but train.compile is false; set train.compile = true to compile the student",
+        )
 
 
 @dataclass(frozen=True)

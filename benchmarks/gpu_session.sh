@@ -4,14 +4,13 @@
 # (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput;
 # commit 11e3254: fmnist-long, the width-2 students, AutoAttack standard on every cell, MobileNetV2 compile).
 #
-#   1. training, all at once (CUDA MPS): the fmnist-budget levers not yet run (an ensemble of the two teachers,
-#      SAAD, IAD, RSLAD, AKD at alpha 0.5; seeds the CPU has not trained), a wide-teacher run that keeps its
-#      per-epoch weights and then the checkpoint-ensemble cells, and seeds 5-9 of the quickstart screen (AT
-#      against the shipped quickstart setting), AutoAttack standard on 2,000 images for seeds 0-9 (the wide
-#      teacher is trained first where runs/ did not survive);
-#   2. beside them, AutoAttack (standard) on 2,000 test images for the fmnist-budget cells trained on the CPU;
-#   3. at LIMIT - 170 s everything still running is stopped (cells keep last.pt and resume later), and
-#      train_throughput.py times MobileNetV2 at batch 128 (float32, compile, compile + channels_last) alone (issue 9);
+#   1. alone on the GPU, until PHASE_A s (issue 9): MobileNetV2 (then ResNet-18) AKD at batch 128, launch-bound
+#      in eager mode (644 img/s bf16; target 1,150), timed by train_throughput.py with torch.compile's CUDA
+#      graphs (train.compile_mode = "reduce-overhead") and in float32, each beside the plain eager loop;
+#   2. then, under CUDA MPS, the fmnist-budget levers not yet run, seed 0 (an ensemble of the two teachers, SAAD,
+#      IAD, RSLAD, AKD at alpha 0.5; the CPU's partial cells resume), AutoAttack standard on 2,000 images
+#      (the wide teacher is trained first where runs/ did not survive);
+#   3. at LIMIT - 25 s everything still running is stopped (cells keep last.pt and resume later);
 #   4. results JSONs, logs and run directories (without per-epoch checkpoints) land in $OUT (at most 8 files).
 #
 # Prepare here (fills .gpu/, ignored by git: the data, the wheels' contents, and the run directories the
@@ -66,12 +65,33 @@ RUNS=runs/studies
 RESULTS=benchmarks/results  # the committed results travel with the tree and come back with the new cells merged in
 N=2000
 SETS=()
-TEACHER_EP=runs/teachers/fmnist-teacher-wide-ep
 if [ "$SMOKE" = 1 ]; then
-    RUNS=/tmp/gpu-smoke/studies RESULTS=/tmp/gpu-smoke/results N=100 TEACHER_EP=/tmp/gpu-smoke/teacher-ep
+    RUNS=/tmp/gpu-smoke/studies RESULTS=/tmp/gpu-smoke/results N=100
     SETS=(--set train.epochs=1 --set data.train_subset=256 --set eval.val_samples=64)
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.log"
+$PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+    2>&1 | tee -a "$OUT/session.log"
+
+# 1. Issue 9, alone on the GPU: each configuration in its own process (its compile included), beside the
+# plain eager loop of the same step in the same process.
+PHASE_A=${PHASE_A:-330}
+TINY=() BATCH="batch 128"
+[ "$SMOKE" = 1 ] && TINY=(--tiny) BATCH="batch 4"  # --tiny: batch 4, one step
+: >"$OUT/throughput-b128.md"
+for config in "mobilenetv2|--channels-last --compile-mode reduce-overhead" "mobilenetv2|--amp fp32" \
+    "resnet18|--channels-last --compile-mode reduce-overhead" "mobilenetv2|--amp fp32 --compile-mode reduce-overhead"; do
+    room=$((PHASE_A - (SECONDS - T0)))
+    [ "$room" -gt 40 ] || break
+    model=${config%%|*} options=${config#*|}
+    log "throughput $model $options (GPU otherwise idle; at most $room s)"
+    # shellcheck disable=SC2086  # options is a list of flags
+    timeout "$room" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain --batches 20 \
+        --match "$model" --match "$BATCH" $options "${TINY[@]}" >>"$OUT/throughput-b128.md" 2>>"$LOGS/throughput.log"
+    log "throughput $model $options exit $?"
+done
+
+# 2. Issue 10's levers, sharing the GPU under CUDA MPS
 if [ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
@@ -85,8 +105,6 @@ if [ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
 else
     log "no CUDA MPS"
 fi
-$PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
-    2>&1 | tee -a "$OUT/session.log"
 
 study() {  # study NAME LOGNAME ARGS...: one method_study invocation in its own process group
     local name=$1 logname=$2
@@ -103,62 +121,33 @@ wide_teacher() {  # wide_teacher DIR: train fmnist-teacher-wide into DIR (about 
     wait $!
     log "teacher $1 exit $?"
 }
-STOP="$LOGS/.stop"
-rm -f "$STOP"
 
 TEACHER=runs/teachers/fmnist-teacher-wide
-if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ did not survive: train the wide teacher again
-    log "no $TEACHER/best.pt: training the wide teacher first"
-    wide_teacher "$TEACHER"
-fi
-log "training starts"
-(  # the checkpoint ensemble needs a wide-teacher run that kept its per-epoch weights
-    [ -f "$TEACHER_EP/epochs/epoch-015.pt" ] || [ "$SMOKE" = 1 ] || wide_teacher "$TEACHER_EP"
-    [ -e "$STOP" ] || [ "$SMOKE" = 1 ] || study fmnist-budget ckens --only akd-ckens-a09-t2 --attacks pgd,aa-standard \
-        --n "$N" --jobs 3 --results "$RESULTS/fmnist-budget-aa.json"
+(
+    if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ did not survive: train the wide teacher again
+        log "no $TEACHER/best.pt: training the wide teacher first"
+        wide_teacher "$TEACHER"
+    fi
+    log "training starts"
+    study fmnist-budget levers --only akd-ens-a09-t2,saad-wide,iad-wide,rslad-wide,akd-wide-a05-t2 --seeds 0 \
+        --attacks pgd,aa-standard --n "$N" --jobs 5 --results "$RESULTS/fmnist-budget-aa.json"
 ) &
-study fmnist-budget levers --only akd-ens-a09-t2,saad-wide,iad-wide,rslad-wide,akd-wide-a05-t2 \
-    --attacks pgd,aa-standard --n "$N" --jobs 8 --results "$RESULTS/fmnist-budget-aa.json" &
-# the quickstart setting against AT: seeds 0-4 (trained on the CPU, carried) and 5-9, AutoAttack standard on 2,000
-study fmnist-screen screen --only at,akd-a09-t2 --seeds 0,1,2,3,4,5,6,7,8,9 --attacks pgd,aa-standard --n "$N" \
-    --jobs 4 --results "$RESULTS/fmnist-screen-aa.json" &
-# AutoAttack standard for the finished cells trained on the CPU that lack it (the levers' seed-0 cells are
-# evaluated by their own study above)
-study fmnist-budget aa --eval-only --only akd-a09-t2,akd-a09-t2-b512 --attacks pgd,aa-standard --n "$N" --jobs 3 \
-    --results "$RESULTS/fmnist-budget-aa.json" &
-while [ "$(left)" -gt 170 ]; do
-    sleep 5
+while [ "$(left)" -gt 25 ] && [ -n "$(jobs -r)" ]; do
+    sleep 2
 done
-log "deadline: stopping what still runs"
-touch "$STOP"
+log "deadline or done: stopping what still runs"
 stop_all() {  # SIGNAL: every process group this script started
     local group
     for group in $(cat "$LOGS/groups" 2>/dev/null); do kill "-$1" -- "-$group" 2>/dev/null; done
 }
 stop_all TERM
-sleep 5
+sleep 4
 stop_all KILL
-[ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null && echo quit | nvidia-cuda-mps-control
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-
-# Issue 9: MobileNetV2 at batch 128 is launch-bound (644 img/s on an H200, bf16 eager; the target is 1,150, which
-# an earlier plain loop reached): float32 without autocast, then torch.compile (at batch 512 it lifted 2,329 to
-# 2,416), then compile with channels_last. Each alone on the GPU, as long as time is left.
-log "MobileNetV2 batch 128 throughput (GPU otherwise idle)"
-TINY=() BATCH="batch 128"
-[ "$SMOKE" = 1 ] && TINY=(--tiny) BATCH="batch 4"  # --tiny: batch 4, one step
-: >"$OUT/throughput-mobilenetv2-b128.md"
-for options in "--amp fp32" "--compile" "--compile --channels-last"; do
-    [ "$(left)" -gt 30 ] || break
-    # shellcheck disable=SC2086  # options is a list of flags
-    timeout "$(( $(left) - 20 ))" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain \
-        --match mobilenetv2 --match "$BATCH" $options "${TINY[@]}" >>"$OUT/throughput-mobilenetv2-b128.md" 2>&1
-    log "throughput ($options) exit $?"
-done
 
 for f in fmnist-budget fmnist-budget-aa fmnist-screen-aa; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
 tar czf "$OUT/runs.tgz" --exclude='*/epochs' "$RUNS" 2>>"$OUT/session.log"
-[ -d "$TEACHER_EP" ] && cp "$TEACHER_EP"/{summary.json,metrics.jsonl,recipe.toml} "$LOGS/" 2>/dev/null  # weights stay there
 tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>>"$OUT/session.log"
 ls -la "$OUT" >>"$OUT/session.log"
 log "done"

@@ -14,6 +14,7 @@ one step, PGD-1) whose numbers mean nothing.
 
     python benchmarks/train_throughput.py [--batches 10] [--batch-size 128] [--threads 0]
     python benchmarks/train_throughput.py --suite cifar --device cuda [--channels-last] [--compile] [--plain]
+        [--compile-mode reduce-overhead]
     python benchmarks/train_throughput.py --suite cifar --device cpu --tiny
 """
 
@@ -25,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from akd_edge.attacks import build_attack
-from akd_edge.config import AttackConfig, MethodConfig, OptimConfig
+from akd_edge.config import COMPILE_MODES, AttackConfig, MethodConfig, OptimConfig
 from akd_edge.methods import METHODS
 from akd_edge.models import create_model
 from akd_edge.teachers import TeacherEnsemble
@@ -83,7 +84,8 @@ def step_fn(
     plan = accel.SpeedPlan(
         channels_last=args.channels_last,
         precision=args.amp,
-        compile=args.compile,
+        compile=args.compile or args.compile_mode != "default",
+        compile_mode=args.compile_mode,
         teacher_channels_last=args.channels_last,
         teacher_precision=args.amp,
         cudnn_benchmark=args.device.startswith("cuda"),
@@ -97,6 +99,7 @@ def step_fn(
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         model.train()
+        accel.mark_step(plan, x.device)
         with accel.step_autocast(x.device, plan):
             loss = task(accel.as_input(x, plan.channels_last), y)["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -163,11 +166,22 @@ def measure(
     torch.manual_seed(0)
     batch_size = setting.get("batch_size", args.batch_size)
     model = make(model_name, setting["shape"]).to(args.device)
-    step = (plain_step_fn if plain else step_fn)(model, method, steps, teachers, args, setting)
     x = torch.rand(batch_size, *setting["shape"], device=args.device)
     y = torch.randint(0, 10, (batch_size,), device=args.device)
-    flops = count_flops(step, x, y)
-    step(x, y)  # warm-up (and compilation)
+    compiled = not plain and (args.compile or args.compile_mode != "default")
+    # FLOPs counted on an eager copy of the step: a dispatch mode around a compiled (or CUDA-graphed) call
+    # would count a different program
+    eager = argparse.Namespace(**{**vars(args), "compile": False, "compile_mode": "default"})
+    flops = count_flops(
+        (plain_step_fn if plain else step_fn)(
+            make(model_name, setting["shape"]).to(args.device), method, steps, teachers, eager, setting
+        ),
+        x,
+        y,
+    )
+    step = (plain_step_fn if plain else step_fn)(model, method, steps, teachers, args, setting)
+    for _ in range(3 if compiled else 1):
+        step(x, y)  # warm-up (compilation, and CUDA graph recording takes a few calls)
     seconds = accel.time_alternating({"run": lambda: [step(x, y) for _ in range(args.batches)]}, args.device, 1, 0)
     seconds = seconds["run"]
     return {
@@ -209,6 +223,12 @@ def main() -> None:
     parser.add_argument("--amp", choices=accel.PRECISIONS, help="step precision (default: bf16 on cuda, else fp32)")
     parser.add_argument("--channels-last", action="store_true", help="student, teacher and batches channels_last")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student (inductor)")
+    parser.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="torch.compile mode of the student (implies --compile; reduce-overhead: CUDA graphs)",
+    )
     parser.add_argument("--plain", action="store_true", help="also time each AKD student step as a plain eager loop")
     parser.add_argument(
         "--match",
@@ -249,7 +269,8 @@ def main() -> None:
     print(
         f"Device: {where} ({args.device}); CPU flags {' '.join(machine['cpu_flags']) or '-'}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; {args.amp}, "
-        f"channels_last {args.channels_last}, compile {args.compile}; "
+        f"channels_last {args.channels_last}, compile {args.compile or args.compile_mode != 'default'} "
+        f"(mode {args.compile_mode}); "
         f"{args.amp if args.amp != 'fp32' else 'float32'} matmul peak {peak / 1e9:.0f} GFLOP/s\n"
     )
     print("| configuration | images/s | GFLOP per step | GFLOP/s | share of matmul peak | akd-edge / plain |")

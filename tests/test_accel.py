@@ -4,6 +4,7 @@ the optional range check, the prefetching batch iterator and on-device running t
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +203,53 @@ def test_compiled_student_matches_eager_and_keeps_its_state_dict_keys() -> None:
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     assert set(model.state_dict()) == {k.removeprefix("_orig_mod.") for k in compiled.state_dict()}
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(monkeypatch: pytest.MonkeyPatch) -> None:
+    modes: list[str | None] = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, backend="inductor": modes.append(mode) or model)
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    graphs = SpeedPlan(compile=True, compile_mode="reduce-overhead")
+    for plan in (SpeedPlan(compile=True), graphs, SpeedPlan(compile=True, compile_mode="max-autotune-no-cudagraphs")):
+        accel.prepare_student(make("cnn-student"), plan)
+    assert modes == [None, "reduce-overhead", "max-autotune-no-cudagraphs"]
+    assert graphs.cuda_graphs and not SpeedPlan(compile=True).cuda_graphs
+    assert not SpeedPlan(compile_mode="reduce-overhead").cuda_graphs  # not compiled: nothing replays
+    accel.mark_step(graphs, torch.device("cpu"))  # CPU tensors never go through CUDA graphs
+    accel.mark_step(SpeedPlan(compile=True), torch.device("cuda"))
+    assert marks == []
+    accel.mark_step(graphs, torch.device("cuda"))
+    assert marks == [1]
+
+
+def test_a_run_with_cuda_graphs_compiles_in_that_mode_and_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from akd_edge.config import load_recipe
+    from akd_edge.train.checkpoint import load_checkpoint
+    from akd_edge.train.loop import Trainer
+
+    modes: list[str | None] = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, backend="inductor": modes.append(mode) or model)
+    recipe = {
+        "run": {"name": "graphs", "seed": 0, "device": "cpu"},
+        "data": {"name": "synthetic", "data_dir": "n=128,test=32,shape=1x8x8,classes=3", "val_size": 32},
+        "model": {"name": "cnn-student", "kwargs": {"width": 0.5}},
+        "method": {"name": "at"},
+        "train": {"epochs": 1, "compile": True, "compile_mode": "reduce-overhead", "keep_epoch_checkpoints": False},
+        "eval": {"val_samples": 16, "attack": {"eps": 0.1, "steps": 1}},
+    }
+    summary = Trainer(load_recipe(recipe), tmp_path / "run", "student").run()
+    assert modes == ["reduce-overhead"]
+    assert load_checkpoint(tmp_path / "run", "last")["speed"]["compile_mode"] == "reduce-overhead"
+    assert summary["speed"]["compile"] and summary["speed"]["compile_mode"] == "reduce-overhead"
+
+
+def test_a_plan_saved_before_compile_modes_existed_loads_with_the_default_mode() -> None:
+    saved = SpeedPlan(compile=True).to_dict()
+    del saved["compile_mode"]
+    assert SpeedPlan.from_dict(saved) == SpeedPlan(compile=True)
 
 
 # -- the range check, once per dataset -------------------------------------------------------------

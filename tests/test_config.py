@@ -18,6 +18,8 @@ def test_override_sets_nested_fields_with_toml_types() -> None:
     assert recipe.train.attack.eps == pytest.approx(0.05)
     assert recipe.method.name == "akd"
     assert recipe.data.augment is True
+    graphs = load_recipe({}, ["train.compile=true", "train.compile_mode=reduce-overhead"])
+    assert (graphs.train.compile, graphs.train.compile_mode) == (True, "reduce-overhead")
 
 
 def test_int_is_accepted_where_float_is_expected() -> None:
@@ -37,6 +39,8 @@ def test_int_is_accepted_where_float_is_expected() -> None:
         ({"method": {"name": "kd"}}, "method.name"),
         ({"method": {"alpha": 1.5}}, "method.alpha: must be in [0, 1]"),
         ({"teachers": [{"which": "best"}]}, "teachers[0].path: is required"),
+        ({"train": {"compile": True, "compile_mode": "fast"}}, "train.compile_mode: must be one of default, reduce"),
+        ({"train": {"compile_mode": "reduce-overhead"}}, "set train.compile = true"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, needle: str) -> None:

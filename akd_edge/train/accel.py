@@ -186,6 +186,8 @@ class SpeedPlan:
     """Autocast precision of the student's attack and training step: fp32, bf16 or fp16."""
     compile: bool = False
     """Student wrapped in ``torch.compile`` (inductor)."""
+    compile_mode: str = "default"
+    """Its ``torch.compile`` mode (``reduce-overhead``: CUDA graphs)."""
     teacher_fold: bool = True
     """Teacher BatchNorms folded into the convolutions (exact up to float rounding)."""
     teacher_channels_last: bool = False
@@ -204,6 +206,11 @@ class SpeedPlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpeedPlan:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """The compiled student replays CUDA graphs (on a GPU): each step must be marked as a new one."""
+        return self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
 
 
 def _student_candidates(
@@ -337,6 +344,7 @@ def default_plan(
     precision: str = "auto",
     channels_last: str = "auto",
     compile: bool = False,
+    compile_mode: str = "default",
     fast_teacher: bool = True,
 ) -> SpeedPlan:
     """The plan a training run starts with: ``auto`` decided by what the hardware has, without timing.
@@ -359,6 +367,7 @@ def default_plan(
         channels_last=layout,
         precision=precision,
         compile=compile,
+        compile_mode=compile_mode,
         teacher_fold=fast_teacher,
         teacher_channels_last=fast_teacher and layout,
         teacher_precision=precision if fast_teacher and precision == "bf16" else "fp32",
@@ -376,7 +385,19 @@ def prepare_student(model: nn.Module, plan: SpeedPlan, backend: str = "inductor"
     """
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    return compile_model(model, backend=backend) if plan.compile else model
+    return compile_model(model, mode=compile_mode(plan), backend=backend) if plan.compile else model
+
+
+def compile_mode(plan: SpeedPlan) -> str | None:
+    """``plan``'s compile mode as ``torch.compile`` takes it (None: its default)."""
+    return None if plan.compile_mode == "default" else plan.compile_mode
+
+
+def mark_step(plan: SpeedPlan, device: torch.device) -> None:
+    """Tell ``torch.compile``'s CUDA graphs that a new training step begins (the previous step's outputs
+    may be overwritten); nothing without CUDA graphs."""
+    if plan.cuda_graphs and device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def accelerate_teacher(teacher: TeacherEnsemble, plan: SpeedPlan, *, needs_grad: bool = False) -> TeacherEnsemble:

@@ -57,8 +57,10 @@ from akd_edge.train.accel import (
     accelerate_teacher,
     as_input,
     bf16_supported,
+    compile_mode,
     compile_model,
     default_plan,
+    mark_step,
     plan_settings,
     prepare_student,
     step_autocast,
@@ -300,7 +302,8 @@ class Trainer:
     def _speed_text(self) -> str:
         plan = self.plan or SpeedPlan()
         parts = [plan.precision, "channels_last" if plan.channels_last else "NCHW"]
-        parts += ["compiled"] if plan.compile else []
+        if plan.compile:
+            parts.append("compiled" if plan.compile_mode == "default" else f"compiled ({plan.compile_mode})")
         if self.teacher is not None and self.recipe.train.fast_teacher:
             parts.append(f"teacher {'folded ' if plan.teacher_fold else ''}{plan.teacher_precision}")
         return ", ".join(parts)
@@ -317,6 +320,7 @@ class Trainer:
                 precision=self._precision(),
                 channels_last=t.channels_last,
                 compile=t.compile,
+                compile_mode=t.compile_mode,
                 fast_teacher=t.fast_teacher,
             )
         if self.group is not None and t.sync_bn and self._restore_bn is None:
@@ -348,7 +352,7 @@ class Trainer:
         """
         assert self.task is not None and self.plan is not None
         self._ddp = data_parallel(self.model, self.device)
-        loss_model = compile_model(self._ddp) if self.plan.compile else self._ddp
+        loss_model = compile_model(self._ddp, mode=compile_mode(self.plan)) if self.plan.compile else self._ddp
         attack = self.task.attack
         if attack is not None:
             self.task.attack = lambda model, x, y, **kw: attack(
@@ -730,6 +734,7 @@ class Trainer:
         """One optimiser step; ``weight`` scales the loss that is differentiated (a rank's share of the batch)."""
         assert self.task is not None and self.plan is not None
         self.model.train()
+        mark_step(self.plan, self.device)
         x = as_input(x, self.plan.channels_last)
         if idx is not None:
             self.task.use_clean_batch(x, idx)  # lets a cached teacher answer for these training images
