@@ -2,14 +2,17 @@
 # One lent GPU session's work for issues 9 and 10, inside a fixed time budget (the device tool lends 15 minutes
 # a session). The plan is the next session's; `git log -p benchmarks/gpu_session.sh` shows what earlier ones ran
 # (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput;
-# commit 11e3254: fmnist-long, the width-2 students, AutoAttack standard on every cell, MobileNetV2 compile).
+# commit 11e3254: fmnist-long, the width-2 students, AutoAttack standard on every cell, MobileNetV2 compile;
+# commit 893448e: CUDA graphs at batch 128, the fmnist-budget levers' seed 0).
 #
-#   1. alone on the GPU, until PHASE_A s (issue 9): MobileNetV2 (then ResNet-18) AKD at batch 128, launch-bound
-#      in eager mode (644 img/s bf16; target 1,150), timed by train_throughput.py with torch.compile's CUDA
-#      graphs (train.compile_mode = "reduce-overhead") and in float32, each beside the plain eager loop;
-#   2. then, under CUDA MPS, the fmnist-budget levers not yet run, seed 0 (an ensemble of the two teachers, SAAD,
-#      IAD, RSLAD, AKD at alpha 0.5; the CPU's partial cells resume), AutoAttack standard on 2,000 images
-#      (the wide teacher is trained first where runs/ did not survive);
+#   1. alone on the GPU, until PHASE_A s (issue 9's follow-up): MobileNetV2 and ResNet-18 AKD at batch 512 with
+#      torch.compile's CUDA graphs (train.compile_mode = "reduce-overhead"), beside the plain eager loop, to
+#      decide whether the -b512 recipes should use them (compile default: 2,416 img/s for MobileNetV2);
+#   2. then, under CUDA MPS, issue 10's levers: the shipped configuration at alpha 0.3 (`akd-a03-t2`, where the
+#      wide teacher tied AT; the CPU's partial cells resume), seeds 1-2 of the teacher ensemble, a wide-teacher
+#      run that keeps its per-epoch weights and then the checkpoint-ensemble cells, and the quickstart screen's
+#      seeds 0-9 with AutoAttack standard on 2,000 images (the wide teacher is trained first where runs/ did
+#      not survive);
 #   3. at LIMIT - 25 s everything still running is stopped (cells keep last.pt and resume later);
 #   4. results JSONs, logs and run directories (without per-epoch checkpoints) land in $OUT (at most 8 files).
 #
@@ -73,21 +76,21 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 $PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$OUT/session.log"
 
-# 1. Issue 9, alone on the GPU: each configuration in its own process (its compile included), beside the
+# 1. Issue 9's follow-up, alone on the GPU: each configuration in its own process (its compile included), beside the
 # plain eager loop of the same step in the same process.
-PHASE_A=${PHASE_A:-330}
-TINY=() BATCH="batch 128"
+PHASE_A=${PHASE_A:-240}
+TINY=() BATCH="batch 512"
 [ "$SMOKE" = 1 ] && TINY=(--tiny) BATCH="batch 4"  # --tiny: batch 4, one step
-: >"$OUT/throughput-b128.md"
-for config in "mobilenetv2|--channels-last --compile-mode reduce-overhead" "mobilenetv2|--amp fp32" \
-    "resnet18|--channels-last --compile-mode reduce-overhead" "mobilenetv2|--amp fp32 --compile-mode reduce-overhead"; do
+: >"$OUT/throughput.md"
+for config in "mobilenetv2|--channels-last --compile-mode reduce-overhead" \
+    "resnet18|--channels-last --compile-mode reduce-overhead"; do
     room=$((PHASE_A - (SECONDS - T0)))
     [ "$room" -gt 40 ] || break
     model=${config%%|*} options=${config#*|}
     log "throughput $model $options (GPU otherwise idle; at most $room s)"
     # shellcheck disable=SC2086  # options is a list of flags
     timeout "$room" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain --batches 20 \
-        --match "$model" --match "$BATCH" $options "${TINY[@]}" >>"$OUT/throughput-b128.md" 2>>"$LOGS/throughput.log"
+        --match "$model" --match "$BATCH" $options "${TINY[@]}" >>"$OUT/throughput.md" 2>>"$LOGS/throughput.log"
     log "throughput $model $options exit $?"
 done
 
@@ -123,15 +126,24 @@ wide_teacher() {  # wide_teacher DIR: train fmnist-teacher-wide into DIR (about 
 }
 
 TEACHER=runs/teachers/fmnist-teacher-wide
+TEACHER_EP=runs/teachers/fmnist-teacher-wide-ep
 (
     if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ did not survive: train the wide teacher again
         log "no $TEACHER/best.pt: training the wide teacher first"
         wide_teacher "$TEACHER"
     fi
     log "training starts"
-    study fmnist-budget levers --only akd-ens-a09-t2,saad-wide,iad-wide,rslad-wide,akd-wide-a05-t2 --seeds 0 \
-        --attacks pgd,aa-standard --n "$N" --jobs 5 --results "$RESULTS/fmnist-budget-aa.json"
+    study fmnist-budget levers --only akd-a03-t2,akd-ens-a09-t2 --seeds 0,1,2 \
+        --attacks pgd,aa-standard --n "$N" --jobs 6 --results "$RESULTS/fmnist-budget-aa.json"
 ) &
+(  # the checkpoint ensemble needs a wide-teacher run that kept its per-epoch weights
+    [ -f "$TEACHER_EP/epochs/epoch-015.pt" ] || [ "$SMOKE" = 1 ] || wide_teacher "$TEACHER_EP"
+    [ "$SMOKE" = 1 ] || study fmnist-budget ckens --only akd-ckens-a09-t2 --attacks pgd,aa-standard \
+        --n "$N" --jobs 3 --results "$RESULTS/fmnist-budget-aa.json"
+) &
+# the quickstart setting against AT: seeds 0-4 (trained on the CPU, carried) and 5-9, AutoAttack standard on 2,000
+study fmnist-screen screen --only at,akd-a09-t2 --seeds 0,1,2,3,4,5,6,7,8,9 --attacks pgd,aa-standard --n "$N" \
+    --jobs 4 --results "$RESULTS/fmnist-screen-aa.json" &
 while [ "$(left)" -gt 25 ] && [ -n "$(jobs -r)" ]; do
     sleep 2
 done
