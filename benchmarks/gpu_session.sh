@@ -5,7 +5,8 @@
 # commit 11e3254: fmnist-long, the width-2 students, AutoAttack standard on every cell, MobileNetV2 compile;
 # commit 893448e: CUDA graphs at batch 128, the fmnist-budget levers' seed 0).
 #
-#   1. alone on the GPU, until PHASE_A s (issue 9's follow-up): MobileNetV2 and ResNet-18 AKD at batch 512 with
+#   1. alone on the GPU, until PHASE_A s (issue 9's follow-up): `akd-edge distill` of the quickstart recipe with
+#      CUDA graphs and without (same validation figures expected), then MobileNetV2 and ResNet-18 AKD at batch 512 with
 #      torch.compile's CUDA graphs (train.compile_mode = "reduce-overhead"), beside the plain eager loop, to
 #      decide whether the -b512 recipes should use them (compile default: 2,416 img/s for MobileNetV2);
 #   2. then, under CUDA MPS, issue 10's levers: the shipped configuration at alpha 0.3 (`akd-a03-t2`, where the
@@ -78,7 +79,18 @@ $PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torc
 
 # 1. Issue 9's follow-up, alone on the GPU: each configuration in its own process (its compile included), beside the
 # plain eager loop of the same step in the same process.
-PHASE_A=${PHASE_A:-240}
+PHASE_A=${PHASE_A:-300}
+# first, `akd-edge distill` itself with CUDA graphs (the benchmark above times the step, not the command):
+# the quickstart recipe for 2 epochs compiled with reduce-overhead and eager, validation figures side by side
+if [ "$PHASE_A" -gt 0 ]; then
+    for mode in reduce-overhead eager; do
+        graphs=()
+        [ "$mode" = eager ] || graphs=(--set train.compile=true --set train.compile_mode="$mode")
+        timeout $((PHASE_A - (SECONDS - T0))) $PY -m akd_edge distill -r fmnist-quickstart --device "$DEV" \
+            --set train.epochs=2 "${SETS[@]}" "${graphs[@]}" --out "/tmp/graphs-$mode" >"$LOGS/distill-$mode.log" 2>&1
+        log "distill ($mode) exit $?: $(grep -h -m1 -o 'val clean / robust (best).*' "$LOGS/distill-$mode.log")"
+    done
+fi
 TINY=() BATCH="batch 512"
 [ "$SMOKE" = 1 ] && TINY=(--tiny) BATCH="batch 4"  # --tiny: batch 4, one step
 : >"$OUT/throughput.md"
