@@ -21,7 +21,7 @@ install: data
 
 install-dev: data
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,plots]"
+	$(PIP) install -e ".[dev,plots,openvino]"
 
 ## The browser test's tools (tests/test_web_export.py): Debian's chromium, and onnxruntime-web from npm into
 ## tests/web/node_modules (version pinned by tests/web/package-lock.json). Playwright's Python package comes

@@ -1,7 +1,8 @@
 """Benchmark: a student distilled from the ONNX export of a teacher against one from the torch teacher.
 
 Issue 12's done-when: the same recipe and seed, once with the torch teacher (``builtin:fmnist-teacher``, run
-by akd-edge's fast path) and once with ``onnx:`` of its akd-edge export (onnxruntime, float32), should reach
+by akd-edge's fast path) and once with ``onnx:`` of its akd-edge export (onnxruntime in float32, or OpenVINO
+at bf16 where the run's plan gives teachers bf16 and the ``openvino`` extra is installed), should reach
 the same validation accuracy within 0.5 point. Prints both runs' validation numbers, their difference and
 each run's training speed, and writes ``benchmarks/results/onnx_teacher_parity.json``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from akd_edge.export.pipeline import onnx_metadata
 from akd_edge.files import sha256_file
 from akd_edge.teachers import CleanTeacherCache, TeacherEnsemble, load_teachers
 from akd_edge.teachers_onnx import OnnxTeacher
-from akd_edge.train.accel import SpeedPlan, accelerate_teacher
+from akd_edge.train.accel import SpeedPlan, accelerate_teacher, bf16_supported
 from akd_edge.train.checkpoint import load_checkpoint, load_model
 from akd_edge.train.loop import Trainer, train_run
 
@@ -116,14 +117,58 @@ def test_a_plain_torch_onnx_export_without_metadata_teaches(teacher_run: Path, t
         load_teachers([TeacherSpec(path=f"onnx:{static}")], input_shape=SHAPE, num_classes=CLASSES)
 
 
-def test_fast_teacher_path_leaves_onnx_members_alone_and_keeps_provenance(onnx_teacher: Path) -> None:
+def test_fast_teacher_path_leaves_onnx_members_alone_and_keeps_provenance(
+    onnx_teacher: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ensemble = load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES)
-    plan = SpeedPlan(teacher_fold=True, teacher_channels_last=True, teacher_precision="bf16")
-    fast = accelerate_teacher(ensemble, plan)
-    assert fast.members[0] is ensemble.members[0]  # not folded, converted or copied
-    assert fast.provenance == ensemble.provenance
     x = images()
-    assert torch.allclose(fast.probs(x), ensemble.probs(x), atol=1e-6)  # bf16 autocast does not reach onnxruntime
+    for plan in (
+        SpeedPlan(teacher_fold=True, teacher_channels_last=True, teacher_precision="fp32"),
+        SpeedPlan(teacher_fold=True, teacher_channels_last=True, teacher_precision="bf16"),
+    ):
+        if plan.teacher_precision == "bf16":
+            monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: onnxruntime, float32
+        fast = accelerate_teacher(ensemble, plan)
+        assert fast.members[0] is ensemble.members[0]  # not folded, converted or copied
+        assert fast.provenance == ensemble.provenance
+        assert torch.allclose(fast.probs(x), ensemble.probs(x), atol=1e-6)  # bf16 autocast does not reach it
+
+
+def test_a_bf16_plan_runs_the_onnx_teacher_under_openvino_where_installed(onnx_teacher: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    ensemble = load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES)
+    fast = accelerate_teacher(ensemble, SpeedPlan(teacher_precision="bf16"))
+    member = fast.members[0]
+    assert isinstance(member, OnnxTeacher) and member.runtime == "openvino bf16"
+    assert ensemble.members[0].runtime == "onnxruntime"  # the loaded teacher is left as it was
+    assert fast.provenance == ensemble.provenance
+    for n in (16, 5):  # the training batch and a smaller last batch
+        x = images(n)
+        assert torch.allclose(fast.probs(x), ensemble.probs(x), atol=2e-2)  # bf16 rounding, not another model
+    # a GPU run keeps onnxruntime (its CUDA provider); so does a float32 plan
+    assert ensemble.members[0].fast_path("bf16", torch.device("cuda")) is ensemble.members[0]
+    assert ensemble.members[0].fast_path("fp32", torch.device("cpu")) is ensemble.members[0]
+
+
+def test_an_onnx_teacher_with_external_weights_stays_under_onnxruntime(onnx_teacher: Path, tmp_path: Path) -> None:
+    """OpenVINO would open whatever file an (untrusted) ONNX file names for its weights; onnxruntime only
+    reads them from the model's folder, so such a teacher is not handed to OpenVINO."""
+    import onnx
+
+    path = tmp_path / "external.onnx"
+    onnx.save_model(
+        onnx.load(str(onnx_teacher)), str(path), save_as_external_data=True, location="w.bin", size_threshold=256
+    )
+    assert (tmp_path / "w.bin").is_file()
+    ensemble = load_teachers([TeacherSpec(path=f"onnx:{path}")], input_shape=SHAPE, num_classes=CLASSES)
+    member = ensemble.members[0]
+    assert member.fast_path("bf16", torch.device("cpu")) is member
+    x = images()
+    assert torch.allclose(
+        ensemble.probs(x),
+        load_teachers([TeacherSpec(path=f"onnx:{onnx_teacher}")], input_shape=SHAPE, num_classes=CLASSES).probs(x),
+        atol=1e-6,
+    )
 
 
 def test_clean_teacher_cache_reads_what_the_onnx_teacher_computes(onnx_teacher: Path) -> None:
@@ -292,6 +337,7 @@ def test_distill_from_onnx_teacher_records_provenance_in_checkpoint_summary_repo
         assert record["val"] == {k: teacher_meta["val"][k] for k in ("clean_acc", "robust_acc")}
         assert record["threat"] == {"norm": "linf", "eps": 0.1} and "pgd-1" in record["attack"]
     assert summary["epochs"] == 1 and 0.0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"] <= 1.0
+    assert summary["speed"]["onnx_teacher_runtime"] == ["onnxruntime"]  # a float32 plan (train.amp = "none")
 
     folder, report = export_checkpoint(onnx_student, tmp_path / "export", int8=False, calib=0, n_test=32)
     on_disk = json.loads((folder / "report.json").read_text())
@@ -299,6 +345,18 @@ def test_distill_from_onnx_teacher_records_provenance_in_checkpoint_summary_repo
     card = " ".join((folder / "MODEL_CARD.md").read_text().split())
     assert "## Teachers" in card and f"`onnx:{onnx_teacher}`" in card and sha[:16] in card
     assert f"{100 * teacher_meta['val']['robust_acc']:.2f}%" in card
+
+
+def test_a_bf16_distillation_runs_its_onnx_teacher_under_openvino(onnx_teacher: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 kernels: the run trains in float32")
+    recipe = tiny_recipe(path=f"onnx:{onnx_teacher}")
+    recipe["train"]["amp"] = "bf16"
+    summary = train_run(load_recipe(recipe), tmp_path / "run")
+    assert summary["speed"]["teacher_precision"] == "bf16"
+    assert summary["speed"]["onnx_teacher_runtime"] == ["openvino bf16"]
+    assert 0.0 <= summary["best"]["robust_acc"] <= summary["best"]["clean_acc"] <= 1.0
 
 
 def test_student_of_the_onnx_teacher_validates_as_the_torch_teachers_student(

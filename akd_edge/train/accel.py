@@ -411,8 +411,8 @@ def accelerate_teacher(teacher: TeacherEnsemble, plan: SpeedPlan, *, needs_grad:
 
     members = []
     for member in teacher.members:
-        if not getattr(member, "differentiable", True):  # an ONNX teacher: onnxruntime optimised it already
-            members.append(member)
+        if not getattr(member, "differentiable", True):  # an ONNX teacher: its runtime optimises the graph
+            members.append(member.fast_path(plan.teacher_precision, teacher.weights.device))
             continue
         fast = fold_batchnorm(member) if plan.teacher_fold else copy.deepcopy(member).eval()
         if plan.teacher_channels_last:

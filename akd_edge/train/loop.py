@@ -306,7 +306,13 @@ class Trainer:
             parts.append("compiled" if plan.compile_mode == "default" else f"compiled ({plan.compile_mode})")
         if self.teacher is not None and self.recipe.train.fast_teacher:
             parts.append(f"teacher {'folded ' if plan.teacher_fold else ''}{plan.teacher_precision}")
+            runtimes = self._onnx_runtimes()
+            parts += [f"ONNX teacher under {', '.join(runtimes)}"] if runtimes else []
         return ", ".join(parts)
+
+    def _onnx_runtimes(self) -> list[str]:
+        """How the ONNX teacher members run (onnxruntime, or OpenVINO at bf16 on the fast path)."""
+        return sorted({m.runtime for m in getattr(self.teacher, "members", []) if hasattr(m, "runtime")})
 
     def prepare(self, saved: dict[str, Any] | None = None) -> None:
         """Apply the speed plan (the checkpoint's on resume, so a resumed run computes as before) and build
@@ -850,6 +856,8 @@ class Trainer:
         }
         if "teachers" in self.ckpt_extra:
             summary["teachers"] = self.ckpt_extra["teachers"]
+        if self._onnx_runtimes():
+            summary["speed"]["onnx_teacher_runtime"] = self._onnx_runtimes()
         if self.group is not None:
             summary["world_size"] = self.group.world
         write_json_atomic(self.run_dir / "summary.json", summary)
