@@ -241,6 +241,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "fp32")
+    accel.configure_cuda(args.device.startswith("cuda"))  # cudnn autotuning, as a training run has it (both loops)
     if args.tiny:
         args.batches, args.batch_size = 1, 4
     fmnist = {"shape": SHAPE, "teacher": "cnn-teacher", "eps": EPS}
