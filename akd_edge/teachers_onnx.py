@@ -13,6 +13,7 @@ bf16 fast path on the shipped teacher (``benchmarks/teacher_forward.py``).
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -73,13 +74,15 @@ class OnnxTeacher(nn.Module):
                 self.source,
             )
             return self
-        if _uses_external_data(self.classifier.path):
+        data = Path(self.classifier.path).read_bytes()  # checked and compiled from the same bytes
+        if _uses_external_data(data):
             log.info("%s keeps its weights in external files: it runs under onnxruntime", self.source)
             return self  # OpenVINO would open files the ONNX file names; onnxruntime confines them to its folder
         core = openvino.Core()
         settings = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         try:
-            request = core.compile_model(str(self.classifier.path), "CPU", settings).create_infer_request()
+            model = core.read_model(io.BytesIO(data))
+            request = core.compile_model(model, "CPU", settings).create_infer_request()
         except Exception as err:  # noqa: BLE001 - OpenVINO's own error types: onnxruntime runs it instead
             log.warning("OpenVINO cannot run %s (%s); it runs under onnxruntime", self.source, err)
             return self
@@ -95,8 +98,8 @@ class OnnxTeacher(nn.Module):
         return f"{self.source}, providers={self.classifier.session.get_providers()}"
 
 
-def _uses_external_data(path: Path) -> bool:
-    """True when a tensor of the ONNX file at ``path`` (subgraphs included) points to data in another file."""
+def _uses_external_data(data: bytes) -> bool:
+    """True when a tensor of the ONNX model ``data`` (subgraphs included) points to data in another file."""
     import onnx
 
     def graphs_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -109,7 +112,7 @@ def _uses_external_data(path: Path) -> bool:
                 for sub in [attribute.g, *attribute.graphs] if attribute.HasField("g") else attribute.graphs:
                     yield from graphs_tensors(sub)
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load_model_from_string(data)
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in graphs_tensors(model.graph))
 
 
