@@ -84,7 +84,7 @@ def step_fn(
     plan = accel.SpeedPlan(
         channels_last=args.channels_last,
         precision=args.amp,
-        compile=args.compile or args.compile_mode != "default",
+        compile=args.compile,
         compile_mode=args.compile_mode,
         teacher_channels_last=args.channels_last,
         teacher_precision=args.amp,
@@ -168,7 +168,7 @@ def measure(
     model = make(model_name, setting["shape"]).to(args.device)
     x = torch.rand(batch_size, *setting["shape"], device=args.device)
     y = torch.randint(0, 10, (batch_size,), device=args.device)
-    compiled = not plain and (args.compile or args.compile_mode != "default")
+    compiled = not plain and args.compile
     # FLOPs counted on an eager copy of the step: a dispatch mode around a compiled (or CUDA-graphed) call
     # would count a different program
     eager = argparse.Namespace(**{**vars(args), "compile": False, "compile_mode": "default"})
@@ -241,6 +241,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.compile = args.compile or args.compile_mode != "default"  # a mode implies compiling
     accel.configure_cuda(args.device.startswith("cuda"))  # cudnn autotuning, as a training run has it (both loops)
     if args.tiny:
         args.batches, args.batch_size = 1, 4
@@ -270,7 +271,7 @@ def main() -> None:
     print(
         f"Device: {where} ({args.device}); CPU flags {' '.join(machine['cpu_flags']) or '-'}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; {args.amp}, "
-        f"channels_last {args.channels_last}, compile {args.compile or args.compile_mode != 'default'} "
+        f"channels_last {args.channels_last}, compile {args.compile} "
         f"(mode {args.compile_mode}); "
         f"{args.amp if args.amp != 'fp32' else 'float32'} matmul peak {peak / 1e9:.0f} GFLOP/s\n"
     )

@@ -164,9 +164,10 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])
 
 
-def compile_model(model: nn.Module, mode: str | None = None, backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` of ``model`` (inductor); the first calls pay the compile time (seconds to minutes)."""
-    return torch.compile(model, mode=mode, backend=backend)
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` of ``model`` (inductor) in ``mode`` (a :data:`akd_edge.config.COMPILE_MODES` name); the
+    first calls pay the compile time (seconds to minutes)."""
+    return torch.compile(model, mode=None if mode == "default" else mode, backend=backend)
 
 
 def configure_cuda(benchmark: bool = True) -> None:
@@ -385,12 +386,7 @@ def prepare_student(model: nn.Module, plan: SpeedPlan, backend: str = "inductor"
     """
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    return compile_model(model, mode=compile_mode(plan), backend=backend) if plan.compile else model
-
-
-def compile_mode(plan: SpeedPlan) -> str | None:
-    """``plan``'s compile mode as ``torch.compile`` takes it (None: its default)."""
-    return None if plan.compile_mode == "default" else plan.compile_mode
+    return compile_model(model, mode=plan.compile_mode, backend=backend) if plan.compile else model
 
 
 def mark_step(plan: SpeedPlan, device: torch.device) -> None:

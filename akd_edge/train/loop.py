@@ -57,7 +57,6 @@ from akd_edge.train.accel import (
     accelerate_teacher,
     as_input,
     bf16_supported,
-    compile_mode,
     compile_model,
     default_plan,
     mark_step,
@@ -358,7 +357,7 @@ class Trainer:
         """
         assert self.task is not None and self.plan is not None
         self._ddp = data_parallel(self.model, self.device)
-        loss_model = compile_model(self._ddp, mode=compile_mode(self.plan)) if self.plan.compile else self._ddp
+        loss_model = compile_model(self._ddp, mode=self.plan.compile_mode) if self.plan.compile else self._ddp
         attack = self.task.attack
         if attack is not None:
             self.task.attack = lambda model, x, y, **kw: attack(
@@ -856,8 +855,8 @@ class Trainer:
         }
         if "teachers" in self.ckpt_extra:
             summary["teachers"] = self.ckpt_extra["teachers"]
-        if self._onnx_runtimes():
-            summary["speed"]["onnx_teacher_runtime"] = self._onnx_runtimes()
+        if runtimes := self._onnx_runtimes():
+            summary["speed"]["onnx_teacher_runtime"] = runtimes
         if self.group is not None:
             summary["world_size"] = self.group.world
         write_json_atomic(self.run_dir / "summary.json", summary)
