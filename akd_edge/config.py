@@ -30,6 +30,24 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _check_finite(section: Any, prefix: str) -> None:
+    """Every float field of ``section`` (and float in a list field) is finite, whoever built the dataclass.
+
+    TOML and ``--set`` values are checked as they are read; this catches ``OptimConfig(lr=math.inf)`` in Python.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{prefix}.{f.name}: must be a finite number, got {item}")
+
+
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""``run.seed`` must fit a signed 64-bit integer, as torch's and numpy's generators take it."""
+MAX_LR = 1e6
+"""Largest ``train.optim.lr``: far above any rate that trains (0.01-1 for SGD), below what overflows float32."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Where and how a run executes."""
@@ -51,6 +69,8 @@ class RunConfig:
             check_name(self.name, "run.name")
         except UsageError as err:
             raise ConfigError(str(err)) from None
+        lo, hi = SEED_RANGE
+        _check(lo <= self.seed <= hi, "run.seed", f"must fit in 64 bits (from {lo} to {hi}), got {self.seed}")
         _check(self.threads >= 0, "run.threads", "must be >= 0")
         _check(
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
@@ -79,12 +99,40 @@ class DataConfig:
     """Batch size of evaluation and of validation attacks."""
     augment: bool = False
     """Random crop (padding 4) and horizontal flip; meant for CIFAR-like data."""
+    labeled: int = 0
+    """Keep the labels of N training images, drawn class by class in a seeded order (0 = every image labelled).
+    The other training images are then unlabelled: used only if ``unlabeled = "rest"``, their labels never read."""
+    unlabeled: str = "none"
+    """Images used without labels, whose targets come from the teachers: ``none``; ``rest`` (the training
+    images outside the ``labeled`` N); or a path to your own images: a folder of PNG/JPEG files, an IDX file, or
+    an ``.npz`` whose ``x`` array holds them (uint8, [N, H, W], [N, C, H, W] or [N, H, W, C])."""
+    labeled_fraction: float = 0.0
+    """With unlabelled images: the share of every training batch taken from the labelled images, which are
+    then repeated as often as needed (an epoch is one pass over the unlabelled ones); 0 draws batches from one
+    shuffled pool of both, in proportion to their numbers."""
 
     def __post_init__(self) -> None:
         _check(self.val_size >= 0, "data.val_size", "must be >= 0")
+        _check(self.labeled >= 0, "data.labeled", "must be >= 0 (0 = all images labelled)")
+        _check(bool(self.unlabeled.strip()), "data.unlabeled", 'must be "none", "rest" or a path to your images')
+        _check(
+            self.unlabeled != "rest" or self.labeled > 0,
+            "data.unlabeled",
+            '"rest" means the training images outside data.labeled; set data.labeled = N too',
+        )
+        _check(
+            math.isfinite(self.labeled_fraction) and 0 <= self.labeled_fraction < 1,
+            "data.labeled_fraction",
+            f"must be a fraction in [0, 1) (0 = in proportion), got {self.labeled_fraction}",
+        )
         _check(self.train_subset >= 0, "data.train_subset", "must be >= 0 (0 = all)")
         _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Whether training takes images without labels (their targets then come from the teachers)."""
+        return self.unlabeled != "none"
 
 
 @dataclass(frozen=True)
@@ -117,7 +165,7 @@ class AttackConfig:
     def __post_init__(self) -> None:
         _check(self.name in ("pgd", "fgsm", "none"), "attack.name", f"must be pgd, fgsm or none, got {self.name!r}")
         _check(self.norm in NORMS, "attack.norm", f"must be one of {NORMS}, got {self.norm!r}")
-        _check(math.isfinite(self.eps), "attack.eps", f"must be a finite number, got {self.eps}")
+        _check_finite(self, "attack")
         _check(self.eps >= 0, "attack.eps", "must be >= 0")
         _check(
             self.norm != "linf" or self.eps <= 1,
@@ -145,15 +193,17 @@ class OptimConfig:
     """SGD and its learning-rate schedule."""
 
     lr: float = 0.1
-    """Peak learning rate."""
+    """Peak learning rate, in (0, 1e6]."""
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    """L2 penalty of SGD, in [0, 1]."""
     schedule: str = "onecycle"
     """``onecycle``, ``cosine``, ``multistep`` or ``constant``; stepped every batch."""
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     """For ``multistep``: fractions of training at which the rate is multiplied by ``gamma``."""
     gamma: float = 0.1
+    """For ``multistep``: the factor, in (0, 1], the rate is multiplied by at each milestone."""
     warmup: float = 0.0
     """Fraction of training over which the rate rises linearly from ``lr / 10`` to ``lr`` before a cosine,
     multistep or constant schedule (one-cycle has its own warm-up); for large batches with a scaled rate."""
@@ -161,9 +211,18 @@ class OptimConfig:
     """Clip the gradient norm to this value (0 = off)."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "optim")
         _check(self.lr > 0, "optim.lr", "must be > 0")
+        _check(
+            self.lr <= MAX_LR, "optim.lr", f"must be at most {MAX_LR:g} (SGD trains with 0.01 to 1), got {self.lr:g}"
+        )
         _check(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)")
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(0 <= self.weight_decay <= 1, "optim.weight_decay", f"must be in [0, 1], got {self.weight_decay:g}")
+        _check(
+            0 < self.gamma <= 1,
+            "optim.gamma",
+            f"must be in (0, 1]: the rate is multiplied by it at each milestone (0.1 divides it by 10), got {self.gamma:g}",
+        )
         schedules = ("onecycle", "cosine", "multistep", "constant")
         _check(self.schedule in schedules, "optim.schedule", f"must be one of {schedules}")
         _check(all(0 < m < 1 for m in self.milestones), "optim.milestones", "must be fractions in (0, 1)")
@@ -203,6 +262,7 @@ class MethodConfig:
     proxy) or its cross-entropy ``loss`` on x' with the true label."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "method")
         _check(0 <= self.alpha <= 1, "method.alpha", "must be in [0, 1]")
         _check(self.temperature > 0, "method.temperature", "must be > 0")
         _check(self.teacher_input in ("adv", "clean"), "method.teacher_input", "must be adv or clean")
@@ -299,6 +359,7 @@ class TeacherSpec:
     """Keyword arguments of ``factory`` for a plain weights file (for example ``{depth = 28, width = 10}``)."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "teachers")
         _check(bool(self.path), "teachers.path", "is required")
         module, colon, attr = self.factory.partition(":")
         _check(
@@ -350,6 +411,11 @@ class Recipe:
 
     def __post_init__(self) -> None:
         registry.validate_names(self)
+
+    @property
+    def code_names(self) -> list[str]:
+        """The ``package.module:factory`` names this recipe imports to build models: its own, its teachers'."""
+        return [name for name in (self.model.name, *(t.factory for t in self.teachers)) if ":" in name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,9 +528,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe {path} not found; `akd-edge recipes` lists the shipped ones")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+            "TOML files are UTF-8: save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"recipe {path} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {path} is nested too deeply to be a recipe") from None
 
 
 def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
@@ -502,3 +575,34 @@ def recipe_results(name: str) -> dict[str, Any] | None:
 
     path = RECIPES_DIR / "results" / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def measured_where(result: dict[str, Any]) -> str:
+    """Where a recipe's results were measured, short: ``x86_64 CPU, 2 torch threads`` or ``trained on one
+    NVIDIA H200, tested on x86_64 CPU``, from the results file's ``machine`` text."""
+    trained, _, tested = str(result.get("machine", "")).partition(", tested on ")
+    if trained.startswith("trained on "):
+        where = f"trained on {_short_machine(trained.removeprefix('trained on '))}"
+        return f"{where}, tested on {_short_machine(tested)}" if tested else where
+    return _short_machine(trained)
+
+
+def _short_machine(text: str) -> str:
+    """``x86_64 , 2 torch threads, torch 2.13.0+cpu, device cpu`` -> ``x86_64 CPU, 2 torch threads``;
+    ``one NVIDIA H200 (torch ...)`` -> ``one NVIDIA H200``."""
+    parts = [part.strip() for part in text.split("(")[0].split(",") if part.strip()]
+    if not parts:
+        return "an unrecorded machine"
+    cpu = "device cpu" in text
+    head = f"{parts[0]} CPU" if cpu else parts[0]
+    threads = [part.replace("1 torch threads", "1 torch thread") for part in parts[1:] if part.endswith("threads")]
+    return ", ".join([head, *threads[:1]])
+
+
+def measured_summary(result: dict[str, Any]) -> str:
+    """One line of what a recipe reached: ``83.9% / 71.1%, 16 min (x86_64 CPU, 2 torch threads)``."""
+    test = result["test"]
+    return (
+        f"{test['clean_acc']:.1%} / {test['robust_acc']:.1%}, {result['wall_time_s'] / 60:.0f} min "
+        f"({measured_where(result)})"
+    )

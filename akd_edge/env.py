@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -54,15 +55,24 @@ def package_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None
     return versions
 
 
+def check_threads(threads: int, what: str = "threads") -> None:
+    """Refuse a thread count below 0 or above this machine's CPU count, naming the setting ``what``."""
+    cpus = os.cpu_count() or 1
+    if not 0 <= threads <= cpus:
+        raise ConfigError(f"{what}={threads}: must be from 0 (the default) to {cpus}, the CPUs of this machine")
+
+
 @contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int, what: str = "threads") -> Iterator[None]:
     """torch's intra-op thread count set to ``threads`` for the block (0: left as it is), restored afterwards.
 
     On a small machine shared with other work, 1 thread can be far faster than one per core: torch's
-    OpenMP threads wait on each other whenever one is descheduled.
+    OpenMP threads wait on each other whenever one is descheduled. More threads than CPUs (``what`` names the
+    setting) is a ConfigError: OpenMP crashes on absurd counts (100000 ended in a segfault).
     """
     import torch
 
+    check_threads(threads, what)
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

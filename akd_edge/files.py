@@ -37,6 +37,8 @@ LOCK = ".akd-edge.lock"
 """The lock file of a folder in use (holds the pid of the process that uses it)."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 TMP_SUFFIX = ".tmp"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errnos of a full disk or an exhausted quota: the CLI turns them into one line (``cli.common.user_errors``)."""
 
 
 class FolderInUse(UsageError):
@@ -97,6 +99,11 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in DISK_FULL and not err.filename:  # a write() error names no file: name the one we write
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -165,9 +172,48 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
         raise UsageError(f"{what}: {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{what}: cannot read {path} as JSON: {err}") from None
+    except RecursionError:
+        raise UsageError(f"{what}: {path} is nested too deeply to be an akd-edge file") from None
     if not isinstance(value, dict):
         raise UsageError(f"{what}: {path} holds a JSON {type(value).__name__}, expected an object")
     return value
+
+
+def check_own_json(path: str | Path, fmt: str, what: str) -> dict[str, Any]:
+    """The JSON object akd-edge wrote at ``path`` ({} when there is none yet), before it is overwritten.
+
+    akd-edge recognises its own JSON files by their ``format`` field (``fmt``); a file without it, a symbolic
+    link, or one that is not JSON belongs to someone else and is never overwritten (UsageError).
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return {}
+    refuse = f"{what}: {path} exists and was not written by akd-edge ({{}}); move it away or choose another --out"
+    if path.is_symlink() or not path.is_file():
+        raise UsageError(refuse.format("not a plain file"))
+    try:
+        value = read_json_object(path, what)
+    except UsageError:
+        raise UsageError(refuse.format("not an akd-edge JSON object")) from None
+    if value.get("format") != fmt:
+        raise UsageError(refuse.format(f"format {value.get('format')!r}, expected {fmt!r}"))
+    return value
+
+
+def check_own_outputs(out: Path, name: str, fmt: str, companions: tuple[str, ...] = ()) -> None:
+    """Refuse (UsageError) to overwrite in ``out`` a file akd-edge did not write: ``name`` must be missing or an
+    akd-edge JSON of format ``fmt``, and each of ``companions`` missing or listed by it (under ``plots`` or as
+    ``samples``)."""
+    previous = check_own_json(out / name, fmt, "--out")
+    plots = previous.get("plots")
+    listed = {previous.get("samples"), *(plots.values() if isinstance(plots, dict) else ())}
+    for companion in companions:
+        path = out / companion
+        if (path.exists() or path.is_symlink()) and companion not in listed:
+            raise UsageError(
+                f"--out: {path} exists and was not written by akd-edge (no akd-edge {name} beside it lists it); "
+                "move it away or choose another --out"
+            )
 
 
 # -- folders akd-edge owns -----------------------------------------------------------------------
@@ -178,19 +224,36 @@ def mark(folder: str | Path, kind: str, **info: Any) -> None:
     write_json_atomic(Path(folder) / MARK, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
 
 
-def marked_kind(folder: str | Path) -> str | None:
-    """The kind recorded by :func:`mark`, or None for a folder akd-edge did not create (or a corrupt mark)."""
+def read_mark(folder: str | Path) -> dict[str, Any] | None:
+    """What :func:`mark` recorded, or None for a folder akd-edge did not create (or a corrupt mark)."""
     try:
         value = json.loads((Path(folder) / MARK).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
-    kind = value.get("kind") if isinstance(value, dict) else None
+    return value if isinstance(value, dict) else None
+
+
+def marked_kind(folder: str | Path) -> str | None:
+    """The kind recorded by :func:`mark`, or None for a folder akd-edge did not create (or a corrupt mark)."""
+    kind = (read_mark(folder) or {}).get("kind")
     return kind if isinstance(kind, str) else None
 
 
 def is_empty_dir(folder: str | Path) -> bool:
     folder = Path(folder)
     return folder.is_dir() and not any(folder.iterdir())
+
+
+def refuse_symlink(folder: str | Path, what: str = "--out") -> Path:
+    """``folder`` unless it is a symbolic link (UsageError): the one rule for every command's output folder.
+
+    A folder akd-edge writes, replaces or cleans is named directly, never through a link, so that nothing is
+    written, replaced or removed in a place the user did not name (its parent folders may be links).
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise UsageError(f"{what} {folder} is a symbolic link; give the folder itself, or choose another {what}")
+    return folder
 
 
 def ensure_writable_dir(folder: str | Path, what: str) -> Path:
@@ -313,3 +376,26 @@ class FolderLock:
 def locked(folder: str | Path, what: str = "folder") -> Iterator[FolderLock]:
     with FolderLock(folder, what) as lock:
         yield lock
+
+
+@contextlib.contextmanager
+def output_folder(
+    out_dir: str | Path | None, default: Path, name: str, fmt: str, companions: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """The folder an evaluation writes ``name`` (and ``companions``) into, held for the whole evaluation.
+
+    ``out_dir`` (``--out``; never a symbolic link) or ``default``; checked writable and free of files of the
+    same names that akd-edge did not write, and locked (:class:`FolderLock`), so a run still
+    training there, or a second evaluation, is refused before any attack runs.
+    """
+    out = refuse_symlink(out_dir) if out_dir is not None else default
+    ensure_writable_dir(out, "--out")
+    check_own_outputs(out, name, fmt, companions)
+    try:
+        lock = FolderLock(out, "folder").acquire()
+    except FolderInUse as err:
+        raise FolderInUse(f"{err}; or write elsewhere with --out") from None
+    try:
+        yield out
+    finally:
+        lock.release()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -100,9 +100,36 @@ def check_known(family: str, name: str, key: str) -> None:
 def validate_names(recipe: Any) -> None:
     """Check the registry names a recipe uses (method, model, dataset), naming the key of a bad one.
 
-    A model may also be ``package.module:factory``: a recipe is the user's own, so its import is allowed.
+    A model may also be ``package.module:factory``: a recipe the user gives is their own, so its import is
+    allowed; one read back from a run directory passes :func:`check_code_allowed` first.
     """
     check_known("method", recipe.method.name, "method.name")
     if ":" not in recipe.model.name:
         check_known("model", recipe.model.name, "model.name")
     check_known("dataset", recipe.data.name, "data.name")
+
+
+ALLOW_CODE = "pass --allow-code (Python: run_recipe(..., allow_code=True))"
+"""The remedy :func:`check_code_allowed` names unless told another."""
+
+
+def check_code_allowed(
+    names: Sequence[str], source: str, *, allowed: bool, remedy: str = ALLOW_CODE, error: type[Exception] | None = None
+) -> None:
+    """The one gate of ``package.module:factory`` names read from a file rather than given by the user.
+
+    A checkpoint's architecture or a resumed run's recipe.toml may come from anyone, and importing the module
+    runs its code: unless ``allowed`` (the user opted in: ``--allow-code``, or named the factory themselves),
+    the first such name in ``names`` is refused with ``error`` (a ConfigError unless given) naming its module,
+    ``source`` and ``remedy``.
+    """
+    from akd_edge.errors import ConfigError
+
+    if allowed or not names:
+        return
+    name = names[0]
+    raise (error or ConfigError)(
+        f"{source} names {name!r}: not a registered architecture, and akd-edge imports a module named by a file "
+        f"(here {name.partition(':')[0]!r}) only when you allow it, since importing runs its code. "
+        f"If you trust it, {remedy}"
+    )

@@ -6,6 +6,7 @@ model card is always re-rendered from it, never edited by hand. numpy/torch-free
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,30 @@ REPORT_NAME = "report.json"
 CARD_NAME = "MODEL_CARD.md"
 REPORT_FORMAT = "akd-edge-export/1"
 """``format`` of an export's report.json."""
+REPLAY_NAME = "replay.npz"
+"""The worst-case examples ``akd-edge verify`` keeps in the export folder (``akd_edge.verify.replay``)."""
 
 
 def file_record(path: str | Path) -> dict[str, Any]:
     """What report.json's ``files`` section holds for a model file: its size and SHA-256."""
     return {"bytes": Path(path).stat().st_size, "sha256": files.sha256_file(path)}
+
+
+def checkpoint_record(checkpoint: str | Path, folder: str | Path) -> dict[str, str]:
+    """What ``source`` records of an exported checkpoint: its path relative to the export ``folder`` (found
+    from any working directory, and beside the folder when both move together) and its SHA-256 (so that
+    verify uses it only while it is the very file exported)."""
+    relative = os.path.relpath(Path(checkpoint).absolute(), Path(folder).absolute())
+    return {"checkpoint": relative, "checkpoint_sha256": files.sha256_file(checkpoint)}
+
+
+def recorded_checkpoint(folder: str | Path, source: dict[str, Any]) -> Path | None:
+    """The checkpoint path ``source`` records, relative to the export ``folder`` (an absolute one, from an
+    earlier akd-edge, as it is), or None when it records none; a path from a file: never opened unchecked."""
+    value = source.get("checkpoint")
+    if not isinstance(value, str) or not value or "\x00" in value:
+        return None
+    return Path(folder) / value
 
 
 def write_report(folder: str | Path, report: dict[str, Any]) -> None:
@@ -115,6 +135,41 @@ def _robustness(verify: dict[str, Any]) -> list[str]:
     for warning in verify.get("warnings", []):
         lines.append(f"- **Warning:** {warning}")
     return lines + [""]
+
+
+def _replayed(verify: dict[str, Any]) -> list[str]:
+    """The runtimes on which the worst-case examples (replay.npz) were replayed, and what each gave."""
+    replay = verify.get("replay") or {}
+    runtimes = replay.get("runtimes") or {}
+    if not runtimes:
+        return []
+    lines = [
+        "## Robust accuracy replayed on other runtimes",
+        "",
+        f"verify kept the worst-case example of each of the {replay.get('n')} images in `{replay.get('file')}`; "
+        "`akd-edge verify --replay` replays it on every onnxruntime provider and optimisation level of the "
+        "verifying machine, and the page in `web/` in onnxruntime-web. Replayed on: "
+        + "; ".join(str(name) for name in runtimes)
+        + ".",
+        "",
+    ]
+    rows = []
+    for runtime, models in runtimes.items():
+        for model, res in (models or {}).items():
+            if "error" in res:
+                rows.append([runtime, f"`{model}`", "n/a", "n/a", "n/a", f"not run: {res['error']}"])
+                continue
+            rows.append(
+                [
+                    runtime,
+                    f"`{model}`",
+                    format_pct(res.get("robust_acc")),
+                    format_pct(res.get("argmax_agreement")),
+                    _sci(res.get("max_abs_logit_diff")),
+                    res.get("verdict"),
+                ]
+            )
+    return lines + _table(["runtime", "model", "robust", "argmax agreement", "max abs logit diff", "verdict"], rows)
 
 
 def _latency(verify: dict[str, Any]) -> list[str]:
@@ -229,7 +284,8 @@ def _checks(report: dict[str, Any]) -> list[str]:
                 f"fp32 vs int8 on the test split ({agreement['n']} images)",
                 _ok(agreement["passed"]),
                 f"argmax agreement {format_pct(agreement['argmax_agreement'])} (>= {format_pct(agreement['threshold'])}); clean "
-                f"accuracy fp32 {format_pct(agreement['fp32_clean_acc'])}, int8 {format_pct(agreement['int8_clean_acc'])}",
+                f"accuracy fp32 {format_pct(agreement['fp32_clean_acc'])}, int8 {format_pct(agreement['int8_clean_acc'])}"
+                + (f". **{agreement['action']}**" if agreement.get("action") else ""),
             ]
         )
     for name, info in (report.get("mobile") or {}).get("ort", {}).items():
@@ -275,6 +331,7 @@ def render_model_card(report: dict[str, Any]) -> str:
     verify = report.get("verify")
     if verify:
         lines += _robustness(verify)
+        lines += _replayed(verify)
         lines += _latency(verify)
     else:
         lines += [

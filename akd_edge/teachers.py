@@ -7,8 +7,9 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,6 +17,9 @@ from akd_edge.config import TeacherSpec
 from akd_edge.errors import CheckpointError, ConfigError
 from akd_edge.files import sha256_file
 from akd_edge.train.checkpoint import FORMAT, RESUME_KEYS, build_model, load_model, why_unreadable
+
+if TYPE_CHECKING:
+    from akd_edge.data import ImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -354,3 +358,20 @@ class CleanTeacherCache:
         """The ensemble's probabilities for the images ``idx`` of the cached dataset."""
         rows = idx.to(self.logits.device)
         return self.teacher.combine([member[rows] for member in self.logits], temperature)
+
+
+def teacher_labels(
+    teacher: TeacherEnsemble, dataset: ImageDataset, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """The teachers' class (argmax of the ensemble's probabilities) for every clean image of ``dataset``.
+
+    These pseudo-labels stand in for the missing labels of unlabelled images (as in RST, Carmon et al. 2019):
+    computed once, in fixed batches and dataset order, so a resumed run gets exactly the same ones.
+    """
+    from akd_edge.data import iterate_batches
+
+    labels = np.empty(len(dataset), dtype=np.int64)
+    with torch.inference_mode():
+        for x, _, idx in iterate_batches(dataset, batch_size, device=device):
+            labels[idx.cpu().numpy()] = teacher.probs(x).argmax(1).cpu().numpy()
+    return labels

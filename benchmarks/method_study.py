@@ -6,7 +6,8 @@
     python benchmarks/method_study.py report fmnist-screen            # markdown table + robust-vs-clean plot
 
 A study spec (TOML, ``benchmarks/studies/NAME.toml``) names a base recipe, overrides for every cell, the
-seeds, the evaluation, and a list of variants, each a list of ``--set``-style overrides. Every cell is an
+seeds, the evaluation, and a list of variants, each a list of ``--set``-style overrides (``{seed}`` in one is
+the cell's seed). Every cell is an
 ordinary run directory, ``<runs>/<study>/<variant>/seed<k>/`` (default ``runs/studies``), trained by
 :func:`akd_edge.train.loop.train_run`; so a killed study resumes: a cell with ``summary.json`` is finished
 (its recipe is checked against the spec), one with ``last.pt`` continues, one killed before its first
@@ -159,10 +160,20 @@ def cells_of(study: Study, runs: Path, only: list[str], seeds: list[int], extra:
         raise SystemExit(f"--only: no variant(s) {unknown} in {study.path}; variants: {', '.join(known)}")
     variants = [v for v in study.variants if not only or v.name in only]
     return [
-        Cell(v, seed, runs / study.name / v.name / f"seed{seed}", [*study.overrides, *v.overrides, *extra])
+        Cell(
+            v,
+            seed,
+            runs / study.name / v.name / f"seed{seed}",
+            _with_seed([*study.overrides, *v.overrides, *extra], seed),
+        )
         for seed in (seeds or study.seeds)
         for v in variants
     ]
+
+
+def _with_seed(overrides: list[str], seed: int) -> list[str]:
+    """``{seed}`` in an override is the cell's seed (e.g. a teacher trained on the same seed's labels)."""
+    return [o.replace("{seed}", str(seed)) for o in overrides]
 
 
 def recipe_overrides(study: Study, cell: Cell, device: str) -> list[str]:

@@ -300,7 +300,7 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_with_any_world_size(w
 
     copy = workdir / "runs" / "killed-copy"
     shutil.copytree(run, copy)
-    resumed = torchrun(workdir, "train-teacher", "--resume", "runs/killed")
+    resumed = torchrun(workdir, "train-teacher", "--resume", "runs/killed", "--allow-code")  # its model is a factory
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     train_run(load_recipe(slow), copy, resume=True, role="teacher")  # the same run continued by one process
     reference = workdir / "runs" / "uninterrupted"

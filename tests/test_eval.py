@@ -278,6 +278,19 @@ def test_cli_prints_table_and_reports_user_errors(run_dir: Path, tmp_path: Path)
     assert two.exit_code == 2 and "--dynamics" in two.output
 
 
+def test_cli_names_each_file_it_wrote_once(run_dir: Path, tmp_path: Path) -> None:
+    """One "wrote" line naming eval.json and its plots (the library no longer logs a second one)."""
+    from akd_edge.cli.main import cli
+
+    pytest.importorskip("matplotlib")
+    args = ["eval", str(run_dir), "--n", "16", "--steps", "2", "--eps-curve", "0,0.1", "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("eval.json") == 1
+    assert f"wrote eval.json, eps_curve.png, reliability.png in {tmp_path}" in result.output
+    assert (tmp_path / "eps_curve.png").is_file() and (tmp_path / "reliability.png").is_file()
+
+
 def test_cli_dynamics_comparison(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for name, p in (("at", 0.5), ("akd", 0.7)):
@@ -327,7 +340,7 @@ def test_unwritable_out_fails_before_any_attack_runs(run_dir: Path, tmp_path: Pa
 def test_eval_json_is_written_atomically(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from akd_edge import files
 
-    (tmp_path / "eval.json").write_text('{"old": true}\n')
+    (tmp_path / "eval.json").write_text('{"format": "akd-edge-eval/1", "old": true}\n')  # an earlier eval's
 
     def full_disk(fd: int) -> None:  # fails after the temp file was written, before the rename
         raise OSError("disk full")
@@ -335,7 +348,7 @@ def test_eval_json_is_written_atomically(run_dir: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(files.os, "fsync", full_disk)
     with pytest.raises(OSError, match="disk full"):
         evaluate(run_dir, EvalOptions(n=16, steps=1, plots=False, checks=False), out_dir=tmp_path)
-    assert json.loads((tmp_path / "eval.json").read_text()) == {"old": True}  # the old report is intact
+    assert json.loads((tmp_path / "eval.json").read_text())["old"]  # the old report is intact
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # and no temp file is left
 
 

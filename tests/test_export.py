@@ -12,11 +12,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from akd_edge.errors import CheckpointError
+from akd_edge.errors import CheckpointError, UsageError
 from akd_edge.export import ExportCheckFailed, ExportData, export_checkpoint, run_name
 from akd_edge.export.onnx import export_onnx, mobile_friendly
 from akd_edge.files import mark
-from akd_edge.models import create_model, list_models
+from akd_edge.models import create_model, list_models, model_info
+from akd_edge.reporting.macs import onnx_macs
 from akd_edge.train.checkpoint import save_atomic
 from akd_edge.verify.runtime import OrtClassifier
 
@@ -117,6 +118,8 @@ def test_export_each_student_with_parity(name: str, tmp_path: Path) -> None:
     for file in ("model.onnx", "model.ort", "report.json", "MODEL_CARD.md"):
         assert (folder / file).is_file()
     assert not (folder / "model.int8.onnx").exists()
+    # one MAC count: distill's (torch) is the report's (the ONNX graph, BatchNorm folded)
+    assert model_info(model, SHAPE)["macs"] == onnx_macs(folder / "model.onnx")
 
 
 def test_int8_agreement_on_trained_model(trained_ckpt: Path, tmp_path: Path) -> None:
@@ -145,6 +148,28 @@ def test_int8_agreement_on_trained_model(trained_ckpt: Path, tmp_path: Path) -> 
     assert set(saved["files"]) == {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort"}
     assert saved["files"]["model.onnx"]["bytes"] == (folder / "model.onnx").stat().st_size
     assert "fp32 vs int8" in (folder / "MODEL_CARD.md").read_text()
+
+
+def test_export_drops_the_exporter_s_torchvision_notices() -> None:
+    """torch's exporter warns that torchvision is missing (four lines an export): dropped by a filter, which
+    survives torch resetting its loggers' levels when dynamo first loads."""
+    import logging
+
+    from akd_edge.export import quiet_libraries
+
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        with quiet_libraries():
+            logging.getLogger("torch.onnx").setLevel(logging.NOTSET)  # what torch._logging does meanwhile
+            logger.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+            logger.warning("another warning")
+        assert [record.getMessage() for record in seen] == ["another warning"]
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_mobile_rewrites_keep_numbers(tmp_path: Path) -> None:
@@ -212,9 +237,14 @@ def test_success_replaces_and_default_name(trained_ckpt: Path, tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     folder, _ = export_checkpoint(trained_ckpt, int8=False, calib=0, n_test=50)
     assert folder == Path("export") / "tiny"
-    (folder / "stale.txt").write_text("from an earlier export")
+    (folder / "notes.txt").write_text("the user's")  # not written by the export: a re-export refuses
+    with pytest.raises(UsageError, match=r"files akd-edge did not write \(notes\.txt\)"):
+        export_checkpoint(trained_ckpt, int8=False, calib=0, n_test=50)
+    assert (folder / "notes.txt").read_text() == "the user's"
+    (folder / "notes.txt").unlink()
+    (folder / "model.onnx").write_bytes(b"edited")  # a file the export wrote: replaced
     folder2, report = export_checkpoint(trained_ckpt, int8=False, calib=0, n_test=50)
-    assert folder2 == folder and not (folder / "stale.txt").exists()
+    assert folder2 == folder and (folder / "model.onnx").read_bytes() != b"edited"
     assert report["checks"]["torch_clean_acc"] > 0.8
     assert run_name({"recipe": {"run": {"name": "fmnist-akd"}}, "path": "runs/x/best.pt"}) == "fmnist-akd"
     assert run_name({"path": "runs/my-run/best.pt"}) == "my-run"
@@ -227,8 +257,51 @@ def test_export_cli(trained_ckpt: Path, tmp_path: Path) -> None:
     result = runner.invoke(export_cmd, [str(trained_ckpt), "--out", str(tmp_path / "cli"), "--no-int8", "--n", "64"])
     assert result.exit_code == 0, result.output
     assert "torch vs onnxruntime" in result.output and (tmp_path / "cli" / "model.ort").is_file()
+    assert f"next: akd-edge verify {tmp_path / 'cli'}" in result.output
     missing = runner.invoke(export_cmd, [str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "nope.pt" in missing.output
     assert not (tmp_path / "x").exists()
     no_calib = runner.invoke(export_cmd, [str(trained_ckpt), "--out", str(tmp_path / "y"), "--calib", "0"])
     assert no_calib.exit_code == 2 and "--calib" in no_calib.output
+
+
+def _disagreeing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the fp32-vs-int8 comparison find 99.0% agreement (the threshold stays the default 99.5%)."""
+    from akd_edge.export import pipeline
+
+    real = pipeline._agreement
+
+    def worse(*args: object) -> dict:
+        result = real(*args)
+        return {**result, "argmax_agreement": 0.99, "passed": False}
+
+    monkeypatch.setattr(pipeline, "_agreement", worse)
+
+
+def test_failed_int8_agreement_exports_fp32_only_and_says_why(
+    trained_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _disagreeing(monkeypatch)
+    folder, report = export_checkpoint(trained_ckpt, tmp_path / "out", calib=64, n_test=64, web=False)
+    agreement = report["checks"]["int8_agreement"]
+    assert not agreement["passed"] and not agreement["kept"]
+    assert "99.00%" in agreement["action"] and "not written" in agreement["action"]
+    assert sorted(report["files"]) == ["model.onnx", "model.ort"]
+    assert not (folder / "model.int8.onnx").exists() and not (folder / "model.int8.ort").exists()
+    assert agreement["action"] in (folder / "MODEL_CARD.md").read_text()
+    assert json.loads((folder / "report.json").read_text())["checks"]["int8_agreement"]["kept"] is False
+
+
+def test_keep_failed_int8_flag_keeps_the_files_and_the_record(
+    trained_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from akd_edge.cli.export_cmd import export_cmd
+
+    _disagreeing(monkeypatch)
+    args = [str(trained_ckpt), "--out", str(tmp_path / "kept"), "--calib", "64", "--n", "64", "--no-web"]
+    result = CliRunner().invoke(export_cmd, [*args, "--keep-failed-int8"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "FAIL" in result.output and "kept as --keep-failed-int8 asked" in " ".join(result.output.split())
+    assert (tmp_path / "kept" / "model.int8.onnx").is_file()
+    saved = json.loads((tmp_path / "kept" / "report.json").read_text())["checks"]["int8_agreement"]
+    assert saved["passed"] is False and saved["kept"] is True

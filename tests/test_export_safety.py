@@ -144,7 +144,11 @@ def test_replaceable_recognises_exports_only(tmp_path: Path) -> None:
     marked = tmp_path / "marked"
     marked.mkdir()
     files.mark(marked, "export")
-    (marked / "anything.txt").write_text("x")
+    (marked / "model.onnx").write_bytes(b"onnx")
+    assert export_folder.replaceable(marked) == "export"
+    (marked / "anything.txt").write_text("x")  # the user's file in an export: never deleted by a re-export
+    assert export_folder.replaceable(marked) is None
+    files.mark(marked, "export", files=["model.onnx", "anything.txt"])  # unless the export wrote it
     assert export_folder.replaceable(marked) == "export"
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -110,7 +110,7 @@ def test_export_needs_the_flag_and_works_with_it(runs: Path, tmp_path: Path) -> 
     report = json.loads((out / "report.json").read_text())
     assert report["checks"]["parity"]["passed"] and report["source"]["arch"]["name"] == FACTORY
     # verify attacks by transfer from the torch source checkpoint, which needs the factory too.
-    args = ["verify", str(out), "-n", "16", "--square-queries", "10", "--no-latency", "--json"]
+    args = ["verify", str(out), "-n", "16", "--data-dir", SYNTH, "--square-queries", "10", "--no-latency", "--json"]
     _refused(run(*args), "--model-factory")
     result = run(*args, "--model-factory", FACTORY)
     assert result.exit_code == 0, result.output
@@ -157,7 +157,9 @@ def test_a_run_of_the_users_architecture_resumes(runs: Path, tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="killed"):
         train_run(cfg, tmp_path / "killed", callbacks=_KillAt())
     assert load_checkpoint(tmp_path / "killed", "last")["batch"] == 2
-    result = run("distill", "--resume", str(tmp_path / "killed"))
+    # The run folder's recipe.toml names the module: a file's word, so it is imported only with --allow-code.
+    _refused(run("distill", "--resume", str(tmp_path / "killed")), "--allow-code")
+    result = run("distill", "--resume", str(tmp_path / "killed"), "--allow-code")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "killed", "last")["epoch"] == 1
     assert run("distill", "--resume", str(tmp_path / "killed"), "--teacher-factory", FACTORY).exit_code == 2

@@ -83,16 +83,23 @@ def test_one_training_step_of_each_recipe(name: str, tmp_path: Path) -> None:
     spec = f"n=96,test=16,shape={channels}x16x16,classes=10"
     recipe = replace(
         recipe,
-        data=replace(recipe.data, name="synthetic", data_dir=spec, val_size=16, batch_size=8),
+        data=replace(
+            recipe.data,
+            name="synthetic",
+            data_dir=spec,
+            val_size=16,
+            batch_size=8,
+            labeled=min(recipe.data.labeled, 40),  # a few-label recipe keeps its unlabelled share
+        ),
         model=ModelConfig(name="cnn-student", kwargs={"width": 0.25}),
         teachers=[TeacherSpec(path=_tiny_teacher(tmp_path / "t.pt", shape, 10))] if recipe.teachers else [],
     )
     trainer = Trainer(recipe, tmp_path / "run", "student")
     # the step below must run on the tiny synthetic stand-in, never on the recipe's real dataset
     assert (trainer.splits.name, trainer.splits.input_shape, trainer.splits.num_classes) == ("synthetic", shape, 10)
-    assert len(trainer.splits.train) == 96 - 16
+    assert len(trainer.train_set) == 96 - 16  # labelled, plus any unlabelled images the teachers labelled
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    x, y, _ = next(iter(iterate_batches(trainer.splits.train, 8, shuffle=True)))
+    x, y, _ = next(iter(iterate_batches(trainer.train_set, 8, shuffle=True)))
     trainer.prepare()
     out = trainer._step(x, y)
     assert torch.isfinite(out["loss"])
@@ -106,3 +113,47 @@ def test_recipes_ship_inside_the_package_and_the_top_level_folder_is_the_same() 
     if top.exists():  # a source checkout: recipes/ is a symlink to the package's copy, one source of truth
         assert top.resolve() == RECIPES_DIR.resolve()
     assert sorted(p.name for p in (RECIPES_DIR / "results").glob("*.json")), "published results ship too"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_texts_speak_of_the_recipe_and_stay_true(name: str) -> None:
+    """Descriptions and notes describe the recipe, not the tracker, and a note never says a measured recipe
+    is unmeasured."""
+    import re
+
+    from akd_edge.config import recipe_results
+
+    raw = read_toml(RECIPES[name])
+    note = raw["expected"].get("note", "")
+    for text in (raw["description"], note):
+        assert not re.search(r"\bissues?\s*#?\d+", text, re.IGNORECASE), text
+    if recipe_results(name) is not None:
+        assert "not measured" not in note, f"{name} has recipes/results/{name}.json but its note says {note!r}"
+
+
+def test_measured_where_reads_cpu_and_gpu_machines() -> None:
+    from akd_edge.config import measured_summary, measured_where
+
+    cpu = {"machine": "x86_64 , 2 torch threads, torch 2.13.0+cpu, device cpu"}
+    assert measured_where(cpu) == "x86_64 CPU, 2 torch threads"
+    gpu = {
+        "machine": "trained on one NVIDIA H200 (torch 2.11.0+cu130, device cuda), tested on x86_64 , 1 torch "
+        "threads, torch 2.13.0+cpu, device cpu"
+    }
+    assert measured_where(gpu) == "trained on one NVIDIA H200, tested on x86_64 CPU, 1 torch thread"
+    result = {**cpu, "wall_time_s": 987.9, "test": {"clean_acc": 0.839, "robust_acc": 0.711}}
+    assert measured_summary(result) == "83.9% / 71.1%, 16 min (x86_64 CPU, 2 torch threads)"
+
+
+def test_recipes_command_shows_each_measured_recipe_whole() -> None:
+    from click.testing import CliRunner
+
+    from akd_edge.cli.main import cli
+    from akd_edge.config import measured_summary, recipe_results
+
+    output = CliRunner().invoke(cli, ["recipes"], terminal_width=400, env={"COLUMNS": "400"}).output
+    flat = " ".join(output.split())
+    assert "on trained" not in flat
+    for name in RECIPES:
+        if (result := recipe_results(name)) is not None:
+            assert measured_summary(result) in flat, name

@@ -329,3 +329,64 @@ def test_rewriting_a_report_removes_only_its_own_stale_files(folders: dict[str, 
     assert not (out / "reliability-1.png").exists() and not (out / "eps_curve.png").exists()
     assert (out / "mine.txt").read_text() == "a file the user put there"
     assert (out / "pareto.png").is_file()
+
+
+# -- plots that show their uncertainty -----------------------------------------------------------------------
+
+
+def test_pareto_panel_draws_intervals_on_an_axis_wider_than_them() -> None:
+    """Two int8/fp32 points 0.2 points apart with +-4-point intervals: error bars are drawn and the axis holds
+    the intervals with at least 10 points of span, so the difference does not fill the plot."""
+    from matplotlib.container import ErrorbarContainer
+
+    from akd_edge import plots
+
+    points = [
+        {"label": "a (fp32)", "robust": 0.704, "robust_ci95": [0.664, 0.744], "bytes": 100_000, "precision": "fp32"},
+        {"label": "a (int8)", "robust": 0.706, "robust_ci95": [0.666, 0.746], "bytes": 36_000, "precision": "int8"},
+    ]
+    low, high = plots.robust_axis(points)
+    assert low <= 66.4 and high >= 74.6 and high - low >= plots.PARETO_MIN_SPAN
+    bare_low, bare_high = plots.robust_axis([{"robust": 0.7047}, {"robust": 0.7052}])  # no intervals: still 10 wide
+    assert bare_high - bare_low >= plots.PARETO_MIN_SPAN
+    plt = plots._pyplot()
+    fig, ax = plt.subplots()
+    plots._pareto_panel(ax, points, "bytes", "size", 1 / 1024)
+    assert sum(isinstance(c, ErrorbarContainer) for c in ax.containers) == 2
+    assert ax.get_ylim() == pytest.approx((low, high))
+    plt.close(fig)
+
+
+def test_eps_curve_has_error_bars_and_marks_the_threat_eps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from akd_edge import plots
+
+    drawn: dict[str, Any] = {}
+    real = plots._save
+
+    def keep(fig: Any, path: Path, rect: Any = (0, 0, 1, 1)) -> Path:
+        ax = fig.axes[0]
+        drawn["bars"] = len(ax.containers)
+        drawn["vlines"] = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+        return real(fig, path, rect)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    points = [{"eps": 0.0, "acc": 0.9, "ci95": [0.88, 0.92]}, {"eps": 0.1, "acc": 0.5, "ci95": [0.47, 0.53]}]
+    plots.plot_eps_curve({"student": points}, tmp_path / "curve.png", threat_eps=[0.1])
+    assert drawn == {"bars": 1, "vlines": [0.1]} and (tmp_path / "curve.png").is_file()
+
+
+def test_report_reads_eps_intervals_and_threat_and_notes_a_failed_int8(tmp_path: Path) -> None:
+    run = run_dir(tmp_path, "student", curve=False)
+    points = [{"eps": 0.0, "acc": 0.9, "ci95": [0.88, 0.92]}, {"eps": 0.1, "acc": 0.5, "ci95": [0.47, 0.53]}]
+    evaluation = {"threat": {"norm": "linf", "eps": 0.1}, "results": {"eps_curve": {"points": points}}}
+    (run / "eval.json").write_text(json.dumps(evaluation))
+    folder = export_folder(tmp_path / "export", "student", robust={"fp32": 0.6}, p50={"fp32": 0.1})
+    report = json.loads((folder / "report.json").read_text())
+    action = "int8 and fp32 agree on 99.44% of 10000 test images, below --min-int8-agreement 99.50%: not written"
+    report["checks"] = {"int8_agreement": {"passed": False, "kept": False, "action": action}}
+    (folder / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "report"
+    data = build_report([run, folder], out)
+    curve = data["curves"]["student"]
+    assert curve["threat_eps"] == 0.1 and curve["points"][1]["ci95"] == [0.47, 0.53]
+    assert f"student: {action}" in (out / "report.md").read_text()

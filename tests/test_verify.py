@@ -88,7 +88,7 @@ def check_ordering(models: dict) -> None:
 
 def test_verify_worst_case_below_each_attack(exported: tuple[Path, Path]) -> None:
     folder, _ = exported
-    verify = verify_export(folder, n=64, square_queries=100, latency_repeats=5)
+    verify = verify_export(folder, data_dir=SYNTH, n=64, square_queries=100, latency_repeats=5)
     assert set(verify["models"]) == {"model.onnx", "model.int8.onnx"}
     check_ordering(verify["models"])
     fp32 = verify["models"]["model.onnx"]
@@ -125,7 +125,7 @@ def test_square_beating_transfer_warns(exported: tuple[Path, Path], tmp_path: Pa
         create_model("cnn-student", num_classes=10, input_shape=SHAPE, mean=[0.5], std=[0.25]), tmp_path / "u.pt"
     )
     verify = verify_export(
-        folder, n=48, eps=0.3, square_queries=150, checkpoint=str(unrelated), latency=False, write=False
+        folder, data_dir=SYNTH, n=48, eps=0.3, square_queries=150, checkpoint=str(unrelated), latency=False, write=False
     )
     fp32 = verify["models"]["model.onnx"]
     assert fp32["square_acc"] < fp32["transfer_acc"] - 0.02
@@ -157,7 +157,7 @@ def test_worst_case_is_per_sample_over_the_attacks(
 
     folder, _ = exported
 
-    def fake_transfer(ckpt, explicit, data, models, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def fake_transfer(ckpt, data, models, **kwargs):  # noqa: ANN001, ANN003, ANN202
         flags = {}
         for name, model in models.items():
             flags[name] = model.correct(data.images, data.labels)
@@ -172,7 +172,7 @@ def test_worst_case_is_per_sample_over_the_attacks(
 
     monkeypatch.setattr(verify_report, "_transfer", fake_transfer)
     monkeypatch.setattr(verify_report, "_square_runner", lambda queries: fake_square)
-    verify = verify_export(folder, n=40, latency=False, write=False)
+    verify = verify_export(folder, data_dir=SYNTH, n=40, latency=False, write=False)
     for res in verify["models"].values():
         clean_n = round(res["clean_acc"] * 40)
         assert round(res["square_acc"] * 40) == round(res["transfer_acc"] * 40) == clean_n - 1
@@ -204,7 +204,7 @@ def test_onnxruntime_runs_the_models_without_torch(exported: tuple[Path, Path], 
         verify = verify_export({str(folder)!r}, data={str(tmp_path / "test.npz")!r}, square_queries=0,
                                transfer="none", latency_repeats=3, write=False)
         from click.testing import CliRunner
-        from akd_edge.cli.export_cmd import verify_cmd
+        from akd_edge.cli.verify_cmd import verify_cmd
         args = [{str(folder)!r}, "--data", {str(tmp_path / "test.npz")!r}, "--no-latency", "--json"]
         cli = CliRunner().invoke(verify_cmd, args + ["--square-queries", "0", "--transfer", "none"])
         cli_square = CliRunner().invoke(verify_cmd, args + ["--square-queries", "20"])
@@ -253,7 +253,7 @@ def test_bad_inputs_name_the_file(exported: tuple[Path, Path], tmp_path: Path) -
 
 
 def test_verify_cli_errors_exit_2(exported: tuple[Path, Path], tmp_path: Path) -> None:
-    from akd_edge.cli.export_cmd import verify_cmd
+    from akd_edge.cli.verify_cmd import verify_cmd
 
     folder, _ = exported
     runner = CliRunner()
@@ -261,7 +261,7 @@ def test_verify_cli_errors_exit_2(exported: tuple[Path, Path], tmp_path: Path) -
     assert missing.exit_code == 2 and "gone" in missing.output
     ok = runner.invoke(
         verify_cmd,
-        [str(folder), "--n", "16", "--square-queries", "10", "--transfer", "none", "--no-latency"],
+        [str(folder), "--data-dir", SYNTH, "--n", "16", "--square-queries", "10", "--transfer", "none", "--no-latency"],
         env={"COLUMNS": "200"},
     )
     assert ok.exit_code == 0, ok.output

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from akd_edge.errors import UsageError
+from akd_edge.files import DISK_FULL
 
 console = Console(stderr=True)
 """Progress, tables and messages go to stderr; stdout stays free for machine-readable output."""
@@ -53,8 +54,19 @@ def make_progress(transient: bool = False) -> Progress:
     )
 
 
+DISK_FULL_EXIT = 1
+"""Exit code of a command stopped by a full disk or quota: not a user mistake (2), but no traceback either."""
+
+
+def disk_full_message(err: OSError) -> str:
+    """The one line a full disk gets: what was being written, and that earlier results are still there."""
+    where = f" {err.filename}" if err.filename else ""
+    return f"disk full while writing{where}: free space and re-run (nothing earlier was removed)"
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for commands: a UsageError becomes a one-line message and exit code 2, not a traceback."""
+    """Decorator for commands: a UsageError becomes a one-line message and exit code 2, a full disk (ENOSPC,
+    EDQUOT) a one-line message and exit code 1, not a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,6 +75,11 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except UsageError as err:
             console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
             raise click.exceptions.Exit(2) from None
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            console.print(f"[bold red]error:[/] {escape(disk_full_message(err))}", highlight=False)
+            raise click.exceptions.Exit(DISK_FULL_EXIT) from None
 
     return wrapper
 
@@ -190,6 +207,16 @@ def model_factory_option(flag: str = "--model-factory", whose: str = "the checkp
         help=f"Factory of {whose} own architecture (for a checkpoint whose model is named MODULE:FACTORY). "
         "This imports MODULE, which runs its code: pass only code you trust. Without it such a checkpoint "
         f"is refused.{note}",
+    )
+
+
+def allow_code_option(what: str = "a resumed run's recipe.toml") -> Option:
+    """``--allow-code``: import the ``module:factory`` names that ``what`` gives (a file, not the user)."""
+    return click.option(
+        "--allow-code",
+        is_flag=True,
+        help=f"Import the MODULE:FACTORY models named in {what} (model.name, a teacher's factory). This runs "
+        "that module's code: give it only for folders you trust. Without it such a name is refused.",
     )
 
 

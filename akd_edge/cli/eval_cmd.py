@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from akd_edge.cli.common import (
@@ -280,7 +281,7 @@ def eval_cmd(
             raise UsageError(f"--names gives {len(labels)} labels for {len(sources)} runs")
         report, path = evaluate_dynamics(sources, names=labels, out_dir=out_dir, plots=not no_plots)
         print_dynamics(report)
-        console.print(f"wrote {path}", highlight=False)
+        console.print(written_line(path, report), highlight=False, soft_wrap=True)
         return
     if len(sources) != 1:
         raise UsageError(f"eval takes one run or checkpoint (got {len(sources)}); two runs only with --dynamics")
@@ -312,12 +313,20 @@ def eval_cmd(
 
             report, path = measure_gap(sources[0], options, out_dir=where)
             print_gap(report)
-            console.print(f"wrote {path}", highlight=False)
+            console.print(written_line(path, report), highlight=False, soft_wrap=True)
             return
         with make_progress(transient=True) if is_main else contextlib.nullcontext() as progress:
             report, path = evaluate(sources[0], options, out_dir=where, progress=_updater(progress))
     print_report(report)
-    console.print(f"wrote {path}", highlight=False)
+    console.print(written_line(path, report), highlight=False, soft_wrap=True)
+
+
+def written_line(path: Path, report: dict[str, Any]) -> str:
+    """One line naming every file an evaluation wrote: the JSON and its plots (``wrote eval.json,
+    eps_curve.png, reliability.png in runs/x``)."""
+    plots = {key: name for key, name in (report.get("plots") or {}).items() if key != "note" and isinstance(name, str)}
+    names = ", ".join([path.name, *plots.values()])
+    return escape(f"wrote {names} in {path.parent}")
 
 
 def _updater(progress: Any) -> Callable[[int, int, str], None] | None:

@@ -1,13 +1,11 @@
-"""``akd-edge export`` and ``akd-edge verify``: deployable files, and their robustness under onnxruntime.
+"""``akd-edge export``: deployable files (``akd-edge verify`` is in ``verify_cmd``).
 
-Nothing heavy is imported at module level: ``verify`` must start on a machine with only numpy and
-onnxruntime (plus click and rich) installed.
+Nothing heavy is imported at module level: ``akd-edge --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +17,18 @@ from akd_edge.cli.common import (
     calib_option,
     console,
     data_dir_option,
-    make_progress,
     model_factory_option,
     n_option,
     out,
     out_option,
     seed_option,
-    square_queries_option,
-    threads_option,
-    transfer_option,
     user_errors,
     which_option,
 )
-from akd_edge.interval import REPORTED_N, format_interval
 
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _with_ci(res: dict[str, Any], key: str) -> str:
-    """An accuracy of the verify section with its 95% interval on the line below."""
-    value = _pct(res.get(f"{key}_acc"))
-    interval = format_interval(res.get(f"{key}_ci95"))
-    return value if interval == "-" else f"{value}\n[dim]{interval}[/]"
 
 
 def _mark(passed: bool) -> str:
@@ -65,7 +51,7 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
         agree = checks["int8_agreement"]
         table.add_row(
             f"fp32 vs int8 (test split, {agree['n']} images)",
-            _mark(agree["passed"]),
+            _mark(agree["passed"]) + ("" if agree.get("kept", True) else "\n[bold]int8 not written[/]"),
             f"agreement {_pct(agree['argmax_agreement'])} >= {_pct(agree['threshold'])}; clean fp32 "
             f"{_pct(agree['fp32_clean_acc'])}, int8 {_pct(agree['int8_clean_acc'])}",
         )
@@ -154,7 +140,13 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
     default=0.995,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Warn below this fp32-vs-int8 agreement.",
+    help="fp32-vs-int8 argmax agreement on the test split below which the int8 files are not written.",
+)
+@click.option(
+    "--keep-failed-int8",
+    is_flag=True,
+    help="Write the int8 files even when they agree with fp32 less than --min-int8-agreement (report.json and "
+    "MODEL_CARD.md still record the failed check).",
 )
 @click.option(
     "--web/--no-web",
@@ -189,6 +181,7 @@ def export_cmd(
     data_dir: str | None,
     mobile_batch: int,
     min_int8_agreement: float,
+    keep_failed_int8: bool,
     web: bool,
     web_runtime: str | None,
     seed: int,
@@ -223,6 +216,7 @@ def export_cmd(
                 n_test=n_test,
                 mobile_batch=mobile_batch,
                 min_int8_agreement=min_int8_agreement,
+                keep_failed_int8=keep_failed_int8,
                 seed=seed,
                 on_stage=lambda text: status.update(text),
                 factory=model_factory,
@@ -234,7 +228,14 @@ def export_cmd(
             raise click.exceptions.Exit(1) from None
     _print_export(folder, report)
     _print_web(folder, report.get("web"))
-    console.print(f"[green]wrote[/] {folder}   next: akd-edge verify {folder}", highlight=False)
+    action = report["checks"].get("int8_agreement", {}).get("action")
+    if action:
+        console.print(f"[bold yellow]int8:[/] {escape(action)}", highlight=False)
+    console.print(
+        f"[green]wrote[/] {escape(str(folder))}   next: akd-edge verify {escape(shlex.quote(str(folder)))}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _print_web(folder: Path, web: dict[str, Any] | None) -> None:
@@ -253,147 +254,3 @@ def _print_web(folder: Path, web: dict[str, Any] | None) -> None:
         f"python3 -m http.server --bind 127.0.0.1 --directory {escape(str(folder))} 8000 and http://127.0.0.1:8000/web/",
         highlight=False,
     )
-
-
-def _trusting(factory: str | None) -> contextlib.AbstractContextManager[None]:
-    """Let verify's torch side rebuild the transfer checkpoint with ``factory`` (torch imported only then)."""
-    if factory is None:
-        return contextlib.nullcontext()
-    from akd_edge.verify.transfer import trusting_factory
-
-    return trusting_factory(factory)
-
-
-def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
-    settings = verify["settings"]
-    table = Table(
-        "model",
-        "clean",
-        "transfer",
-        "Square",
-        "robust (worst case)",
-        title=f"{folder}: {verify['n']} images, {settings['norm']} eps={settings['eps']} (onnxruntime)",
-        caption="accuracy and, below it, its 95% Wilson interval",
-    )
-    for name, res in verify["models"].items():
-        table.add_row(
-            name,
-            _with_ci(res, "clean"),
-            _with_ci(res, "transfer"),
-            _with_ci(res, "square"),
-            f"[bold]{_with_ci(res, 'robust')}[/]",
-        )
-    out.print(table)
-    transfer = settings["transfer"]
-    if transfer.get("skipped"):
-        console.print(f"transfer attack skipped: {transfer['skipped']}", highlight=False)
-    for warning in verify["warnings"]:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
-    latency = verify.get("latency")
-    if latency:
-        speed = Table(
-            "model", "p50 ms (b=1)", "p95 ms (b=1)", "images/s (b=256)", "size", title="speed on this machine"
-        )
-        for name, res in latency.items():
-            speed.add_row(
-                name,
-                f"{res['batch1_p50_ms']:.3f}",
-                f"{res['batch1_p95_ms']:.3f}",
-                f"{res['throughput_img_s']:,.0f}" if res.get("throughput_img_s") else "-",
-                f"{res['bytes'] / 1024:.1f} KiB" if res.get("bytes") else "-",
-            )
-        out.print(speed)
-        for note in verify.get("latency_notes", []):
-            console.print(note, highlight=False)
-
-
-@click.command("verify")
-@click.argument("folder", metavar="EXPORT_DIR", type=click.Path())
-@click.option(
-    "--data", default=None, help="Dataset name, or an .npz with 'images' and 'labels' [default: the model's dataset]."
-)
-@data_dir_option("the one recorded at export")
-@n_option("to verify on (a smaller test split is used whole)", REPORTED_N, all_when_zero=False)
-@square_queries_option()
-@click.option(
-    "--p-init",
-    default=0.8,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True),
-    help="Square's initial square size.",
-)
-@transfer_option(" (fast = APGD-CE + APGD-T)")
-@click.option("--checkpoint", default=None, help="Torch checkpoint to transfer from [default: the export's source].")
-@model_factory_option(whose="the torch checkpoint's")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="Override the threat model's norm.")
-@click.option("--eps", type=float, default=None, help="Override the threat model's epsilon.")
-@click.option(
-    "--margin", default=0.02, show_default=True, type=float, help="Gradient-masking warning threshold (accuracy)."
-)
-@click.option("--latency/--no-latency", default=True, show_default=True, help="Measure latency and throughput.")
-@threads_option("torch and onnxruntime")
-@seed_option("the attacks")
-@click.option("--json", "as_json", is_flag=True, help="Print the verify section as JSON on stdout.")
-@user_errors
-def verify_cmd(
-    folder: str,
-    data: str | None,
-    data_dir: str | None,
-    n: int,
-    square_queries: int,
-    p_init: float,
-    transfer: str,
-    checkpoint: str | None,
-    model_factory: str | None,
-    norm: str | None,
-    eps: float | None,
-    margin: float,
-    latency: bool,
-    threads: int,
-    seed: int,
-    as_json: bool,
-) -> None:
-    """Re-verify an export folder's models under onnxruntime: clean, transferred AutoAttack, Square, worst case.
-
-    The attacks (the official AutoAttack's Square on each onnxruntime session, AutoAttack on the torch model
-    for the transfer examples) need torch; without it only --square-queries 0 --transfer none runs (clean
-    accuracy and latency). Results go into the folder's report.json and MODEL_CARD.md, each accuracy with
-    its 95% Wilson interval. The default 1000 images (500 before) give intervals of about +-3 points; the
-    attacks' time grows in proportion, twice that of 500.
-    """
-    from akd_edge.verify.report import verify_export
-
-    with _trusting(model_factory), make_progress(transient=True) as progress:
-        tasks: dict[str, Any] = {}
-        stage_task = progress.add_task("verify", total=None, info="")
-
-        def on_stage(text: str) -> None:
-            progress.update(stage_task, description=text)
-
-        def on_progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(f"Square {name}", total=total, info="")
-            progress.update(tasks[name], completed=done)
-
-        verify = verify_export(
-            folder,
-            data=data,
-            data_dir=data_dir,
-            n=n,
-            seed=seed,
-            square_queries=square_queries,
-            p_init=p_init,
-            transfer=transfer,
-            checkpoint=checkpoint,
-            norm=norm,
-            eps=eps,
-            margin=margin,
-            latency=latency,
-            threads=threads,
-            on_stage=on_stage,
-            on_progress=on_progress,
-        )
-    if as_json:
-        click.echo(json.dumps(verify, indent=2))
-    else:
-        _print_verify(Path(folder), verify)

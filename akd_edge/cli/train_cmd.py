@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from akd_edge.cli.common import (
+    allow_code_option,
     console,
     data_dir_option,
     device_option,
@@ -34,7 +35,7 @@ from akd_edge.cli.common import (
     user_errors,
 )
 from akd_edge.cli.launch import distributed_command
-from akd_edge.config import Recipe, load_recipe, parse_override, read_toml
+from akd_edge.config import Recipe, load_recipe, parse_override
 from akd_edge.errors import ConfigError
 
 TEACHER_METHODS = ("at", "trades")
@@ -43,14 +44,22 @@ DEFAULT_TEACHER_RECIPE = "fmnist-teacher"
 EXIT_DIVERGED = 3
 
 
+PLAIN_LINES_PER_EPOCH = 10
+"""Off a terminal (output to a file or a pipe) progress bars do not draw: a line every tenth of an epoch instead."""
+
+
 class RichCallbacks:
-    """Progress bars (epoch and batch), a line per epoch, and nothing else."""
+    """Progress bars (epoch and batch), a line per epoch, and off a terminal a progress line every
+    tenth of an epoch, and nothing else."""
 
     def __init__(self) -> None:
         self.progress = make_progress()
         self.epoch_task: Any = None
         self.batch_task: Any = None
         self.started = time.perf_counter()
+        self.epoch_text = ""
+        self.line_every = 0
+        self.total_batches = 0
 
     def __enter__(self) -> RichCallbacks:
         self.progress.start()
@@ -60,9 +69,11 @@ class RichCallbacks:
         self.progress.stop()
 
     def on_train_start(self, run_dir: Path, info: dict[str, Any]) -> None:
+        unlabeled = f" + {info['unlabeled']:,} unlabelled" if info.get("unlabeled") else ""
         console.print(
             f"run directory [bold]{run_dir}[/]  ({info['params']:,} parameters, {info['macs']:,} MACs; "
-            f"{info['train']:,} training / {info['val']:,} validation images; device {info['device']}, {info.get('speed', 'fp32')})"
+            f"{info['train']:,} training{unlabeled} / {info['val']:,} validation images; device {info['device']}, "
+            f"{info.get('speed', 'fp32')})"
         )
 
     def on_epoch_start(self, epoch: int, epochs: int, total_batches: int, start_batch: int) -> None:
@@ -70,13 +81,16 @@ class RichCallbacks:
             self.epoch_task = self.progress.add_task("epochs", total=epochs, completed=epoch - 1, info="")
         if self.batch_task is not None:
             self.progress.remove_task(self.batch_task)
-        self.batch_task = self.progress.add_task(
-            f"epoch {epoch}/{epochs}", total=total_batches, completed=start_batch, info=""
-        )
+        self.epoch_text = f"epoch {epoch}/{epochs}"
+        self.batch_task = self.progress.add_task(self.epoch_text, total=total_batches, completed=start_batch, info="")
+        self.line_every = 0 if console.is_terminal else max(1, -(-total_batches // PLAIN_LINES_PER_EPOCH))
+        self.total_batches = total_batches
 
     def on_batch(self, batch: int, stats: dict[str, float]) -> None:
         info = f"loss {stats['loss']:.3f}  acc {stats['acc']:.1%}  {stats['images_per_s']:.0f} img/s"
         self.progress.update(self.batch_task, completed=batch, info=info)
+        if self.line_every and batch % self.line_every == 0:
+            console.print(f"{self.epoch_text} batch {batch}/{self.total_batches}  {info}", highlight=False, soft_wrap=True)
 
     def on_validate(self, epoch: int) -> None:
         self.progress.update(self.batch_task, info="validating (PGD)...")
@@ -108,23 +122,29 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("val clean / robust (last)", f"{last.get('clean_acc', 0):.2%} / {last.get('robust_acc', 0):.2%}")
     ta = summary["train_attack"]
     table.add_row("training attack", f"{ta['name']} {ta['norm']} eps {ta['eps']:g} steps {ta['steps']}")
-    table.add_row("training time", f"{summary['train_time_s']:.0f} s ({summary['images_per_s']:.0f} img/s)")
+    table.add_row(
+        "training time", f"{summary['train_time_s']:.0f} s ({summary['images_per_s']:.0f} img/s on average)"
+    )
     table.add_row("checkpoints", "best.pt (best robust val), last.pt, epochs/")
     return table
 
 
 def _load(
-    recipe: str, overrides: tuple[str, ...], resume: str | None, flags: dict[str, object] | None = None
+    recipe: str,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    flags: dict[str, object] | None = None,
+    allow_code: bool = False,
 ) -> tuple[Recipe, Path | None]:
     """The recipe to run: the run directory's own when resuming, else the named one with overrides.
 
     A resumed run keeps its recipe: only the keys in RESUME_MAY_CHANGE (and --device) may be given; any
     other override, or one of ``flags`` that was given (--recipe, --out, --teacher), is refused by name
-    instead of being applied or ignored.
+    instead of being applied or ignored. A ``module:factory`` its recipe.toml names needs ``allow_code``.
     """
     if not resume:
         return load_recipe(recipe, list(overrides)), None
-    from akd_edge.train.rundir import RESUME_MAY_CHANGE
+    from akd_edge.train.rundir import RESUME_MAY_CHANGE, run_recipe
 
     run_dir = Path(resume)
     refused = [flag for flag, given in (flags or {}).items() if given]
@@ -135,10 +155,7 @@ def _load(
             f"Only {', '.join(RESUME_MAY_CHANGE)} (and --device) may change when resuming; to train differently "
             f"start a new run, e.g. --recipe {run_dir / 'recipe.toml'} --set ... --out NEW_DIR"
         )
-    saved = run_dir / "recipe.toml"
-    if not saved.is_file():
-        raise ConfigError(f"--resume {run_dir}: no recipe.toml there; is it a run directory?")
-    return load_recipe(read_toml(saved), list(overrides)), run_dir
+    return run_recipe(run_dir, overrides, allow_code=allow_code), run_dir
 
 
 def _given(name: str) -> bool:
@@ -173,7 +190,7 @@ def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -
     from akd_edge.env import torch_threads
     from akd_edge.train.loop import Callbacks, Diverged, Interrupted, train_run
 
-    with torch_threads(recipe.run.threads):
+    with torch_threads(recipe.run.threads, "run.threads"):
         claimed, path = _claim(recipe, run_dir, out_dir)
         with claimed or contextlib.nullcontext():
             try:
@@ -196,7 +213,17 @@ def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -
                 console.print(f"[bold red]error:[/] {escape(str(stop))}", highlight=False)
                 raise click.exceptions.Exit(EXIT_DIVERGED) from None
     out.print(summary_table(summary))
+    console.print(f"next: {escape(next_step(role, summary['run_dir']))}", highlight=False, soft_wrap=True)
     return summary
+
+
+def next_step(role: str, run_dir: str) -> str:
+    """The command that usually follows a finished run: export a student, distill from a teacher."""
+    import shlex
+
+    if role == "teacher":
+        return f"akd-edge distill --teacher {shlex.quote(run_dir)}"
+    return f"akd-edge export {shlex.quote(run_dir)}"
 
 
 def _cmd(role: str) -> str:
@@ -211,6 +238,7 @@ _run_options = options(
     ),
     device_option(),
     data_dir_option("the recipe's data.data_dir"),
+    allow_code_option(),
 )
 
 
@@ -233,6 +261,7 @@ def train_teacher(
     resume: str | None,
     device: str | None,
     data_dir: str | None,
+    allow_code: bool,
 ) -> None:
     """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy.
 
@@ -241,7 +270,7 @@ def train_teacher(
     -m akd_edge ...) it trains data-parallel, data.batch_size being the global batch (docs/DISTRIBUTED.md).
     """
     flags = _with_flags(overrides, device, data_dir)
-    cfg, run_dir = _load(recipe, flags, resume, {"--recipe": _given("recipe"), "--out": out_dir})
+    cfg, run_dir = _load(recipe, flags, resume, {"--recipe": _given("recipe"), "--out": out_dir}, allow_code)
     if cfg.method.name not in TEACHER_METHODS:
         raise ConfigError(f"method.name={cfg.method.name!r}: a teacher trains with {' or '.join(TEACHER_METHODS)}")
     _run(cfg, run_dir, out_dir, "teacher")
@@ -273,6 +302,7 @@ def distill(
     resume: str | None,
     device: str | None,
     data_dir: str | None,
+    allow_code: bool,
 ) -> None:
     """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says.
 
@@ -287,7 +317,7 @@ def distill(
         "--teacher": teachers,
         "--teacher-factory": teacher_factory,
     }
-    cfg, run_dir = _load(recipe, flags, resume, given)
+    cfg, run_dir = _load(recipe, flags, resume, given, allow_code)
     if teachers or teacher_factory:
         from dataclasses import replace
 

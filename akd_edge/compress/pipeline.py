@@ -35,6 +35,7 @@ from akd_edge.files import (
     ensure_writable_dir,
     mark,
     marked_kind,
+    refuse_symlink,
     write_json_atomic,
 )
 from akd_edge.interval import REPORTED_N
@@ -155,7 +156,7 @@ def _out_dir(out: str | Path | None, recipe: Any, source_name: str) -> tuple[Pat
     from akd_edge.train.rundir import candidates
 
     if out is not None:
-        path = Path(out)
+        path = refuse_symlink(out)
         reason = _refuse_reason(path)
         if reason is not None:
             raise UsageError(f"--out {path} {reason}; choose another --out")

@@ -7,7 +7,14 @@ once batched. ``akd-edge datasets`` lists the registered names.
 
 from akd_edge.data import cifar, idx, imagefolder, svhn, synthetic  # noqa: F401  (register the loaders)
 from akd_edge.data.base import DATASETS, DatasetSplits, ImageDataset, LoadedData, channel_stats
-from akd_edge.data.batches import augment_batch, epoch_order, iterate_batches, num_batches, shard_bounds
+from akd_edge.data.batches import (
+    augment_batch,
+    epoch_order,
+    iterate_batches,
+    mixed_order,
+    num_batches,
+    shard_bounds,
+)
 from akd_edge.data.splits import get_loader, list_datasets, load_dataset, load_test_split, split_train_val
 
 __all__ = [
@@ -23,6 +30,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_test_split",
+    "mixed_order",
     "num_batches",
     "shard_bounds",
     "split_train_val",

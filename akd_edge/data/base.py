@@ -68,6 +68,9 @@ class DatasetSplits:
     """Per-channel mean of the full training set (before the validation split), for images in [0, 1]."""
     std: tuple[float, ...]
     """Per-channel standard deviation, computed like ``mean``."""
+    unlabeled: ImageDataset | None = None
+    """Training images without labels (``data.unlabeled``), their labels all ``-1``: nothing can read a
+    hidden label, because none is carried. ``None`` when every training image is labelled."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -39,6 +39,35 @@ def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     return _rng(_ORDER, seed, epoch).permutation(n) if shuffle else np.arange(n)
 
 
+_LABELED, _UNLABELED = 0x1A, 0x0A
+
+
+def mixed_order(n_labeled: int, n: int, batch_size: int, fraction: float, *, seed: int, epoch: int) -> np.ndarray:
+    """One epoch's sample order over ``n_labeled`` labelled images (indices ``0..n_labeled-1``) followed by
+    unlabelled ones: every full batch takes ``round(fraction * batch_size)`` labelled images, the labelled ones
+    cycling in fresh seeded permutations as often as needed, and the epoch is one pass over the unlabelled ones.
+
+    A function of ``(seed, epoch)`` only, like :func:`epoch_order`; cut it into batches of ``batch_size``.
+    """
+    per_batch = round(fraction * batch_size)
+    n_unlabeled = n - n_labeled
+    if not 0 < per_batch < batch_size or n_labeled < 1 or n_unlabeled < 1:
+        raise ValueError(
+            f"a batch of {batch_size} with labelled fraction {fraction} needs labelled and unlabelled images in "
+            f"every batch (got {per_batch} labelled per batch, {n_labeled} labelled, {n_unlabeled} unlabelled)"
+        )
+    free = batch_size - per_batch
+    batches = -(-n_unlabeled // free)
+    unlabeled = n_labeled + _rng(_ORDER, _UNLABELED, seed, epoch).permutation(n_unlabeled)
+    rng = _rng(_ORDER, _LABELED, seed, epoch)
+    passes = -(-batches * per_batch // n_labeled)
+    labeled = np.concatenate([rng.permutation(n_labeled) for _ in range(passes)])
+    parts = []
+    for b in range(batches):
+        parts += [labeled[b * per_batch : (b + 1) * per_batch], unlabeled[b * free : (b + 1) * free]]
+    return np.concatenate(parts)
+
+
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     """Rows ``[lo, hi)`` of a batch of ``n`` that rank ``rank`` of ``world`` takes: contiguous, disjoint,
     covering the batch, sizes differing by at most one."""
@@ -80,6 +109,7 @@ def iterate_batches(
     drop_last: bool = False,
     prefetch: int = 0,
     shard: tuple[int, int] | None = None,
+    order: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(x float32 NCHW in [0, 1], y int64, idx int64)``; ``idx`` are the samples' indices in ``ds``.
 
@@ -89,12 +119,15 @@ def iterate_batches(
     CUDA), overlapping batch making with the step; the batches, their order and augmentation are the same.
     Every ``x`` is in [0, 1] by construction (uint8 / 255), so attacks on these batches need no range check.
     ``shard=(rank, world)`` yields only this rank's rows of each batch (:func:`shard_bounds`); ``idx`` says which.
+    ``order`` replaces the epoch's sample order (``shuffle`` is then ignored), e.g. :func:`mixed_order`.
     """
     import torch
 
     device = torch.device(device)
     pin = prefetch > 0 and device.type == "cuda" and torch.cuda.is_available()
-    host = _host_batches(ds, batch_size, shuffle, seed, epoch, start_batch, augment, device, drop_last, pin, shard)
+    if order is None:
+        order = epoch_order(len(ds), shuffle=shuffle, seed=seed, epoch=epoch)
+    host = _host_batches(ds, order, batch_size, seed, epoch, start_batch, augment, device, drop_last, pin, shard)
     if prefetch > 0:
         host = _prefetched(host, prefetch)
     for images, labels, idx in host:
@@ -107,8 +140,8 @@ def iterate_batches(
 
 def _host_batches(
     ds: ImageDataset,
+    order: np.ndarray,
     batch_size: int,
-    shuffle: bool,
     seed: int,
     epoch: int,
     start_batch: int,
@@ -122,8 +155,7 @@ def _host_batches(
     (pinned if ``pin``) for a device."""
     import torch
 
-    total = num_batches(len(ds), batch_size, drop_last)
-    order = epoch_order(len(ds), shuffle=shuffle, seed=seed, epoch=epoch)
+    total = num_batches(len(order), batch_size, drop_last)
     for batch in range(max(start_batch, 0), total):
         idx = order[batch * batch_size : (batch + 1) * batch_size]
         rows = None

@@ -93,6 +93,8 @@ def _read_part(folder: Path, images_name: str, labels_name: str) -> ImageDataset
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise DataError(f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{images_path} holds no images; re-download it, or point data_dir at a complete copy")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(f"{labels_path}: {labels.shape[0] if labels.ndim else '?'} labels for {images.shape[0]} images")
     return ImageDataset(images[:, None, :, :], labels.astype(np.int64))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from akd_edge.data.base import DATASETS, DatasetSplits, ImageDataset, Loader, channel_stats
+from akd_edge.data.unlabeled import choose_labeled, load_unlabeled, without_labels
 from akd_edge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -67,12 +68,16 @@ def load_dataset(cfg: DataConfig, seed: int, *, stratify: bool = True) -> Datase
 
     The train part keeps a seeded random order and ``cfg.train_subset`` keeps its first N images; the test
     split is untouched. ``mean``/``std`` come from the whole training set, so they do not depend on the seed.
+    With ``cfg.labeled`` the train part keeps the labels of N of those images and the validation split is not
+    stratified, so no label of an image outside the labelled N and the validation split is read (except those
+    scanned to fill the class quotas, :func:`~akd_edge.data.unlabeled.choose_labeled`).
     """
     loader = get_loader(cfg.name)
     data = loader(cfg.data_dir, parts=("train", "test"), download=cfg.download)
     assert data.train is not None and data.test is not None
     full_train = data.train
     mean, std = channel_stats(full_train.images)
+    stratify = stratify and not cfg.labeled
     train_idx, val_idx = split_train_val(full_train.labels, cfg.val_size, seed, stratify=stratify)
     if cfg.train_subset:
         if cfg.train_subset > len(train_idx):
@@ -86,6 +91,7 @@ def load_dataset(cfg: DataConfig, seed: int, *, stratify: bool = True) -> Datase
         raise DataError(
             f"{cfg.name}: test images are {data.test.input_shape}, training images {full_train.input_shape}"
         )
+    train_idx, unlabeled = _split_labels(cfg, full_train, train_idx, seed, len(data.class_names))
     splits = DatasetSplits(
         name=cfg.name,
         train=full_train.subset(train_idx),
@@ -96,11 +102,13 @@ def load_dataset(cfg: DataConfig, seed: int, *, stratify: bool = True) -> Datase
         class_names=data.class_names,
         mean=mean,
         std=std,
+        unlabeled=unlabeled,
     )
     log.info(
-        "%s: %d train / %d val / %d test, %s, %d classes, from %s",
+        "%s: %d train%s / %d val / %d test, %s, %d classes, from %s",
         cfg.name,
         len(splits.train),
+        f" + {len(unlabeled)} unlabelled" if unlabeled is not None else "",
         len(splits.val),
         len(splits.test),
         "x".join(map(str, splits.input_shape)),
@@ -108,6 +116,22 @@ def load_dataset(cfg: DataConfig, seed: int, *, stratify: bool = True) -> Datase
         data.source,
     )
     return splits
+
+
+def _split_labels(
+    cfg: DataConfig, train: ImageDataset, train_idx: np.ndarray, seed: int, num_classes: int
+) -> tuple[np.ndarray, ImageDataset | None]:
+    """The labelled training indices (``data.labeled``) and the unlabelled images (``data.unlabeled``)."""
+    rest = np.empty(0, dtype=np.int64)
+    if cfg.labeled:
+        keep = choose_labeled(train.labels[train_idx], cfg.labeled, seed, num_classes)
+        rest = np.delete(train_idx, keep)
+        train_idx = train_idx[keep]
+    if cfg.unlabeled == "none":
+        return train_idx, None
+    if cfg.unlabeled == "rest":
+        return train_idx, without_labels(train.images[rest])
+    return train_idx, load_unlabeled(cfg.unlabeled, train.input_shape)
 
 
 def load_test_split(

@@ -1,8 +1,8 @@
 """The training-dynamics report of ``akd-edge eval --dynamics``: one run analysed, or two compared.
 
 The analysis itself is :mod:`akd_edge.metrics.dynamics`; this module reads the runs' ``dynamics.npz``,
-writes ``dynamics.json``, ``dynamics_samples.npz`` and the plot, each atomically, into a folder checked
-for writability before the analysis starts.
+writes ``dynamics.json``, ``dynamics_samples.npz`` and the plot, each atomically, into a folder that is
+writable, locked while they are written, and holds no file of those names that akd-edge did not write.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Any
 
 from akd_edge.env import package_versions
 from akd_edge.errors import UsageError
-from akd_edge.files import ensure_writable_dir, write_atomic, write_json_atomic
+from akd_edge.files import output_folder, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+FORMAT = "akd-edge-dynamics/1"
 
 
 def evaluate_dynamics(
@@ -42,8 +44,6 @@ def evaluate_dynamics(
         raise UsageError(f"--dynamics takes one run (analysis) or two runs (comparison), got {len(runs)}")
     records = [load_dynamics(run) for run in runs]
     first = Path(runs[0])
-    out = Path(out_dir) if out_dir is not None else (first if first.is_dir() else first.parent)
-    ensure_writable_dir(out, "--out")
     labels = list(names) if names else [Path(run).resolve().name or str(run) for run in runs]
     if len(set(labels)) != len(labels):
         labels = [f"{label}-{i + 1}" for i, label in enumerate(labels)]
@@ -56,21 +56,22 @@ def evaluate_dynamics(
             "names": labels,
             "summaries": {labels[0]: analyze(records[0], late_fraction=late_fraction, min_forgets=min_forgets)},
         }
-    report = {"format": "akd-edge-dynamics/1", "runs": [str(r) for r in runs], **report, "versions": package_versions()}
-    if plots:
-        from akd_edge import plots as plotting
-
-        if plotting.matplotlib_available():
-            report["plots"] = {"dynamics": plotting.plot_dynamics(report, out / "dynamics.png").name}
-        else:
-            log.warning(plotting.MISSING)
-            report["plots"] = {"note": plotting.MISSING}
+    report = {"format": FORMAT, "runs": [str(r) for r in runs], **report, "versions": package_versions()}
     arrays = {
         f"{label}/{key}": value
         for label, record in zip(labels, records, strict=True)
         for key, value in per_sample(record, late_fraction=late_fraction, min_forgets=min_forgets).items()
     }
-    write_atomic(out / "dynamics_samples.npz", lambda fh: np.savez_compressed(fh, **arrays))
-    report["samples"] = "dynamics_samples.npz"
-    path = write_json_atomic(out / "dynamics.json", report)
-    return report, path
+    default = first if first.is_dir() else first.parent
+    with output_folder(out_dir, default, "dynamics.json", FORMAT, ("dynamics.png", "dynamics_samples.npz")) as out:
+        if plots:
+            from akd_edge import plots as plotting
+
+            if plotting.matplotlib_available():
+                report["plots"] = {"dynamics": plotting.plot_dynamics(report, out / "dynamics.png").name}
+            else:
+                log.warning(plotting.MISSING)
+                report["plots"] = {"note": plotting.MISSING}
+        write_atomic(out / "dynamics_samples.npz", lambda fh: np.savez_compressed(fh, **arrays))
+        report["samples"] = "dynamics_samples.npz"
+        return report, write_json_atomic(out / "dynamics.json", report)

@@ -21,7 +21,7 @@ import torch
 from akd_edge.env import package_versions
 from akd_edge.errors import CheckpointError, DataError, UsageError
 from akd_edge.evaluation.engine import Progress, evaluate_model
-from akd_edge.files import ensure_writable_dir, write_json_atomic
+from akd_edge.files import check_own_outputs, output_folder, write_json_atomic
 from akd_edge.interval import REPORTED_N
 from akd_edge.metrics.robust import AttackSpec, eps_grid, parse_attacks
 
@@ -70,6 +70,11 @@ class EvalOptions:
         if self.n < 0 or self.batch_size < 1:
             raise UsageError("--n must be >= 0 (0 = the whole test split) and --batch-size >= 1")
         object.__setattr__(self, "attacks", tuple(parse_attacks(self.attacks)))
+        attack_specs(self, "linf", 0.0)  # steps, restarts, queries and step size checked before any work
+
+
+PLOT_FILES = ("eps_curve.png", "reliability.png")
+"""The plots ``eval`` may write beside eval.json (names fixed here)."""
 
 
 def default_out_dir(source: str | Path) -> Path:
@@ -121,7 +126,7 @@ def _plots(report: dict[str, Any], out_dir: Path, label: str) -> dict[str, Any]:
     if "eps_curve" in results:
         title = f"{label} ({report['threat']['norm']}, PGD-{results['eps_curve']['settings']['steps']})"
         written["eps_curve"] = plots.plot_eps_curve(
-            {label: results["eps_curve"]["points"]}, out_dir / "eps_curve.png", title
+            {label: results["eps_curve"]["points"]}, out_dir / "eps_curve.png", title, [report["threat"]["eps"]]
         ).name
     if "calibration" in results:
         diagrams = {"clean": results["calibration"]["clean"]}
@@ -155,16 +160,31 @@ def evaluate(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run directory or checkpoint on its test split; write ``eval.json`` (+ PNG plots).
 
-    Returns the report and the path of ``eval.json``. An output folder that cannot be written fails
+    Returns the report and the path of ``eval.json``. An output folder that cannot be written, that another
+    process uses (a run still training) or that holds an eval.json or plot akd-edge did not write fails
     before any attack runs, and ``eval.json`` is written atomically.
     """
-    from akd_edge.data import iterate_batches
     from akd_edge.train.checkpoint import load_model
 
     options = options or EvalOptions()
     started = time.perf_counter()
     model, meta = load_model(source, options.which, options.device, options.factory)
-    out = ensure_writable_dir(Path(out_dir) if out_dir is not None else default_out_dir(source), "--out")
+    with output_folder(out_dir, default_out_dir(source), "eval.json", FORMAT, PLOT_FILES) as out:
+        return _evaluate(model, meta, source, options, out, progress, started)
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    source: str | Path,
+    options: EvalOptions,
+    out: Path,
+    progress: Progress | None,
+    started: float,
+) -> tuple[dict[str, Any], Path]:
+    """The body of :func:`evaluate`, run while it holds the output folder."""
+    from akd_edge.data import iterate_batches
+
     norm, eps = resolve_threat(meta, options.norm, options.eps)
     dataset, data_meta = load_eval_data(meta, options)
     specs, base = attack_specs(options, norm, eps)
@@ -214,8 +234,9 @@ def evaluate(
             "processor": platform.processor() or None,
         },
     }
+    check_own_outputs(out, "eval.json", FORMAT, PLOT_FILES)  # again: the user may have put a file there meanwhile
     report["plots"] = _plots(report, out, meta["arch"]["name"]) if options.plots else {}
     report["seconds"] = time.perf_counter() - started
     path = write_json_atomic(out / "eval.json", report)
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)  # the caller says what it wrote, plots included
     return report, path

@@ -19,7 +19,7 @@ from akd_edge.env import package_versions
 from akd_edge.errors import UsageError
 from akd_edge.evaluation.engine import evaluate_model
 from akd_edge.evaluation.report import EvalOptions, attack_specs, default_out_dir, load_eval_data, resolve_threat
-from akd_edge.files import ensure_writable_dir, write_json_atomic
+from akd_edge.files import output_folder, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +49,43 @@ def teacher_gap(
     entries = (meta.get("recipe") or {}).get("teachers") or []
     if not entries:
         raise UsageError(f"{meta['path']} records no teachers in its recipe: --teacher-gap needs a distilled student")
-    out = ensure_writable_dir(Path(out_dir) if out_dir is not None else default_out_dir(source), "--out")
-    arch = meta["arch"]
-    specs = [from_dict(TeacherSpec, dict(entry), prefix="teachers") for entry in entries]
-    teacher = load_teachers(specs, options.device, tuple(arch["input_shape"]), int(arch["num_classes"]))
-    norm, eps = resolve_threat(meta, options.norm, options.eps)
-    dataset, data_meta = load_eval_data(meta, options)
-    attacks, _ = attack_specs(options, norm, eps)
-    differentiable = all(getattr(m, "differentiable", True) for m in teacher.members)
-    teacher.configure(needs_grad=differentiable)  # gradient attacks differentiate the ensemble's output
-    teacher_attacks = [a for a in attacks if differentiable or not a.white_box]
-    scores = {}
-    for name, model, model_attacks in (("student", student, attacks), ("teacher", teacher, teacher_attacks)):
-        batches = iterate_batches(dataset, options.batch_size, device=options.device)
-        results = evaluate_model(model, batches, model_attacks, total=len(dataset), calibration=False, checks=False)
-        scores[name] = _scores(results)
-    not_run = [a.name for a in attacks if a not in teacher_attacks]
-    for name in not_run:
-        scores["teacher"][name] = {"acc": None, "not_run": "a member runs under onnxruntime: no gradients"}
-    if not_run:
-        scores["teacher"]["worst_case"]["over"] = ["clean", *[a.name for a in teacher_attacks]]
-    gap = {
-        key: scores["student"][key]["acc"] - scores["teacher"][key]["acc"]
-        for key in scores["student"]
-        if scores["teacher"].get(key, {}).get("acc") is not None and not (key == "worst_case" and not_run)
-    }
-    report = {
-        "format": FORMAT,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source": str(source),
-        "student": {"checkpoint": meta["path"], "arch": arch["name"], "epoch": meta.get("epoch")},
-        "teachers": teacher_provenance(teacher),
-        "data": {"name": data_meta["name"], "split": "test", "n_samples": len(dataset)},
-        "threat": {"norm": norm, "eps": eps},
-        "scores": scores,
-        "gap": gap,
-        "versions": package_versions(),
-    }
-    path = write_json_atomic(out / "teacher_gap.json", report)
-    log.info("wrote %s", path)
-    return report, path
+    with output_folder(out_dir, default_out_dir(source), "teacher_gap.json", FORMAT) as out:
+        arch = meta["arch"]
+        specs = [from_dict(TeacherSpec, dict(entry), prefix="teachers") for entry in entries]
+        teacher = load_teachers(specs, options.device, tuple(arch["input_shape"]), int(arch["num_classes"]))
+        norm, eps = resolve_threat(meta, options.norm, options.eps)
+        dataset, data_meta = load_eval_data(meta, options)
+        attacks, _ = attack_specs(options, norm, eps)
+        differentiable = all(getattr(m, "differentiable", True) for m in teacher.members)
+        teacher.configure(needs_grad=differentiable)  # gradient attacks differentiate the ensemble's output
+        teacher_attacks = [a for a in attacks if differentiable or not a.white_box]
+        scores = {}
+        for name, model, model_attacks in (("student", student, attacks), ("teacher", teacher, teacher_attacks)):
+            batches = iterate_batches(dataset, options.batch_size, device=options.device)
+            results = evaluate_model(model, batches, model_attacks, total=len(dataset), calibration=False, checks=False)
+            scores[name] = _scores(results)
+        not_run = [a.name for a in attacks if a not in teacher_attacks]
+        for name in not_run:
+            scores["teacher"][name] = {"acc": None, "not_run": "a member runs under onnxruntime: no gradients"}
+        if not_run:
+            scores["teacher"]["worst_case"]["over"] = ["clean", *[a.name for a in teacher_attacks]]
+        gap = {
+            key: scores["student"][key]["acc"] - scores["teacher"][key]["acc"]
+            for key in scores["student"]
+            if scores["teacher"].get(key, {}).get("acc") is not None and not (key == "worst_case" and not_run)
+        }
+        report = {
+            "format": FORMAT,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "source": str(source),
+            "student": {"checkpoint": meta["path"], "arch": arch["name"], "epoch": meta.get("epoch")},
+            "teachers": teacher_provenance(teacher),
+            "data": {"name": data_meta["name"], "split": "test", "n_samples": len(dataset)},
+            "threat": {"norm": norm, "eps": eps},
+            "scores": scores,
+            "gap": gap,
+            "versions": package_versions(),
+        }
+        path = write_json_atomic(out / "teacher_gap.json", report)
+        log.debug("wrote %s", path)  # the caller says what it wrote, plots included
+        return report, path

@@ -114,19 +114,41 @@ NOISY_LOGGERS = {
 }
 
 
+NOISY_MESSAGES = {"torch.onnx._internal.exporter._registration": "torchvision is not installed"}
+"""Messages dropped by a filter, not a level: torch resets the levels of its loggers when the exporter first
+imports dynamo (``torch._logging``), after :func:`quiet_libraries` has set them, but keeps a child's filters."""
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """Raise the level of the exporter's and onnxruntime tools' chatty INFO loggers for the block."""
+    """Raise the level of the exporter's and onnxruntime tools' chatty INFO loggers for the block, and drop
+    the exporter's notices about optional packages akd-edge does not use (torchvision's detection ops)."""
     saved = {}
     for name, level in NOISY_LOGGERS.items():
         logger = logging.getLogger(name)
         saved[name] = logger.level
         logger.setLevel(max(level, logger.level))
+    filters = {name: _DropMessage(prefix) for name, prefix in NOISY_MESSAGES.items()}
+    for name, dropper in filters.items():
+        logging.getLogger(name).addFilter(dropper)
     try:
         yield
     finally:
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+        for name, dropper in filters.items():
+            logging.getLogger(name).removeFilter(dropper)
 
 
 def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -307,6 +329,7 @@ def _resolve_data(
 def _start_report(job: _Job, source: str | Path) -> None:
     """Stage 2a: what the export is of (source, data, threat model, input/output contract)."""
     from akd_edge.env import package_versions
+    from akd_edge.report import checkpoint_record
 
     meta = job.meta
     metadata = onnx_metadata(meta)
@@ -315,7 +338,7 @@ def _start_report(job: _Job, source: str | Path) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
         "source": {
-            "checkpoint": str(meta.get("path", source)),
+            **checkpoint_record(meta.get("path", source), job.out),
             "run": run_name(meta),
             "arch": meta["arch"],
             "role": meta.get("role"),
@@ -367,7 +390,7 @@ def _check_parity(job: _Job) -> None:
         job.report["checks"]["torch_clean_acc"] = _torch_accuracy(job.model, job.data.test_images, job.data.test_labels)
 
 
-def _quantize(job: _Job, min_agreement: float, stage: StageFn) -> None:
+def _quantize(job: _Job, min_agreement: float, stage: StageFn, keep_failed_int8: bool = False) -> None:
     """Stage 4: static int8 QDQ calibrated on training images, checked, and compared with fp32 on the test split."""
     from akd_edge.compress.quantize import quantize_int8
     from akd_edge.export.onnx import check_onnx
@@ -385,12 +408,27 @@ def _quantize(job: _Job, min_agreement: float, stage: StageFn) -> None:
     stage("comparing fp32 and int8 on the test split")
     agreement = _agreement(fp32, int8, job.data.test_images, job.data.test_labels, min_agreement)
     job.report["checks"]["int8_agreement"] = agreement
+    agreement["kept"] = agreement["passed"] or keep_failed_int8
     if not agreement["passed"]:
-        log.warning(
-            "int8 and fp32 agree on only %.2f%% of test images (threshold %.2f%%)",
-            100 * agreement["argmax_agreement"],
-            100 * min_agreement,
-        )
+        agreement["action"] = int8_failure_action(agreement)
+        log.warning("%s", agreement["action"])
+    if not agreement["kept"]:
+        (job.tmp / FILES["int8"]).unlink()
+        job.onnx_files.remove(FILES["int8"])
+
+
+def int8_failure_action(agreement: dict[str, Any]) -> str:
+    """What a failed fp32-vs-int8 agreement did to the export, in one sentence (report.json, the card, the CLI)."""
+    found = (
+        f"int8 and fp32 agree on {100 * agreement['argmax_agreement']:.2f}% of {agreement['n']} test images, below "
+        f"--min-int8-agreement {100 * agreement['threshold']:.2f}%"
+    )
+    if agreement["kept"]:
+        return f"{found}; the int8 files were kept as --keep-failed-int8 asked"
+    return (
+        f"{found}: the int8 files were not written, the fp32 model is the export (--keep-failed-int8 keeps int8 "
+        "anyway; --no-bias-correction, --calib or --float-layers may raise the agreement)"
+    )
 
 
 def _mobile(job: _Job, batch: int) -> None:
@@ -462,7 +500,7 @@ def export_checkpoint(source: str | Path, out: str | Path | None = None, **kwarg
 
     Keyword arguments: see :func:`_export` (``which``, ``int8``, ``calib``, ``int8_settings``: an
     :class:`~akd_edge.compress.quantize.Int8Settings` or a dict of its fields, ``data_dir``, ``n_test``,
-    ``mobile_batch``, ``min_int8_agreement``, ``seed``, ``data``, ``on_stage``, ``factory``: the trusted
+    ``mobile_batch``, ``min_int8_agreement``, ``keep_failed_int8``, ``seed``, ``data``, ``on_stage``, ``factory``: the trusted
     ``module:factory`` of a checkpoint of your own architecture, ``web``, ``web_runtime``: the
     onnxruntime-web package the web/ page gets, ``web_samples``). Returns the folder and report.
     ``out`` must be missing, empty or an earlier export (UsageError otherwise; nothing is deleted).
@@ -483,6 +521,7 @@ def _export(
     n_test: int = 0,
     mobile_batch: int = 1,
     min_int8_agreement: float = 0.995,
+    keep_failed_int8: bool = False,
     seed: int = 0,
     data: ExportData | None = None,
     on_stage: StageFn | None = None,
@@ -494,7 +533,9 @@ def _export(
     """The stages in order (see :func:`export_checkpoint`).
 
     ``data`` overrides the dataset lookup (tests, or images the user loaded). Without test images the
-    parity check runs on random images and the int8 agreement is skipped. ``web``: write web/, the
+    parity check runs on random images and the int8 agreement is skipped. An int8 model that agrees with
+    fp32 on fewer than ``min_int8_agreement`` of the test images is not written (the report says why) unless
+    ``keep_failed_int8``. ``web``: write web/, the
     onnxruntime-web page, classifying ``web_samples`` test images; its onnxruntime-web files are copied
     from ``web_runtime`` (else ``$AKD_EDGE_WEB_RUNTIME``, else ``./node_modules/onnxruntime-web``, else
     none: web/README.md says how to add them).
@@ -526,7 +567,7 @@ def _export(
         stage("checking parity with torch")
         _check_parity(job)
         if int8:
-            _quantize(job, min_int8_agreement, stage)
+            _quantize(job, min_int8_agreement, stage, keep_failed_int8)
         stage("onnxruntime-mobile: .ort files and NNAPI/CoreML coverage")
         _mobile(job, mobile_batch)
         if web:

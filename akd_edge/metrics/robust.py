@@ -62,8 +62,12 @@ class AttackSpec:
         if self.name not in ATTACKS:
             raise UsageError(f"unknown attack {self.name!r}; use clean or one of {', '.join(ATTACKS)}")
         _check_norm_eps(self.norm, self.eps)
-        if self.steps < 1 or self.restarts < 1 or self.n_queries < 1 or self.step_size < 0:
-            raise UsageError("attack steps, restarts and queries must be >= 1 and the step size >= 0")
+        if self.steps < 1 or self.restarts < 1 or self.n_queries < 1:
+            raise UsageError("attack steps, restarts and queries must be >= 1")
+        if not (math.isfinite(self.step_size) and self.step_size >= 0):  # NaN would fall back to the automatic step
+            raise UsageError(
+                f"the step size must be a finite number >= 0 (0 = 2.5 * eps / steps), got {self.step_size}"
+            )
 
     @property
     def resolved_step_size(self) -> float:

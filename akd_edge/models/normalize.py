@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -10,9 +11,28 @@ from torch import nn
 from akd_edge.errors import ConfigError
 
 
+def _finite_floats(values: object) -> list[float]:
+    """``values`` (a number or a sequence of them) as floats; [] when any is not a finite number."""
+    items = [values] if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) else list(values)
+    if any(isinstance(v, (str, bytes, bool)) for v in items):
+        return []
+    try:
+        flat = [float(v) for v in items]
+    except (TypeError, ValueError):
+        return []
+    return flat if all(map(math.isfinite, flat)) else []
+
+
 def _as_channels(values: float | Sequence[float], channels: int, what: str) -> list[float]:
-    """Per-channel statistics as ``channels`` floats; a single value is used for every channel."""
-    flat = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    """Per-channel statistics as ``channels`` floats; a single value is used for every channel.
+
+    The values may come from a checkpoint: anything but finite numbers is a ConfigError, not a traceback.
+    """
+    flat = _finite_floats(values)
+    if not flat:
+        raise ConfigError(
+            f"normalisation {what} must be a finite number or a list of them (one per channel), got {values!r:.80}"
+        )
     if len(flat) == 1:
         flat = flat * channels
     if len(flat) != channels:

@@ -15,7 +15,7 @@ from torch import nn
 
 from akd_edge.errors import ConfigError
 from akd_edge.models.normalize import Normalize, NormalizedModel
-from akd_edge.registry import Registry
+from akd_edge.registry import Registry, check_code_allowed
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,12 @@ def resolve_factory(name: str, *, allow_import: bool = True) -> ModelFactory:
             return MODELS.get(name)
         except KeyError as err:
             raise ConfigError(f"{err.args[0]}; or give 'package.module:factory' for your own architecture") from None
-    if not allow_import:
-        raise ConfigError(
-            f"model {name!r} is not a registered architecture, and importing modules named by a file is not "
-            f"allowed (it would run their code); if you trust it, pass the factory explicitly "
-            f"(Python: build_model(ckpt, factory={name!r}))"
-        )
+    check_code_allowed(
+        [name],
+        "create_model(allow_import=False)",
+        allowed=allow_import,
+        remedy=f"pass the factory explicitly (build_model(ckpt, factory={name!r}))",
+    )
     module_name, _, attr = name.partition(":")
     if not module_name or not attr or ":" in attr:
         raise ConfigError(f"model {name!r}: expected 'package.module:factory' (one colon, both parts non-empty)")
@@ -195,19 +195,45 @@ def get_classifier(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def model_info(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
-    """Parameters and MACs of one ``input_shape`` (C, H, W) image, counted by torch-pruning.
+MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+"""The layers whose multiply-accumulates are counted, as :func:`akd_edge.reporting.macs.onnx_macs` counts
+``Conv`` and ``Gemm``/``MatMul`` in the exported graph: one number for a model in torch and in ONNX."""
 
-    Following torch-pruning's counter, BatchNorm, ReLU and pooling add one op per element, and a
-    biased Linear adds its bias; conv and linear multiply-accumulates dominate.
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    """Multiply-accumulates of one image through a conv (outputs x input channels per group x kernel) or a
+    linear layer (outputs x input features)."""
+    per_image = output.numel() // max(output.shape[0], 1)
+    if isinstance(module, nn.Linear):
+        return per_image * module.in_features
+    return per_image * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+
+def model_info(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Parameters and MACs of one ``input_shape`` (C, H, W) image.
+
+    MACs are those of the convolutions and linear layers (:data:`MAC_LAYERS`); BatchNorm, activations,
+    pooling and biases are not counted, as the export's report does not count them in the ONNX graph
+    (where BatchNorm is folded into the convolutions), so training, compress and report agree.
     """
-    from torch_pruning.utils import count_ops_and_params
+    from akd_edge.attacks._mode import eval_mode
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     example = torch.zeros(1, *(int(v) for v in input_shape), device=device)
-    macs, params = count_ops_and_params(model, example)
-    return {"params": int(params), "macs": int(macs)}
+    macs: list[int] = []
+    hooks = [
+        module.register_forward_hook(lambda mod, _inputs, output: macs.append(_layer_macs(mod, output)))
+        for module in model.modules()
+        if isinstance(module, MAC_LAYERS)
+    ]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {"params": sum(p.numel() for p in model.parameters()), "macs": int(sum(macs))}
 
 
 def describe_models(

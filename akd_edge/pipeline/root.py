@@ -83,7 +83,7 @@ def claim_root(recipe: Recipe, out: str | Path | None) -> tuple[Path, files.Fold
     """The pipeline folder, locked and marked: ``out`` (new, empty or a pipeline), else the recipe's own."""
     current = to_dict(recipe)
     if out is not None:
-        chosen = Path(out)
+        chosen = files.refuse_symlink(out)
         if (why := _why_not(chosen, None)) is not None:
             raise UsageError(f"--out {why}")
     else:

@@ -179,6 +179,7 @@ class _Pipeline:
         start = time.perf_counter()
         verify = api.verify(
             folder,
+            data_dir=self.recipe.data.data_dir,  # the recipe's, never the one the export folder records
             n=opts.n,
             square_queries=opts.square_queries,
             transfer=opts.transfer,

@@ -20,6 +20,7 @@ from typing import Any
 from akd_edge import files
 from akd_edge.errors import UsageError
 from akd_edge.report import REPORT_FORMAT as EXPORT_FORMAT
+from akd_edge.report import recorded_checkpoint
 
 PRECISIONS = (("model.onnx", "fp32"), ("model.int8.onnx", "int8"))
 """The model files of an export folder that are reported, and their precision."""
@@ -240,18 +241,20 @@ def _eval_section(path: Path) -> dict[str, Any] | None:
     eval_path = path / "eval.json"
     if not eval_path.is_file():
         return None
-    results = obj(read_json(eval_path, "eval.json").get("results"))
+    evaluation = read_json(eval_path, "eval.json")
+    results = obj(evaluation.get("results"))
     section: dict[str, Any] = {}
     curve = obj(results.get("eps_curve"))
     raw_points = curve.get("points") if isinstance(curve.get("points"), list) else []
     points = [
-        {"eps": num(p.get("eps")), "acc": fraction(p.get("acc"))}
+        {"eps": num(p.get("eps")), "acc": fraction(p.get("acc")), "ci95": interval(p.get("ci95"))}
         for p in raw_points
         if isinstance(p, dict) and num(p.get("eps")) is not None and fraction(p.get("acc")) is not None
     ]
     if points:
         settings = obj(curve.get("settings"))
-        section["eps_curve"] = {"points": points, "steps": count(settings.get("steps"))}
+        threat_eps = num(obj(evaluation.get("threat")).get("eps"))
+        section["eps_curve"] = {"points": points, "steps": count(settings.get("steps")), "threat_eps": threat_eps}
     calibration = {}
     for key, value in obj(results.get("calibration")).items():
         diagram = _diagram(value)
@@ -295,10 +298,11 @@ def _run_info(source: _Source) -> RunInfo:
     return RunInfo(path, source.kind, name, recipe, summary, _eval_section(path))
 
 
-def _match(checkpoint: Any, run_name: Any, runs: list[RunInfo]) -> RunInfo | None:
-    """The given run an export came from: by the checkpoint path it records, else by a unique run name."""
-    if isinstance(checkpoint, str) and checkpoint and "\x00" not in checkpoint:
-        parent = _norm(Path(checkpoint).parent)
+def _match(checkpoint: Path | None, run_name: Any, runs: list[RunInfo]) -> RunInfo | None:
+    """The given run an export came from: by the checkpoint path it records (compared, never opened), else by
+    a unique run name."""
+    if checkpoint is not None:
+        parent = _norm(checkpoint.parent)
         for run in runs:
             if parent == _norm(run.path):
                 return run
@@ -462,6 +466,15 @@ def _mark_fronts(models: list[ModelEntry]) -> None:
             setattr(candidates[index], f"front_{key}", True)
 
 
+def _int8_note(source: _Source) -> str | None:
+    """The export's failed fp32-vs-int8 agreement check, as export recorded what it did about it."""
+    agreement = obj(obj(obj(source.report).get("checks")).get("int8_agreement"))
+    if agreement.get("passed") is not False:
+        return None
+    action = text(agreement.get("action"), 400) or "the fp32-vs-int8 agreement check failed"
+    return f"{source.path.name}: {action}"
+
+
 def collect(paths: list[str | Path]) -> Collection:
     """Read every folder in ``paths`` (UsageError for one the report cannot read) into a :class:`Collection`."""
     sources = resolve_sources(paths)
@@ -471,7 +484,7 @@ def collect(paths: list[str | Path]) -> Collection:
         if source.kind != "export":
             continue
         origin = obj(obj(source.report).get("source"))
-        run = _match(origin.get("checkpoint"), origin.get("run"), runs)
+        run = _match(recorded_checkpoint(source.path, origin), origin.get("run"), runs)
         if run is not None:
             run.exported = True
         models += _export_entries(source, run)
@@ -482,7 +495,7 @@ def collect(paths: list[str | Path]) -> Collection:
     reliability = {
         run.name: run.evaluation["calibration"] for run in runs if run.evaluation and "calibration" in run.evaluation
     }
-    notes = []
+    notes = [note for source in sources if source.kind == "export" and (note := _int8_note(source))]
     if not any(m.verified for m in models):
         notes.append("no model has a verified robust accuracy: run `akd-edge verify` on the export folders")
     return Collection(models, curves, reliability, [{"path": str(s.path), "kind": s.kind} for s in sources], notes)

@@ -30,7 +30,8 @@ DATA_NAME = "report.json"
 
 def check_out(out: Path) -> None:
     """Refuse (UsageError, nothing touched) an ``out`` that is not missing, empty or an earlier report."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    files.refuse_symlink(out)
+    if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is not a folder; choose another --out")
     if not out.exists():
         return
@@ -54,6 +55,7 @@ def _plots(collection: Collection, out: Path) -> dict[str, Any]:
         {
             "label": m.label,
             "robust": m.robust,
+            "robust_ci95": m.ci95.get("robust"),
             "bytes": m.bytes,
             "p50_ms": m.p50_ms,
             "precision": m.precision,
@@ -69,7 +71,8 @@ def _plots(collection: Collection, out: Path) -> dict[str, Any]:
         written["pareto"] = plots.plot_pareto(points, out / "pareto.png").name
     if collection.curves:
         curves = {label: curve["points"] for label, curve in collection.curves.items()}
-        written["eps_curve"] = plots.plot_eps_curve(curves, out / "eps_curve.png").name
+        threat_eps = [curve["threat_eps"] for curve in collection.curves.values() if curve.get("threat_eps") is not None]
+        written["eps_curve"] = plots.plot_eps_curve(curves, out / "eps_curve.png", threat_eps=threat_eps).name
     if collection.reliability:
         written["reliability"] = {
             label: plots.plot_reliability(diagrams, out / f"reliability-{index}.png").name

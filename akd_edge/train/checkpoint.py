@@ -105,6 +105,7 @@ def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
     """
     from akd_edge.errors import ConfigError
     from akd_edge.models import create_model
+    from akd_edge.registry import check_code_allowed
 
     source = ckpt.get("path", "checkpoint")
     arch = ckpt["arch"]
@@ -113,15 +114,16 @@ def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
     kwargs = arch.get("kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise CheckpointError(f"{source}: arch.kwargs must be a table of keyword arguments, got {kwargs!r:.200}")
-    custom = ":" in arch["name"]
-    if custom and not factory:
-        name = arch["name"]
-        raise CheckpointError(
-            f"{source}: model {name!r} is not a registered architecture, and akd-edge imports a module named by "
-            f"a file only when you name it yourself (importing runs its code). If you trust it, pass "
-            f"--model-factory {name} (for a teacher: --teacher-factory {name}, or factory = {name!r} in its "
-            f"[[teachers]] entry; Python: factory={name!r})"
-        )
+    name = arch["name"]
+    custom = ":" in name
+    check_code_allowed(
+        [name] if custom else [],
+        str(source),
+        allowed=bool(factory),
+        remedy=f"pass --model-factory {name} (for a teacher: --teacher-factory {name}, or factory = {name!r} in its "
+        f"[[teachers]] entry; Python: factory={name!r})",
+        error=CheckpointError,
+    )
     try:
         model = create_model(
             factory if custom else arch["name"],
@@ -137,7 +139,10 @@ def build_model(ckpt: dict[str, Any], factory: str | None = None) -> nn.Module:
     if ckpt.get("pruning"):
         from akd_edge.train.pruning_history import rebuild_pruned
 
-        model = rebuild_pruned(model, ckpt["pruning"])
+        try:
+            model = rebuild_pruned(model, ckpt["pruning"])
+        except CheckpointError as err:
+            raise CheckpointError(f"{source}: {err}") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -39,7 +39,15 @@ from torch import nn
 
 from akd_edge.attacks import build_attack, eval_mode
 from akd_edge.config import Recipe, to_dict
-from akd_edge.data import DatasetSplits, iterate_batches, load_dataset, num_batches
+from akd_edge.data import (
+    DatasetSplits,
+    ImageDataset,
+    epoch_order,
+    iterate_batches,
+    load_dataset,
+    mixed_order,
+    num_batches,
+)
 from akd_edge.distributed import Group, check_sync_bn, current, data_parallel, rank_seed, use_sync_batchnorm
 from akd_edge.env import resolve_device, torch_threads
 from akd_edge.errors import CheckpointError, ConfigError
@@ -50,7 +58,13 @@ from akd_edge.files import (
 )
 from akd_edge.methods import METHODS, Task
 from akd_edge.models import create_model, model_info
-from akd_edge.teachers import CleanTeacherCache, load_teachers, require_autograd, teacher_provenance
+from akd_edge.teachers import (
+    CleanTeacherCache,
+    load_teachers,
+    require_autograd,
+    teacher_labels,
+    teacher_provenance,
+)
 from akd_edge.train.accel import (
     DeviceSums,
     SpeedPlan,
@@ -146,6 +160,18 @@ def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) ->
         torch.cuda.set_rng_state_all(state["cuda"])
     if "cuda_device" in state and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_device"], device)
+
+
+@contextlib.contextmanager
+def _resume_state_of(path: Path) -> Iterator[None]:
+    """Restoring the resume state of ``path``: a damaged or hand-edited one (``rng = "abc"``) is one line."""
+    try:
+        yield
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot resume from {path}: its resume state is damaged ({type(err).__name__}: {str(err)[:120]}); "
+            "restore last.pt from a copy, or start the run again in a new folder"
+        ) from None
 
 
 @dataclass
@@ -251,11 +277,15 @@ class Trainer:
             if METHODS.get(recipe.method.name).teacher_needs_grad:
                 require_autograd(self.teacher, recipe.method.name)
             self.ckpt_extra.setdefault("teachers", teacher_provenance(self.teacher))
+        self.train_set = self._training_images()
         self.attack = build_attack(recipe.train.attack, check_range=False)  # batches are uint8 / 255: in range
         self.task: Task | None = None  # built by prepare(), once the speed plan is known
         self.plan: SpeedPlan | None = None
         self.optimizer = build_optimizer(self.model, recipe.train.optim)
-        self.steps_per_epoch = num_batches(len(self.splits.train), recipe.data.batch_size)
+        self.epoch_length = len(self._epoch_order(0))
+        """Images an epoch draws: the training images, or with ``data.labeled_fraction`` the unlabelled ones
+        plus the labelled ones repeated beside them."""
+        self.steps_per_epoch = num_batches(self.epoch_length, recipe.data.batch_size)
         if self.group is not None:
             self._check_shards()
         self.scheduler = build_scheduler(self.optimizer, recipe.train.optim, recipe.train.epochs * self.steps_per_epoch)
@@ -272,7 +302,7 @@ class Trainer:
     def _check_shards(self) -> None:
         """Every rank needs a part of every batch: the smallest batch (the last one) must have a row per rank."""
         assert self.group is not None
-        n, size, world = len(self.splits.train), self.recipe.data.batch_size, self.group.world
+        n, size, world = self.epoch_length, self.recipe.data.batch_size, self.group.world
         smallest = min(size, n % size or size)
         if smallest < world:
             raise ConfigError(
@@ -286,7 +316,7 @@ class Trainer:
     def _global_size(self, batch: int) -> int:
         """Images in global batch number ``batch`` of an epoch."""
         size = self.recipe.data.batch_size
-        return min(size, len(self.splits.train) - batch * size)
+        return min(size, self.epoch_length - batch * size)
 
     def _precision(self) -> str:
         """train.amp as a plan precision; what this device cannot run falls back to float32 with a warning."""
@@ -342,7 +372,7 @@ class Trainer:
         if self.teacher is not None and method.teacher_sees_clean(self.recipe.method) and not self.recipe.data.augment:
             self.task.clean_cache = CleanTeacherCache.build(
                 self.teacher,
-                self.splits.train,
+                self.train_set,
                 self.recipe.data.eval_batch_size,
                 self.device,
                 self.splits.num_classes,
@@ -403,12 +433,17 @@ class Trainer:
 
     def _build_teacher(self) -> nn.Module | None:
         method = METHODS.get(self.recipe.method.name)
-        if not method.needs_teacher:
+        if not method.needs_teacher and self.splits.unlabeled is None:
             return None
         if not self.recipe.teachers:
+            why = (
+                f"method.name={self.recipe.method.name!r} distills from teachers"
+                if method.needs_teacher
+                else f"data.unlabeled={self.recipe.data.unlabeled!r} needs teachers to label its images"
+            )
             raise ConfigError(
-                f"method.name={self.recipe.method.name!r} distills from teachers, but the recipe has no "
-                "[[teachers]] entry; add one (path = a teacher run directory or checkpoint)"
+                f"{why}, but the recipe has no [[teachers]] entry; add one (path = a teacher run directory or "
+                "checkpoint)" + ("" if method.needs_teacher else ', or set data.unlabeled = "none"')
             )
         return load_teachers(self.recipe.teachers, self.device, self.splits.input_shape, self.splits.num_classes)
 
@@ -418,6 +453,28 @@ class Trainer:
 
         ensemble = teacher if isinstance(teacher, TeacherEnsemble) else TeacherEnsemble([teacher])
         return ensemble.to(self.device).eval().requires_grad_(False)
+
+    def _training_images(self) -> ImageDataset:
+        """The labelled training images, followed by the unlabelled ones labelled by the teachers (RST's
+        pseudo-labels: the objectives that read soft targets get the teachers' probabilities as for any image)."""
+        labeled, unlabeled = self.splits.train, self.splits.unlabeled
+        if unlabeled is None:
+            return labeled
+        assert self.teacher is not None  # _build_teacher loads one whenever there are unlabelled images
+        pseudo = teacher_labels(self.teacher, unlabeled, self.recipe.data.eval_batch_size, self.device)
+        log.info("teachers labelled %d unlabelled images", len(pseudo))
+        return ImageDataset(
+            np.concatenate([labeled.images, unlabeled.images]), np.concatenate([labeled.labels, pseudo])
+        )
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The training images' order in ``epoch``: shuffled, or labelled and unlabelled images mixed in each
+        batch by ``data.labeled_fraction``."""
+        data, seed, n = self.recipe.data, self.recipe.run.seed, len(self.train_set)
+        if self.splits.unlabeled is None or data.labeled_fraction == 0:
+            return epoch_order(n, shuffle=True, seed=seed, epoch=epoch)
+        labeled = len(self.splits.train)
+        return mixed_order(labeled, n, data.batch_size, data.labeled_fraction, seed=seed, epoch=epoch)
 
     @property
     def arch(self) -> dict[str, Any]:
@@ -502,18 +559,19 @@ class Trainer:
             ckpt, metrics = self._read_last()
         else:
             ckpt, metrics = self.group.from_main(self._read_last)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self._resume_rng(ckpt)
-        self.state = _State(
-            epoch=ckpt["epoch"],
-            batch=ckpt["batch"],
-            sums=dict(ckpt["sums"]),
-            best=dict(ckpt["best"]),
-            dyn_row=dict(ckpt.get("dyn_row", {})),
-        )
+        with _resume_state_of(self.run_dir / "last.pt"):
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self._resume_rng(ckpt)
+            self.state = _State(
+                epoch=int(ckpt["epoch"]),
+                batch=int(ckpt["batch"]),
+                sums=dict(ckpt["sums"]),
+                best=dict(ckpt["best"]),
+                dyn_row=dict(ckpt.get("dyn_row", {})),
+            )
         self.saved_at = (self.state.epoch, self.state.batch)
         if metrics is not None and self.is_main:
             write_text_atomic(self.run_dir / "metrics.jsonl", metrics)
@@ -651,6 +709,8 @@ class Trainer:
                 write_recipe(self.recipe, self.run_dir / "recipe.toml")
         info = model_info(self.model, self.splits.input_shape)
         info |= {"train": len(self.splits.train), "val": len(self.splits.val), "device": str(self.device)}
+        if self.splits.unlabeled is not None:
+            info["unlabeled"] = len(self.splits.unlabeled)
         info["speed"] = self._speed_text()
         self.cb.on_train_start(self.run_dir, info)
         with plan_settings(self.plan):
@@ -671,14 +731,15 @@ class Trainer:
             st.sums = {"loss": 0.0, "correct": 0.0, "n": 0.0, "time": 0.0}
             st.dyn_row = {}
         if r.train.record_dynamics and not st.dyn_row:
-            n = len(self.splits.train)
+            n = len(self.train_set)
             st.dyn_row = {"clean": torch.zeros(n, dtype=torch.uint8), "adv": torch.zeros(n, dtype=torch.uint8)}
         self.cb.on_epoch_start(st.epoch + 1, r.train.epochs, self.steps_per_epoch, st.batch)
         assert self.task is not None
         self.task.set_progress(st.epoch / r.train.epochs)  # epoch-dependent objectives (IAD's warm-up)
         batches = iterate_batches(
-            self.splits.train,
+            self.train_set,
             r.data.batch_size,
+            order=self._epoch_order(st.epoch),
             shuffle=True,
             seed=r.run.seed,
             epoch=st.epoch,
@@ -848,10 +909,11 @@ class Trainer:
             "last": evals[-1] if evals else {},
             "train_time_s": sum(rec["time_s"] for rec in epochs),
             "val_time_s": sum(rec["time_s"] for rec in evals),
-            "images_per_s": epochs[-1]["images_per_s"] if epochs else 0.0,
+            "images_per_s": average_rate(epochs),
             "threat": {"norm": self.recipe.eval.attack.norm, "eps": self.recipe.eval.attack.eps},
             "train_attack": self.recipe.train.attack.settings(),
             "speed": {k: v for k, v in self.plan.to_dict().items() if k != "measured"} if self.plan else {},
+            "images": {"labeled": len(self.splits.train), "unlabeled": len(self.train_set) - len(self.splits.train)},
         }
         if "teachers" in self.ckpt_extra:
             summary["teachers"] = self.ckpt_extra["teachers"]
@@ -861,6 +923,14 @@ class Trainer:
             summary["world_size"] = self.group.world
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+
+def average_rate(epochs: list[dict[str, Any]]) -> float:
+    """Training images per second over the whole run (all epochs' images over all their time), not the last
+    epoch's rate: one fast epoch on a quiet machine says little of a run that mostly shared it."""
+    images = sum(rec["images_per_s"] * rec["time_s"] for rec in epochs)
+    seconds = sum(rec["time_s"] for rec in epochs)
+    return images / seconds if seconds > 0 else 0.0
 
 
 def train_run(

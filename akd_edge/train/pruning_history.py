@@ -47,6 +47,33 @@ def pruning_record(
     }
 
 
+def _example_shape(pruning: dict[str, Any]) -> list[int]:
+    """The entry's ``example_shape``: ``[1, C, H, W]`` within the sizes models are built for, checked before the
+    example is allocated (the checkpoint may come from anyone)."""
+    from akd_edge.models.zoo import MAX_CHANNELS, MAX_SIDE
+
+    shape = pruning.get("example_shape")
+    plain = isinstance(shape, (list, tuple)) and len(shape) == 4 and all(type(v) is int for v in shape)
+    if not (plain and shape[0] == 1 and 1 <= shape[1] <= MAX_CHANNELS and all(1 <= v <= MAX_SIDE for v in shape[2:])):
+        raise CheckpointError(
+            f"the checkpoint's pruning entry has example_shape {shape!r:.80}, expected [1, channels, height, width] "
+            f"with at most {MAX_CHANNELS} channels and {MAX_SIDE}x{MAX_SIDE} pixels; the checkpoint is damaged: "
+            "use the file akd-edge compress wrote"
+        )
+    return list(shape)
+
+
+def _history(pruning: dict[str, Any]) -> list[list[Any]]:
+    """The entry's history as plain lists, or a CheckpointError saying what shape it must have."""
+    try:
+        return plain_history(pruning["history"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"the checkpoint's pruning history is not a list of [module name, out-channels?, channel indices] "
+            f"entries ({err}); the checkpoint is damaged: use the file akd-edge compress wrote"
+        ) from None
+
+
 def rebuild_pruned(model: nn.Module, pruning: dict[str, Any]) -> nn.Module:
     """Replay a checkpoint's pruning history on a freshly built (unpruned) ``model``, in place; returns it."""
     import torch_pruning as tp
@@ -55,13 +82,14 @@ def rebuild_pruned(model: nn.Module, pruning: dict[str, Any]) -> nn.Module:
         raise CheckpointError(
             f"the checkpoint's pruning entry is not an akd-edge pruning history (expected format {FORMAT!r})"
         )
+    history, shape = _history(pruning), _example_shape(pruning)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    example = torch.zeros(*(int(v) for v in pruning["example_shape"]), device=device)
+    example = torch.zeros(*shape, device=device)
     try:
         with eval_mode(model), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-            graph.load_pruning_history(plain_history(pruning["history"]))
+            graph.load_pruning_history(history)
     except (AttributeError, IndexError, KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(
             f"cannot replay the pruning history on {type(model).__name__} ({err}); was the checkpoint pruned "

@@ -9,12 +9,12 @@ the life of the run and clean up the temp files of killed writers. A resumed run
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from akd_edge.config import Recipe, read_toml, to_dict
-from akd_edge.errors import CheckpointError, UsageError
+from akd_edge.config import Recipe, load_recipe, read_toml, to_dict
+from akd_edge.errors import CheckpointError, ConfigError, UsageError
 from akd_edge.files import (
     LOCK,
     MARK,
@@ -25,13 +25,18 @@ from akd_edge.files import (
     in_use,
     mark,
     marked_kind,
+    refuse_symlink,
     remove_orphans,
     write_text_atomic,
 )
+from akd_edge.registry import check_code_allowed
 from akd_edge.train.checkpoint import load_checkpoint
 
 RESUME_MAY_CHANGE = ("run.threads", "run.device")
 """Recipe keys that may differ when a run is resumed; any other change would make it a different run."""
+UNSAVED_OUTPUTS = ("metrics.jsonl", "best.pt", "dynamics.npz", "epochs/epoch-001.pt")
+"""What a run may write before its first ``last.pt``: a run stopped then (a full disk, a kill at the end of
+epoch 1) has no resume point, and starting it again loses nothing, since it writes these files anew."""
 _WHERE_KEYS = ("run.name", "run.out_dir")  # where a new run's folder goes: moot once the folder is given
 _INFORMATIVE = ("description", "expected.")  # words about the recipe and its published results: train nothing
 
@@ -69,12 +74,27 @@ def _listing(names: set[str]) -> str:
     return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
 
 
+def _files(folder: Path) -> set[str]:
+    """The names in ``folder`` other than temp files of killed writers and the lock; epochs/ by file."""
+    names = {p.name for p in folder.iterdir() if not _is_temp(p.name)} - {LOCK}
+    epochs = folder / "epochs"
+    if "epochs" in names and epochs.is_dir() and not epochs.is_symlink():
+        names = (names - {"epochs"}) | {f"epochs/{p.name}" for p in epochs.iterdir() if not _is_temp(p.name)}
+    return names
+
+
+def _never_saved(path: Path) -> bool:
+    """Whether a marked run holds only what a run writes before its first last.pt: its mark, recipe.toml and
+    :data:`UNSAVED_OUTPUTS`."""
+    return _files(path) <= {MARK, "recipe.toml", *UNSAVED_OUTPUTS}
+
+
 def _why_not_fresh(path: Path) -> str | None:
     """Why a new run may not start in ``path``, or None: it is missing, empty, or a run that never saved.
 
-    A run that stopped before its first checkpoint leaves only its mark and recipe.toml (and maybe temp
-    files); starting again there loses nothing. Anything else belongs to someone: a run to resume, a
-    finished run, another akd-edge folder or the user's own files.
+    A run that stopped before its first resumable checkpoint (last.pt) leaves its mark, recipe.toml and at
+    most :data:`UNSAVED_OUTPUTS` (and maybe temp files); starting again there loses nothing. Anything else
+    belongs to someone: a run to resume, a finished run, another akd-edge folder or the user's own files.
     """
     if not path.exists():
         return None
@@ -87,7 +107,7 @@ def _why_not_fresh(path: Path) -> str | None:
     if (path / "last.pt").exists():
         return f"{path} already holds a run; continue it with --resume {path}, or choose another --out"
     if kind == "run":
-        if {n for n in names if not _is_temp(n)} <= {MARK, "recipe.toml"}:
+        if _never_saved(path):
             return None
         return f"{path} holds a finished akd-edge run (no last.pt to resume; it has {_listing(names)}); choose another --out"
     if kind is not None:
@@ -116,10 +136,15 @@ def new_run_dir(recipe: Recipe, out: str | Path | None = None) -> Path:
     return next(c for c in candidates(recipe) if _why_not_fresh(c) is None and not in_use(c))
 
 
-def _take(path: Path, lock: FolderLock) -> RunDir:
-    """Clean up after killed writers (we hold the lock, so no temp file is live) and mark the folder a run."""
+def _take(path: Path, lock: FolderLock, *, new: bool = False) -> RunDir:
+    """Clean up after killed writers (we hold the lock, so no temp file is live) and mark the folder a run.
+
+    A ``new`` run also removes what an earlier start that never saved left (it would write them anew; the
+    metrics of two starts must not mix)."""
     for folder in (path, path / "epochs"):
         remove_orphans(folder)
+    for name in UNSAVED_OUTPUTS if new else ():
+        (path / name).unlink(missing_ok=True)
     for legacy in ("recipe.tmp", ".dynamics.tmp.npz"):  # temp names of versions before files.write_atomic
         (path / legacy).unlink(missing_ok=True)
     if marked_kind(path) != "run":
@@ -135,7 +160,7 @@ def claim_run_dir(recipe: Recipe, out: str | Path | None = None) -> RunDir:
     once never share a folder. Fails in a second on an unwritable folder, before any data is loaded.
     """
     if out is not None:
-        path = Path(out)
+        path = refuse_symlink(out)
         if (why := _why_not_fresh(path)) is not None:
             raise UsageError(why)
         ensure_writable_dir(path, "--out")
@@ -143,7 +168,7 @@ def claim_run_dir(recipe: Recipe, out: str | Path | None = None) -> RunDir:
         if (why := _why_not_fresh(path)) is not None:  # filled between the check and the lock
             lock.release()
             raise UsageError(why)
-        return _take(path, lock)
+        return _take(path, lock, new=True)
     ensure_writable_dir(recipe.run.out_dir, "run.out_dir")
     for path in candidates(recipe):
         if _why_not_fresh(path) is not None:
@@ -153,7 +178,7 @@ def claim_run_dir(recipe: Recipe, out: str | Path | None = None) -> RunDir:
         except FolderInUse:
             continue
         if _why_not_fresh(path) is None:
-            return _take(path, lock)
+            return _take(path, lock, new=True)
         lock.release()
     raise AssertionError("unreachable: the candidates never end")
 
@@ -183,6 +208,20 @@ def open_run_dir(path: str | Path) -> RunDir:
     except BaseException:
         lock.release()
         raise
+
+
+def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, allow_code: bool = False) -> Recipe:
+    """The recipe a run directory was started with (its recipe.toml), with ``overrides`` applied.
+
+    A run folder may come from anyone: a ``module:factory`` its recipe names (the model, a teacher's factory)
+    is imported only with ``allow_code`` (``--allow-code``), as a checkpoint's is only with ``--model-factory``.
+    """
+    saved = Path(path) / "recipe.toml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {path}: no recipe.toml there; is it a run directory?")
+    recipe = load_recipe(read_toml(saved), list(overrides))
+    check_code_allowed(recipe.code_names, str(saved), allowed=allow_code)
+    return recipe
 
 
 def write_recipe(recipe: Recipe, path: Path) -> None:

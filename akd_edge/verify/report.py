@@ -9,9 +9,11 @@ accuracy is recorded with its 95% Wilson interval (``clean_ci95``, ``transfer_ci
 ``robust_ci95``), on :data:`~akd_edge.interval.REPORTED_N` test images by default.
 
 The models always run under onnxruntime. Torch runs the attacks: Square's bookkeeping (it only reads the
-session's outputs), the transfer examples and the torch eager timings. Without the source checkpoint the
-transfer part is skipped; without torch only ``--square-queries 0 --transfer none`` (clean accuracy and
-latency) can run.
+session's outputs), the transfer examples and the torch eager timings. The source checkpoint comes from
+``--checkpoint``, or from report.json only while its SHA-256 is the one recorded at export; without one
+verify stops and says so (``--transfer none`` verifies without the transfer part). The test data's folder
+comes from ``--data-dir`` or the default search, never from the folder's files. Without torch only
+``--square-queries 0 --transfer none`` (clean accuracy and latency) can run.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 from akd_edge.errors import CheckpointError, DataError, UsageError
 from akd_edge.files import FolderLock, check_name, ensure_writable_dir, sha256_file
 from akd_edge.interval import REPORTED_N, interval_of, wilson_interval
-from akd_edge.report import REPORT_FORMAT, read_report, write_report
+from akd_edge.report import REPLAY_NAME, REPORT_FORMAT, file_record, read_report, recorded_checkpoint, write_report
+from akd_edge.verify import replay as replays
 from akd_edge.verify.runtime import ModelFileError, OrtClassifier, as_float_images, file_size, ort_latency
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,8 @@ def check_files(folder: Path, report: dict[str, Any] | None) -> dict[str, str]:
         raise ModelFileError(f"{where} records no model files (no 'files' section); re-export the model")
     for name, entry in recorded.items():
         check_name(name, f"file name in {where}")
+        if name == REPLAY_NAME:  # verify's own evidence, checked where it is read (verify.replay.read_replay)
+            continue
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
             raise ModelFileError(f"{where}: the entry of {name!r} under 'files' has no sha256; re-export the model")
         if name not in digests:
@@ -190,39 +195,76 @@ def _threat(
     return norm, _finite_eps(eps, "the threat model recorded in the model (pass --eps)")
 
 
+_NO_SOURCE = "pass --checkpoint (the run directory or .pt the export came from), or --transfer none"
+
+
+def source_checkpoint(folder: Path, report: dict[str, Any] | None, checkpoint: str | None) -> str:
+    """The torch checkpoint to transfer from: ``checkpoint`` (the command line), else the one report.json
+    records, used only while its SHA-256 is the one recorded at export (CheckpointError otherwise).
+
+    A path read from the folder is untrusted: it is resolved against the export folder (not the working
+    directory), must name a ``.pt`` file, and is hashed before torch reads it, so a report pointing at
+    another model's ``best.pt`` or at ``/etc/passwd`` is refused with a message, never loaded.
+    """
+    if checkpoint is not None:
+        if not Path(checkpoint).exists():
+            raise CheckpointError(
+                f"--checkpoint {checkpoint} does not exist; give the run directory or .pt the export came from"
+            )
+        return checkpoint
+    where = folder / "report.json"
+    source = _dict((report or {}).get("source"))
+    path = recorded_checkpoint(folder, source)
+    recorded_sha = source.get("checkpoint_sha256")
+    if path is None or not isinstance(recorded_sha, str):
+        raise CheckpointError(
+            f"{where} records no source checkpoint with its SHA-256 (needed for the transfer attack); {_NO_SOURCE}"
+        )
+    if path.suffix != ".pt" or not path.is_file():
+        raise CheckpointError(
+            f"the source checkpoint {path} recorded in {where} is not an existing .pt file; {_NO_SOURCE}"
+        )
+    if sha256_file(path) != recorded_sha:
+        raise CheckpointError(
+            f"the source checkpoint {path} recorded in {where} has changed since the export (its SHA-256 differs): "
+            f"it is not the model that was exported; {_NO_SOURCE}"
+        )
+    return str(path)
+
+
 def _transfer(
-    checkpoint: str | None,
-    explicit: bool,
+    checkpoint: str,
     data: TestData,
-    models: dict[str, OrtClassifier],
     *,
     norm: str,
     eps: float,
     version: str,
     seed: int,
     threads: int,
-) -> tuple[dict[str, np.ndarray], dict[str, Any], Any]:
-    """Correct flags on transferred examples per model, the settings, and the torch model (or None)."""
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray | None, dict[str, Any], Any]:
+    """The transferred examples (None when skipped), the settings, and the torch model (or None)."""
     if version == "none":
-        return {}, {"skipped": "--transfer none"}, None
+        return None, {"skipped": "--transfer none"}, None
     try:
         from akd_edge.verify import transfer
     except ImportError as err:
-        return {}, {"skipped": f"torch is not available ({err})"}, None
-    if not checkpoint or not Path(checkpoint).exists():
-        if explicit:
-            raise CheckpointError(
-                f"checkpoint {checkpoint} does not exist; give the run directory or .pt the export came from"
-            )
-        return {}, {"skipped": f"source checkpoint {checkpoint!r} not found (pass --checkpoint)"}, None
+        return None, {"skipped": f"torch is not available ({err})"}, None
     model, _ = transfer.load_torch_model(checkpoint)
     x_adv, info = transfer.transfer_examples(
-        model, data.images, data.labels, norm=norm, eps=eps, version=version, seed=seed, threads=threads
+        model,
+        data.images,
+        data.labels,
+        norm=norm,
+        eps=eps,
+        version=version,
+        seed=seed,
+        threads=threads,
+        progress=progress,
     )
     info["checkpoint"] = str(checkpoint)
     info["torch_robust_ci95"] = interval_of(info.get("torch_robust_acc"), len(data.labels))
-    flags = {name: m.correct(x_adv, data.labels) for name, m in models.items()}
-    return flags, info, model
+    return x_adv, info, model
 
 
 def models_latency(
@@ -306,26 +348,24 @@ def verify_export(
         ensure_writable_dir(folder, "verify writes report.json into the export folder")
     # writing the report back: hold the folder's lock, so an export replacing this folder cannot interleave
     with FolderLock(folder, "export folder") if write else contextlib.nullcontext():
-        return _verify(
-            folder,
-            data,
-            data_dir,
-            n,
-            seed,
-            square_queries,
-            p_init,
-            transfer,
-            checkpoint,
-            norm,
-            eps,
-            margin,
-            latency,
-            latency_repeats,
-            threads,
-            write,
-            stage,
-            on_progress,
-        )
+        options = {
+            "data": data,
+            "data_dir": data_dir,
+            "n": n,
+            "seed": seed,
+            "square_queries": square_queries,
+            "p_init": p_init,
+            "transfer": transfer,
+            "checkpoint": checkpoint,
+            "norm": norm,
+            "eps": eps,
+            "margin": margin,
+            "latency": latency,
+            "latency_repeats": latency_repeats,
+            "threads": threads,
+            "write": write,
+        }
+        return _verify(folder, options, stage, on_progress)
 
 
 def _open_export(
@@ -344,12 +384,9 @@ def _open_export(
         if not data:
             raise DataError("no dataset given and none recorded in the model; pass --data NAME or --data FILE.npz")
         check_name(data, f"dataset recorded in {first.path} or its report.json (pass --data)")
-    if data_dir is None:
-        data_dir = report_data.get("data_dir") or ""
-        if not isinstance(data_dir, str):
-            raise ModelFileError(f"{folder / 'report.json'}: data.data_dir is not a string; pass --data-dir")
     log.info("loading test data (%s)", data)
-    test = load_test_data(data, data_dir, n, files_allowed=files_allowed)
+    # the data folder comes from --data-dir or the default search, never from the folder's files
+    test = load_test_data(data, data_dir or "", n, files_allowed=files_allowed)
     for model in models.values():
         model.check_images(test.images, f"dataset {test.name!r} ({test.source})")
     if len(test.labels) == 0:
@@ -387,112 +424,149 @@ def _progress_of(on_progress: ProgressFn | None, name: str) -> Callable[[int, in
     return lambda done, total: on_progress(name, done, total)
 
 
-def _verify(
-    folder: Path,
-    data: str | None,
-    data_dir: str | None,
-    n: int,
-    seed: int,
-    square_queries: int,
-    p_init: float,
-    transfer: str,
-    checkpoint: str | None,
-    norm: str | None,
-    eps: float | None,
-    margin: float,
-    latency: bool,
-    latency_repeats: int,
-    threads: int,
-    write: bool,
+def _gradient_masking(name: str, entry: dict[str, Any], margin: float) -> str | None:
+    """The warning when Square beats the transferred white-box examples by more than ``margin``, else None."""
+    if entry["transfer_acc"] is None or entry["square_acc"] is None:
+        return None
+    if entry["square_acc"] >= entry["transfer_acc"] - margin:
+        return None
+    gap = 100 * (entry["transfer_acc"] - entry["square_acc"])
+    return (
+        f"{name}: the query-only Square attack beats the transferred white-box examples by {gap:.1f} points "
+        f"(Square {100 * entry['square_acc']:.1f}% vs transfer {100 * entry['transfer_acc']:.1f}%): a sign of "
+        "gradient masking, or of a model that differs from the torch one (common after int8); trust the worst case"
+    )
+
+
+def _entry(clean: np.ndarray, square: np.ndarray | None, transfer: np.ndarray | None) -> dict[str, Any]:
+    """A model's accuracies with their intervals; robust is the per-sample worst case of the attacks that ran."""
+    entry: dict[str, Any] = {"clean_acc": float(clean.mean()), **_ci("clean", clean)}
+    worst = clean.copy()
+    for key, flags in (("square", square), ("transfer", transfer)):
+        if flags is None:
+            entry |= {f"{key}_acc": None, f"{key}_ci95": [None, None]}
+        else:
+            entry |= {f"{key}_acc": float(flags.mean()), **_ci(key, flags)}
+            worst &= flags
+    attacked = square is not None or transfer is not None
+    # no attack ran: there is no robust accuracy to report (clean accuracy is not one)
+    entry["robust_acc"] = float(worst.mean()) if attacked else None
+    entry["robust_n"] = int(worst.sum()) if attacked else None
+    entry["robust_ci95"] = _ci("robust", worst)["robust_ci95"] if attacked else [None, None]
+    return entry
+
+
+@dataclass
+class _Attacks:
+    """What the attacks on one export produced: Square's examples per model, the transferred ones, settings."""
+
+    square: dict[str, np.ndarray]
+    transfer: np.ndarray | None
+    square_info: dict[str, Any]
+    transfer_info: dict[str, Any]
+    torch_model: Any
+
+    def examples(self, name: str) -> list[np.ndarray]:
+        """The attack examples made against model ``name`` (transferred first), for the replay file."""
+        found = [] if self.transfer is None else [self.transfer]
+        return found + ([self.square[name]] if name in self.square else [])
+
+
+def _square_all(
+    square: Callable[..., Any] | None,
+    models: dict[str, OrtClassifier],
+    test: TestData,
+    settings: dict[str, Any],
     stage: StageFn,
     on_progress: ProgressFn | None,
-) -> dict[str, Any]:
+    timings: dict[str, float],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Square on each onnxruntime session: the adversarial images per model, and the attack's settings."""
+    if square is None:
+        return {}, {"skipped": "--square-queries 0"}
+    import torch
+
+    x, y = torch.from_numpy(as_float_images(test.images)), torch.from_numpy(test.labels)
+    examples, info = {}, {}
+    for name, model in models.items():
+        stage(f"Square attack ({settings['n_queries']} queries) on {name}")
+        start = time.perf_counter()
+        attack = square(
+            model.torch_predict(SQUARE_BATCH),
+            x,
+            y,
+            **settings,
+            batch_size=SQUARE_BATCH,
+            progress=_progress_of(on_progress, f"Square {name}"),
+        )
+        timings[f"square_{name}_s"] = time.perf_counter() - start
+        info = {k: v for k, v in attack.settings.items() if k != "n_samples"}
+        examples[name] = attack.x_adv.cpu().numpy()
+    return examples, info
+
+
+def _attack(
+    models: dict[str, OrtClassifier],
+    test: TestData,
+    options: dict[str, Any],
+    stage: StageFn,
+    on_progress: ProgressFn | None,
+    timings: dict[str, float],
+) -> _Attacks:
+    """The transfer examples (AutoAttack on the torch model) and Square on each session."""
+    square = _square_runner(options["square_queries"])
+    transfer = options["transfer"]
+    start = time.perf_counter()
+    if transfer != "none":
+        stage(f"transfer: AutoAttack ({transfer}) on the torch model")
+    x_transfer, transfer_info, torch_model = _transfer(
+        options["source"],
+        test,
+        norm=options["norm"],
+        eps=options["eps"],
+        version=transfer,
+        seed=options["seed"],
+        threads=options["threads"],
+        progress=_progress_of(on_progress, f"transfer (AutoAttack {transfer})"),
+    )
+    timings["transfer_s"] = time.perf_counter() - start
+    settings = {
+        "eps": options["eps"],
+        "norm": options["norm"],
+        "n_queries": options["square_queries"],
+        "p_init": options["p_init"],
+        "seed": options["seed"],
+    }
+    square_examples, square_info = _square_all(square, models, test, settings, stage, on_progress, timings)
+    return _Attacks(square_examples, x_transfer, square_info, transfer_info, torch_model)
+
+
+def _verify(folder: Path, options: dict[str, Any], stage: StageFn, on_progress: ProgressFn | None) -> dict[str, Any]:
     """The body of :func:`verify_export`, run under the folder's lock when it writes."""
-    square = _square_runner(square_queries)
+    _square_runner(options["square_queries"])  # a missing torch is one line before any work
     stage("checking the export and loading test data")
-    report, digests, models, norm, eps, test = _open_export(folder, data, data_dir, n, norm, eps, threads)
+    report, digests, models, norm, eps, test = _open_export(
+        folder, options["data"], options["data_dir"], options["n"], options["norm"], options["eps"], options["threads"]
+    )
+    source = source_checkpoint(folder, report, options["checkpoint"]) if options["transfer"] != "none" else ""
+    options = {**options, "norm": norm, "eps": eps, "source": source}
     timings: dict[str, float] = {}
     start = time.perf_counter()
     stage("clean accuracy under onnxruntime")
     clean = {name: m.correct(test.images, test.labels) for name, m in models.items()}
     timings["clean_s"] = time.perf_counter() - start
+    attacks = _attack(models, test, options, stage, on_progress, timings)
 
-    start = time.perf_counter()
-    source_ckpt = _dict((report or {}).get("source")).get("checkpoint") if checkpoint is None else checkpoint
-    if not isinstance(source_ckpt, str | None):
-        raise ModelFileError(f"{folder / 'report.json'}: source.checkpoint is not a path; pass --checkpoint")
-    if transfer != "none":
-        stage(f"transfer: AutoAttack ({transfer}) on the torch model")
-    transferred, transfer_info, torch_model = _transfer(
-        source_ckpt,
-        checkpoint is not None,
-        test,
-        models,
-        norm=norm,
-        eps=eps,
-        version=transfer,
-        seed=seed,
-        threads=threads,
-    )
-    timings["transfer_s"] = time.perf_counter() - start
-
-    square_info: dict[str, Any] = {"skipped": "--square-queries 0"}
-    if square is not None:
-        import torch
-
-        x, y = torch.from_numpy(as_float_images(test.images)), torch.from_numpy(test.labels)
     results: dict[str, Any] = {}
     warnings: list[str] = []
     for name, model in models.items():
-        entry: dict[str, Any] = {"clean_acc": float(clean[name].mean()), **_ci("clean", clean[name])}
-        entry |= {"square_acc": None, "square_ci95": [None, None]}
-        worst, attacked = clean[name].copy(), False
-        if square is not None:
-            stage(f"Square attack ({square_queries} queries) on {name}")
-            start = time.perf_counter()
-            attack = square(
-                model.torch_predict(SQUARE_BATCH),
-                x,
-                y,
-                eps=eps,
-                norm=norm,
-                n_queries=square_queries,
-                p_init=p_init,
-                seed=seed,
-                batch_size=SQUARE_BATCH,
-                progress=_progress_of(on_progress, name),
-            )
-            timings[f"square_{name}_s"] = time.perf_counter() - start
-            square_info = {k: v for k, v in attack.settings.items() if k != "n_samples"}
-            square_correct = attack.robust.cpu().numpy()
-            entry |= {"square_acc": float(square_correct.mean()), **_ci("square", square_correct)}
-            worst &= square_correct
-            attacked = True
-        if name in transferred:
-            worst &= transferred[name]
-            entry |= {"transfer_acc": float(transferred[name].mean()), **_ci("transfer", transferred[name])}
-            attacked = True
-        else:
-            entry |= {"transfer_acc": None, "transfer_ci95": [None, None]}
-        # no attack ran: there is no robust accuracy to report (clean accuracy is not one)
-        entry["robust_acc"] = float(worst.mean()) if attacked else None
-        entry["robust_n"] = int(worst.sum()) if attacked else None
-        entry["robust_ci95"] = _ci("robust", worst)["robust_ci95"] if attacked else [None, None]
-        if (
-            entry["transfer_acc"] is not None
-            and entry["square_acc"] is not None
-            and entry["square_acc"] < entry["transfer_acc"] - margin
-        ):
-            gap = 100 * (entry["transfer_acc"] - entry["square_acc"])
-            warnings.append(
-                f"{name}: the query-only Square attack beats the transferred white-box examples by {gap:.1f} points "
-                f"(Square {100 * entry['square_acc']:.1f}% vs transfer {100 * entry['transfer_acc']:.1f}%): a sign of "
-                "gradient masking, or of a model that differs from the torch one (common after int8); trust the worst case"
-            )
-        results[name] = entry
+        square = model.correct(attacks.square[name], test.labels, SQUARE_BATCH) if name in attacks.square else None
+        transfer = None if attacks.transfer is None else model.correct(attacks.transfer, test.labels)
+        results[name] = _entry(clean[name], square, transfer)
+        warnings += filter(None, [_gradient_masking(name, results[name], options["margin"])])
     if "model.int8.onnx" in results and results["model.onnx"]["robust_acc"] is not None:
         drop = results["model.onnx"]["robust_acc"] - results["model.int8.onnx"]["robust_acc"]
-        if drop > margin:
+        if drop > options["margin"]:
             warnings.append(f"int8 loses {100 * drop:.1f} points of robust accuracy against fp32")
     for warning in warnings:
         log.warning(warning)
@@ -505,11 +579,11 @@ def _verify(
         "settings": {
             "norm": norm,
             "eps": eps,
-            "seed": seed,
-            "margin": margin,
-            "threads": threads or "default",
-            "square": square_info,
-            "transfer": transfer_info,
+            "seed": options["seed"],
+            "margin": options["margin"],
+            "threads": options["threads"] or "default",
+            "square": attacks.square_info,
+            "transfer": attacks.transfer_info,
         },
         "models": results,
         "files": {name: {"sha256": digest} for name, digest in digests.items()},
@@ -517,14 +591,77 @@ def _verify(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
     }
-    if latency:
+    if options["latency"]:
         stage("latency and throughput")
         input_shape = tuple(int(v) for v in test.images.shape[1:])
         verify["latency"], verify["latency_notes"] = models_latency(
-            folder, models, torch_model, input_shape, latency_repeats
+            folder, models, attacks.torch_model, input_shape, options["latency_repeats"]
         )
-    if write:
-        report = report or {"format": REPORT_FORMAT}
-        report["verify"] = verify
-        write_report(folder, report)
+    if options["write"]:
+        stage(f"keeping the worst-case examples ({REPLAY_NAME})")
+        replay = replays.build_replay(models, test.images, test.labels, {n: attacks.examples(n) for n in models})
+        _write_verify(folder, report, verify, replay)
     return verify
+
+
+def _replay_section(replay: replays.Replay) -> dict[str, Any]:
+    """``verify.replay`` of report.json: the evidence file and the runtimes it was replayed on (the reference)."""
+    reference = {
+        name: replays.score(replay, i, replay.clean_logits[i], replay.example_logits[i])
+        for i, name in enumerate(replay.models)
+    }
+    return {
+        "file": REPLAY_NAME,
+        "n": len(replay.labels),
+        "models": replay.models,
+        "attacked": replay.attacked,
+        "tolerances": replays.tolerances(),
+        "reference": _runtime_label(replays.REFERENCE) + " (verify)",
+        "runtimes": {_runtime_label(replays.REFERENCE) + " (verify)": reference},
+    }
+
+
+def _runtime_label(runtime: replays.Runtime) -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} {runtime.label}"
+
+
+def _write_verify(folder: Path, report: dict[str, Any] | None, verify: dict[str, Any], replay: replays.Replay) -> None:
+    """Write replay.npz, hash it in report.json beside the models, list it in the export's manifest, write the report."""
+    from akd_edge.export.folder import list_in_manifest
+
+    path = replays.write_replay(folder, replay)
+    verify["replay"] = _replay_section(replay)
+    report = report or {"format": REPORT_FORMAT}
+    report["files"] = {**(report.get("files") or {}), REPLAY_NAME: file_record(path)}
+    report["verify"] = verify
+    write_report(folder, report)
+    list_in_manifest(folder, REPLAY_NAME)
+
+
+def replay_export(
+    folder: str | Path, *, threads: int = 0, write: bool = True, on_stage: StageFn | None = None
+) -> dict[str, Any]:
+    """Replay the worst-case examples verify kept (replay.npz) on every other onnxruntime provider and
+    optimisation level here; returns report.json's ``verify.replay`` with a result per runtime and model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder} is not a folder; give the folder `akd-edge export` wrote (with model.onnx)")
+    if write:
+        ensure_writable_dir(folder, "verify --replay writes report.json into the export folder")
+    with FolderLock(folder, "export folder") if write else contextlib.nullcontext():
+        report = _read_report(folder)
+        check_files(folder, report)
+        replay = replays.read_replay(folder, report, MODEL_FILES)
+        section = _dict(_dict((report or {}).get("verify")).get("replay")) or _replay_section(replay)
+        runtimes = {k: v for k, v in _dict(section.get("runtimes")).items() if k.endswith("(verify)")}
+        for runtime in replays.other_runtimes(folder):
+            if on_stage is not None:
+                on_stage(f"replaying {len(replay.labels)} examples on {runtime.label}")
+            runtimes[_runtime_label(runtime)] = replays.replay_on(folder, replay, runtime, threads)
+        section["runtimes"] = runtimes
+        if write and report is not None:
+            report["verify"]["replay"] = section
+            write_report(folder, report)
+    return section
