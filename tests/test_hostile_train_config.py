@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import shlex
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ CASES = [
     ("4 --resume --allow-code of an honest run", "distill --resume {run} --allow-code", 0, "run directory"),
     ("5 checkpoint: pruning example of 160 GB", f"eval {{ckpt}} {EVAL}", 2, "example_shape [1, 1, 200000, 200000]"),
     ("6 run.threads=100000", "distill -r {recipe} --out {out} --set run.threads=100000", 2, "run.threads=100000: must be from 0"),
+    ("6 --threads=100000 of eval", f"eval {{run}} {EVAL} --threads 100000", 2, "--threads=100000: must be from 0"),
     ("7a disk full before the first checkpoint: start again", "distill -r {recipe} --out {run}", 0, "run directory"),
     ("7a disk full before the first checkpoint: --resume", "distill --resume {run}", 2, "start it again with --out"),
     ("7a a finished run without last.pt stays refused", "distill -r {recipe} --out {run}", 2, "finished akd-edge run"),
@@ -137,7 +138,9 @@ def _this_not_imported(scene: Scene) -> None:
     assert "this" not in sys.modules, "the module named by the run folder's recipe.toml was imported"
 
 
-@prepare("4 --resume --allow-code of an honest run", "8 non-UTF-8 recipe.toml via --resume")
+@prepare(
+    "4 --resume --allow-code of an honest run", "8 non-UTF-8 recipe.toml via --resume", "6 --threads=100000 of eval"
+)
 def _copied_run(scene: Scene) -> None:
     run = scene.copy_run()
     if "UTF-8" in scene.case:
@@ -218,14 +221,12 @@ def test_case(case: str, command: str, code: int, fragment: str, finished: Path,
         scene.craft(**CRAFTED[case])
     else:
         PREPARE[case](scene)
-    start = time.perf_counter()
     result = CliRunner().invoke(cli, shlex.split(command.format(**scene.paths())))
     output = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == code, output
     assert fragment in output and "Traceback" not in output, output
-    if code == 2:
-        assert output.count("error:") == 1, output
-    assert time.perf_counter() - start < 60
+    if code == 2:  # one line: ours ("error: ...") or click's ("Error: Invalid value for ...")
+        assert len(re.findall(r"\berror:", output, re.IGNORECASE)) == 1, output
     if case in AFTER:
         AFTER[case](scene)
 

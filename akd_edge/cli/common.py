@@ -104,12 +104,23 @@ def data_dir_option(default: str) -> Option:
     )
 
 
+def _check_threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    from akd_edge.env import check_threads
+
+    try:
+        check_threads(value, "--threads")
+    except UsageError as err:
+        raise click.BadParameter(str(err), ctx, param) from None
+    return value
+
+
 def threads_option(runtimes: str = "torch") -> Option:
-    """``--threads`` for the CPU threads of ``runtimes``."""
+    """``--threads`` for the CPU threads of ``runtimes``, at most the machine's CPUs (more crashes OpenMP)."""
     return click.option(
         "--threads",
         type=click.IntRange(min=0),
         default=0,
+        callback=_check_threads,
         show_default=True,
         help=f"CPU threads of {runtimes} (0 = their default); 1 is often much faster for small models on a "
         "busy machine.",
