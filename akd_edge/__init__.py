@@ -1,24 +1,28 @@
 """akd-edge: robust compact models for the edge, via adversarial knowledge distillation.
 
-The Python API (:mod:`akd_edge.api`) is importable from here; it imports torch and the rest only when a
-function runs, so ``import akd_edge`` stays instant::
+The Python API (:mod:`akd_edge.api`) is importable from here; torch loads only when a function runs::
 
     import akd_edge as ae
     student, summary = ae.distill("fmnist-quickstart")
 """
 
+import sys
+
+from akd_edge._package import ApiPackage
 from akd_edge.api import (
     compress,
     distill,
     evaluate,
     export,
     load_data,
+    load_model,
     load_test_data,
     train_teacher,
     verify,
 )
 
 __version__ = "0.1.0"
+sys.modules[__name__].__class__ = ApiPackage  # ae.compress stays the function when akd_edge.compress loads
 
 __all__ = [
     "__version__",
@@ -27,6 +31,7 @@ __all__ = [
     "evaluate",
     "export",
     "load_data",
+    "load_model",
     "load_test_data",
     "train_teacher",
     "verify",

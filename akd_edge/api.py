@@ -8,6 +8,7 @@ Made for notebooks and scripts::
     results = ae.evaluate(student, ae.load_test_data("fashion-mnist", n=500), eps=0.1, attacks=["pgd"])
     folder, report = ae.export("runs/nb")
     verified = ae.verify(folder, n=200)
+    model = ae.load_model("runs/nb")  # the early-stopped student, in eval mode, for your own code
 
 The functions leave process-wide state as they found it: torch's thread count (``threads`` applies to the
 call only), the global random state (every call runs in a forked RNG, so the caller's stream is not
@@ -28,7 +29,17 @@ if TYPE_CHECKING:
     from akd_edge.config import Recipe
     from akd_edge.data import DatasetSplits, ImageDataset
 
-__all__ = ["compress", "distill", "evaluate", "export", "load_data", "load_test_data", "train_teacher", "verify"]
+__all__ = [
+    "compress",
+    "distill",
+    "evaluate",
+    "export",
+    "load_data",
+    "load_model",
+    "load_test_data",
+    "train_teacher",
+    "verify",
+]
 
 
 @contextlib.contextmanager
@@ -144,6 +155,23 @@ def load_test_data(name: str = "fashion-mnist", data_dir: str = "", n: int = 0) 
 
     dataset, _ = load_test_split(name, data_dir, n=n)
     return dataset
+
+
+def load_model(
+    source: str | Path, *, which: str = "best", device: str = "cpu", factory: str | None = None
+) -> nn.Module:
+    """A trained model from a run directory, a checkpoint file or ``builtin:fmnist-teacher``, in eval mode.
+
+    It takes float32 images NCHW in [0, 1] (normalisation is inside) and returns logits. ``which``: a run
+    directory's ``best`` (early-stopped), ``last`` or an epoch number; a pruned student is rebuilt from its
+    pruning history. ``factory``: the trusted ``module:factory`` of a checkpoint of your own architecture
+    (importing it runs its code). A missing or damaged checkpoint raises
+    :class:`~akd_edge.errors.CheckpointError`.
+    """
+    from akd_edge.train.checkpoint import load_model as load_checkpoint_model
+
+    model, _ = load_checkpoint_model(source, which, device=device, factory=factory)
+    return model
 
 
 def evaluate(

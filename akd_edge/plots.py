@@ -41,12 +41,31 @@ def _save(fig: Any, path: Path, rect: tuple[float, float, float, float] = (0, 0,
     return Path(path)
 
 
-def plot_eps_curve(curves: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
-    """Robust accuracy against epsilon, one line per model/attack: ``{label: [{"eps", "acc"}, ...]}``."""
+def _error_bars(points: Sequence[dict[str, Any]], key: str = "acc", ci: str = "ci95") -> list[list[float]] | None:
+    """``yerr`` (percent below, above) of each point's 95% interval, or None when a point has none."""
+    below, above = [], []
+    for point in points:
+        low, high = (point.get(ci) or [None, None])[:2]
+        if low is None or high is None:
+            return None
+        value = 100 * point[key]
+        below.append(max(value - 100 * low, 0.0))
+        above.append(max(100 * high - value, 0.0))
+    return [below, above]
+
+
+def plot_eps_curve(
+    curves: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "", threat_eps: Sequence[float] = ()
+) -> Path:
+    """Robust accuracy against epsilon, one line per model/attack: ``{label: [{"eps", "acc", "ci95"}, ...]}``,
+    each point with its 95% interval as an error bar, and a dotted line at each threat model's epsilon."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, points in curves.items():
-        ax.plot([p["eps"] for p in points], [100 * p["acc"] for p in points], marker="o", label=label)
+        xs, ys = [p["eps"] for p in points], [100 * p["acc"] for p in points]
+        ax.errorbar(xs, ys, yerr=_error_bars(points), marker="o", capsize=3, label=label)
+    for eps in sorted(set(threat_eps)):
+        ax.axvline(eps, color="black", linestyle=":", linewidth=1, label=f"threat model eps {eps:g}")
     ax.set_xlabel("epsilon")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)
@@ -151,6 +170,9 @@ def _pareto_panel(ax: Any, points: Sequence[dict[str, Any]], key: str, label: st
         colour = PARETO_COLOURS.get(point.get("precision"), "tab:gray")
         size = 180 if kind == "teacher" else 60
         ax.scatter(x, y, marker=PARETO_MARKERS[kind], s=size, color=colour, edgecolor="black", linewidth=0.5, zorder=3)
+        yerr = _error_bars([point], key="robust", ci="robust_ci95")
+        if yerr is not None:
+            ax.errorbar([x], [y], yerr=yerr, fmt="none", ecolor=colour, capsize=3, linewidth=1, zorder=2)
         below = rank % 2 == 1  # neighbours in x alternate above and below, so their labels do not overlap
         ax.annotate(point["label"], (x, y), textcoords="offset points", xytext=(6, -12 if below else 6), fontsize=7)
     front = sorted((p for p in shown if p.get(f"front_{key}")), key=lambda p: p[key])
@@ -159,13 +181,35 @@ def _pareto_panel(ax: Any, points: Sequence[dict[str, Any]], key: str, label: st
         ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, zorder=1)
     if shown:
         ax.set_xscale("log")
-        ax.margins(x=0.15, y=0.12)
+        ax.margins(x=0.15)
+        ax.set_ylim(*robust_axis(shown))
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
     ax.set_ylabel("verified robust accuracy (%)")
     ax.grid(alpha=0.3, which="both")
+
+
+PARETO_MIN_SPAN = 10.0
+"""The robust-accuracy axis spans at least this many points, so that differences far inside the 95%
+intervals (about +-3 points on 1,000 images) do not fill the plot's height."""
+
+
+def _robust_bounds(point: dict[str, Any]) -> tuple[float, float]:
+    """A point's 95% interval of robust accuracy in percent, or the point itself when it has none."""
+    low, high = (point.get("robust_ci95") or [None, None])[:2]
+    value = 100 * point["robust"]
+    return (value, value) if low is None or high is None else (100 * low, 100 * high)
+
+
+def robust_axis(points: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Limits (percent) of the robust-accuracy axis: every point's 95% interval, at least
+    :data:`PARETO_MIN_SPAN` wide plus a point of margin each side, within [0, 100]."""
+    bounds = [_robust_bounds(point) for point in points]
+    low, high = min(b[0] for b in bounds), max(b[1] for b in bounds)
+    pad = max(PARETO_MIN_SPAN - (high - low), 0.0) / 2 + 1.0
+    return max(low - pad, 0.0), min(high + pad, 100.0)
 
 
 def _pareto_legend(fig: Any) -> None:
@@ -184,8 +228,8 @@ def _pareto_legend(fig: Any) -> None:
 def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Robust accuracy against file size and against p50 latency, the Pareto front of each marked.
 
-    ``points``: ``{"label", "robust" (0-1), "bytes", "p50_ms" (either may be None), "precision", "role",
-    "pruned", "front_bytes", "front_p50_ms"}``. Markers: circle student, triangle pruned student, star
+    ``points``: ``{"label", "robust" (0-1), "robust_ci95" ([low, high] or None: drawn as an error bar), "bytes",
+    "p50_ms" (either may be None), "precision", "role", "pruned", "front_bytes", "front_p50_ms"}``. Markers: circle student, triangle pruned student, star
     teacher; blue fp32, orange int8; a ring and the dashed step line mark the front.
     """
     plt = _pyplot()

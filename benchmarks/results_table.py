@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from akd_edge.config import RECIPES_DIR
+from akd_edge.config import RECIPES_DIR, measured_where
 from akd_edge.interval import format_interval, interval_of
 
 
@@ -20,22 +20,28 @@ def _acc(test: dict, key: str) -> str:
     return f"{test[f'{key}_acc']:.1%} {format_interval(ci)}"
 
 
-def main() -> None:
-    print("| recipe | params | test clean | test PGD-20 (Linf) | best epoch | wall time | machine | overrides |")
-    print("|---|---:|---:|---:|---:|---:|---|---|")
+def render() -> str:
+    """The table and, under it, each results file's note, as markdown."""
+    lines = [
+        "| recipe | params | test clean | test PGD-20 (Linf) | best epoch | wall time | machine | overrides |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
     notes = []
     for path in sorted((RECIPES_DIR / "results").glob("*.json")):
         r = json.loads(path.read_text())
         if r.get("note"):
             notes.append(f"- {r['recipe']}: {r['note']}")
         test, attack = r["test"], r["test"]["attack"]
-        print(
+        lines.append(
             f"| {r['recipe']} | {r['params']:,} | {_acc(test, 'clean')} | {_acc(test, 'robust')} "
             f"(eps {attack['eps']:g}, n={test['n']}) | {r['best_epoch']}/{r['epochs']} | "
-            f"{r['wall_time_s'] / 60:.1f} min | {r['machine']} | {', '.join(r['overrides']) or '-'} |"
+            f"{r['wall_time_s'] / 60:.1f} min | {measured_where(r)} | {', '.join(r['overrides']) or '-'} |"
         )
-    print()
-    print("\n".join(notes))
+    return "\n".join([*lines, "", *notes])
+
+
+def main() -> None:
+    print(render())
 
 
 if __name__ == "__main__":

@@ -41,6 +41,24 @@ def test_distill_returns_the_best_model_and_leaves_process_state_alone(tmp_path:
     assert (after_threads, after_handler) == (threads, handler)
 
 
+def test_load_model_reads_a_run_a_checkpoint_and_the_builtin_teacher(tmp_path: Path) -> None:
+    from akd_edge.errors import CheckpointError
+
+    trained, _ = ae.train_teacher(TINY, run_dir=tmp_path / "run")
+    x = torch.rand(4, 1, 8, 8)
+    for source in (tmp_path / "run", tmp_path / "run" / "best.pt", str(tmp_path / "run")):
+        model = ae.load_model(source)
+        assert not model.training
+        with torch.no_grad():
+            assert torch.equal(model(x), trained(x))
+    assert ae.load_model(tmp_path / "run", which="last")(x).shape == (4, 3)
+    teacher = ae.load_model("builtin:fmnist-teacher")
+    assert teacher(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(CheckpointError):
+        ae.load_model(tmp_path / "missing")
+    assert "load_model" in ae.__all__
+
+
 def test_distill_takes_data_and_teacher_objects(tmp_path: Path) -> None:
     data = ae.load_data(TINY)
     assert data.num_classes == 3 and tuple(data.input_shape) == (1, 8, 8)
@@ -92,3 +110,14 @@ def test_import_akd_edge_does_not_import_torch() -> None:
 
     code = "import sys, akd_edge; assert callable(akd_edge.distill); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_api_functions_keep_their_names_when_their_packages_load() -> None:
+    """akd_edge.compress, .export and .verify are also packages: loading them must not replace the functions
+    (the README's example calls ae.compress after ae.evaluate has loaded akd_edge.compress)."""
+    import importlib
+
+    for name in ("akd_edge.compress.pipeline", "akd_edge.export.pipeline", "akd_edge.verify.report"):
+        importlib.import_module(name)
+    assert all(callable(getattr(ae, name)) for name in ae.__all__ if name != "__version__")
+    assert ae.compress is ae.api.compress and ae.export is ae.api.export and ae.verify is ae.api.verify

@@ -213,7 +213,7 @@ def test_failed_export_never_replaces_earlier_output(
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
         export_checkpoint(bad, out, int8=False)
-    import akd_edge.export.onnx as export_onnx_module
+    from akd_edge.export import onnx as export_onnx_module
 
     def failing_parity(*args: object, **kwargs: object) -> dict:
         return {

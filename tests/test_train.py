@@ -42,6 +42,15 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_average_rate_weighs_each_epoch_by_its_time() -> None:
+    """The summary's images/s is the run's (all images over all time), not the last epoch's rate."""
+    from akd_edge.train.loop import average_rate
+
+    epochs = [{"images_per_s": 100.0, "time_s": 90.0}, {"images_per_s": 1000.0, "time_s": 10.0}]
+    assert average_rate(epochs) == pytest.approx((9000 + 10000) / 100)
+    assert average_rate([]) == 0.0
+
+
 def test_run_directory_contents_and_early_stopping(tmp_path: Path) -> None:
     summary = train_run(load_recipe(tiny()), tmp_path / "run", role="teacher")
     run = tmp_path / "run"
@@ -133,12 +142,16 @@ def test_cli_train_teacher_then_distill_ensemble(tmp_path: Path) -> None:
     teacher_recipe = _write(tmp_path / "teacher.toml", tiny(run__name="teacher", train__epochs=1))
     result = runner.invoke(cli, ["train-teacher", "-r", str(teacher_recipe), "--out", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
+    # off a terminal, a progress line every tenth of an epoch (5 batches here: one each), then the next step
+    assert "epoch 1/1 batch 5/5  loss" in result.output
+    assert f"next: akd-edge distill --teacher {tmp_path / 't'}" in result.output
     student = tiny(run__name="student", method__name="akd", train__epochs=1)
     student["teachers"] = [{"path": str(tmp_path / "t"), "weight": 2.0}, {"path": str(tmp_path / "t"), "which": "1"}]
     result = runner.invoke(
         cli, ["distill", "-r", str(_write(tmp_path / "s.toml", student)), "--out", str(tmp_path / "s")]
     )
     assert result.exit_code == 0, result.output
+    assert f"next: akd-edge export {tmp_path / 's'}" in result.output
     model, meta = load_model(tmp_path / "s")
     assert meta["role"] == "student" and meta["recipe"]["method"]["name"] == "akd"
     assert model(torch.rand(2, 1, 12, 12)).shape == (2, 3)

@@ -10,10 +10,11 @@ from akd_edge import __version__
 from akd_edge.cli.common import out, setup_logging, user_errors
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.cli.eval_cmd import eval_cmd
-from akd_edge.cli.export_cmd import export_cmd, verify_cmd
+from akd_edge.cli.export_cmd import export_cmd
 from akd_edge.cli.report_cmd import report_cmd
 from akd_edge.cli.run_cmd import run_cmd
 from akd_edge.cli.train_cmd import distill, train_teacher
+from akd_edge.cli.verify_cmd import verify_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -37,18 +38,14 @@ def cli(verbose: bool) -> None:
 @user_errors
 def recipes_cmd() -> None:
     """List the shipped recipes and what they reached where they were measured."""
-    from akd_edge.config import read_toml, recipe_results, shipped_recipes
+    from akd_edge.config import measured_summary, read_toml, recipe_results, shipped_recipes
 
-    table = Table("recipe", "description", "measured (test clean / PGD-20, time)")
+    table = Table("recipe", "description", "measured (test clean / PGD-20, time, where)")
     for name, path in shipped_recipes().items():
         result = recipe_results(name)
-        measured = (
-            f"{result['test']['clean_acc']:.1%} / {result['test']['robust_acc']:.1%}, "
-            f"{result['wall_time_s'] / 60:.0f} min on {result['machine'].split(',')[0]}"
-            if result
-            else read_toml(path).get("expected", {}).get("note", "not measured yet")
-        )
-        table.add_row(name, read_toml(path).get("description", ""), measured)
+        raw = read_toml(path)
+        measured = measured_summary(result) if result else raw.get("expected", {}).get("note", "not measured yet")
+        table.add_row(name, raw.get("description", ""), escape(measured))
     out.print(table)
 
 

@@ -90,7 +90,9 @@ class RichCallbacks:
         info = f"loss {stats['loss']:.3f}  acc {stats['acc']:.1%}  {stats['images_per_s']:.0f} img/s"
         self.progress.update(self.batch_task, completed=batch, info=info)
         if self.line_every and batch % self.line_every == 0:
-            console.print(f"{self.epoch_text} batch {batch}/{self.total_batches}  {info}", highlight=False, soft_wrap=True)
+            console.print(
+                f"{self.epoch_text} batch {batch}/{self.total_batches}  {info}", highlight=False, soft_wrap=True
+            )
 
     def on_validate(self, epoch: int) -> None:
         self.progress.update(self.batch_task, info="validating (PGD)...")
@@ -122,9 +124,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_row("val clean / robust (last)", f"{last.get('clean_acc', 0):.2%} / {last.get('robust_acc', 0):.2%}")
     ta = summary["train_attack"]
     table.add_row("training attack", f"{ta['name']} {ta['norm']} eps {ta['eps']:g} steps {ta['steps']}")
-    table.add_row(
-        "training time", f"{summary['train_time_s']:.0f} s ({summary['images_per_s']:.0f} img/s on average)"
-    )
+    table.add_row("training time", f"{summary['train_time_s']:.0f} s ({summary['images_per_s']:.0f} img/s on average)")
     table.add_row("checkpoints", "best.pt (best robust val), last.pt, epochs/")
     return table
 

@@ -71,7 +71,9 @@ def _plots(collection: Collection, out: Path) -> dict[str, Any]:
         written["pareto"] = plots.plot_pareto(points, out / "pareto.png").name
     if collection.curves:
         curves = {label: curve["points"] for label, curve in collection.curves.items()}
-        threat_eps = [curve["threat_eps"] for curve in collection.curves.values() if curve.get("threat_eps") is not None]
+        threat_eps = [
+            curve["threat_eps"] for curve in collection.curves.values() if curve.get("threat_eps") is not None
+        ]
         written["eps_curve"] = plots.plot_eps_curve(curves, out / "eps_curve.png", threat_eps=threat_eps).name
     if collection.reliability:
         written["reliability"] = {

@@ -1,0 +1,118 @@
+"""Render the README's measured numbers from the results files, so two sections cannot disagree.
+
+    python benchmarks/readme_numbers.py            # rewrite the marked blocks of README.md and export/README.md
+    python benchmarks/readme_numbers.py --check    # exit 1 naming every block that differs from its results file
+
+A block is ``<!-- results:NAME ARGS -->...<!-- /results -->`` (inline in a sentence, or on lines of its own
+for a table); everything between the markers is replaced by what the renderer ``NAME`` makes of the results
+files in ``recipes/results/`` and ``benchmarks/results/``. Numbers are never typed between the markers:
+``tests/test_readme.py`` runs ``--check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from akd_edge.config import measured_where, recipe_results
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = (ROOT / "README.md", ROOT / "export" / "README.md")
+BLOCK = re.compile(r"<!-- results:(?P<spec>[^>]*?) -->(?P<body>.*?)<!-- /results -->", re.DOTALL)
+
+
+def _recipe(name: str) -> dict:
+    result = recipe_results(name)
+    if result is None:
+        raise KeyError(f"recipes/results/{name}.json does not exist")
+    return result
+
+
+def recipe_test(name: str) -> str:
+    """``83.9% clean / 71.1% PGD-20``: a recipe's test accuracy, clean and under its attack."""
+    test = _recipe(name)["test"]
+    return f"{test['clean_acc']:.1%} clean / {test['robust_acc']:.1%} PGD-{test['attack']['steps']}"
+
+
+def recipe_time(name: str) -> str:
+    """``16.5 min (x86_64 CPU, 2 torch threads)``: a recipe's wall time and where it was measured."""
+    result = _recipe(name)
+    return f"{result['wall_time_s'] / 60:.1f} min ({measured_where(result)})"
+
+
+def demo(name: str = "fmnist-quickstart") -> str:
+    """The first screen's sentence on what ``make demo`` takes and reaches, with the machine and its load."""
+    result = _recipe(name)
+    test = result["test"]
+    return (
+        f"Measured (`recipes/results/{name}.json`): {recipe_time(name)} of wall time for "
+        f"{result['epochs']} epochs, reaching {recipe_test(name)} on {test['n']:,} test images. "
+        f"{result.get('note', '')}".rstrip()
+    )
+
+
+def recipes_table() -> str:
+    """The table of every shipped recipe's results (``benchmarks/results_table.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_table import render
+
+    return render()
+
+
+RENDERERS: dict[str, Callable[..., str]] = {
+    "recipe-test": recipe_test,
+    "recipe-time": recipe_time,
+    "demo": demo,
+    "recipes-table": recipes_table,
+}
+
+
+def render_block(spec: str) -> str:
+    """The text of one block: ``spec`` is the renderer's name and its arguments, separated by spaces."""
+    name, *args = spec.split()
+    if name not in RENDERERS:
+        raise KeyError(f"unknown results block {name!r}; known: {', '.join(RENDERERS)}")
+    return RENDERERS[name](*args)
+
+
+def render(text: str) -> str:
+    """``text`` with every block re-rendered (a block on lines of its own stays on lines of its own)."""
+
+    def replace(match: re.Match[str]) -> str:
+        body = render_block(match["spec"])
+        if match["body"].startswith("\n"):
+            body = f"\n{body}\n"
+        return f"<!-- results:{match['spec']} -->{body}<!-- /results -->"
+
+    return BLOCK.sub(replace, text)
+
+
+def stale_blocks(text: str) -> list[str]:
+    """The specs of the blocks whose text differs from what their results files give."""
+    fresh = {m["spec"]: m["body"] for m in BLOCK.finditer(render(text))}
+    return [m["spec"] for m in BLOCK.finditer(text) if m["body"] != fresh[m["spec"]]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="Exit 1 if a block differs from its results file.")
+    parser.add_argument("files", nargs="*", type=Path, default=list(DOCS))
+    args = parser.parse_args(argv)
+    stale = []
+    for path in args.files:
+        text = path.read_text()
+        if args.check:
+            stale += [f"{path}: <!-- results:{spec} -->" for spec in stale_blocks(text)]
+        elif (new := render(text)) != text:
+            path.write_text(new)
+            print(f"updated {path}")
+    for line in stale:
+        print(f"out of date: {line} (run python benchmarks/readme_numbers.py)")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""The READMEs agree with the results files and with the tool: every measured number is rendered from a
+results file (``benchmarks/readme_numbers.py --check``), and every Python and shell code block runs.
+
+Code blocks run on tiny settings: the recipes they name are swapped for tiny synthetic ones, and each command
+gets the options of :data:`SHELL_SUFFIX` appended (a later option wins in click), Python blocks the rewrites of
+:data:`PYTHON_REWRITES`. A block that cannot run here (a GPU, a cluster, installing packages, a long run)
+carries ``<!-- code-test: skip (why) -->`` on the line above it; a block without one must run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+from click.testing import CliRunner
+
+from akd_edge.cli.main import cli
+from akd_edge.config import RECIPES_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = (ROOT / "README.md", ROOT / "export" / "README.md")
+FENCE = re.compile(
+    r"(?:<!-- code-test: skip \((?P<skip>.+?)\) -->\n)?^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.DOTALL | re.M
+)
+NOT_RUN = {
+    "kotlin": "Android",
+    "swift": "iOS",
+    "js": "React Native",
+    "html": "a browser: tests/test_web_export.py",
+}
+"""Languages the test does not run, and what they need."""
+SYNTH = "n=448,test=64,shape=1x28x28,classes=10,noise=0.3"
+SHELL_SUFFIX = {
+    "eval": ["--n", "32", "--steps", "2"],
+    "compress": ["--epochs", "1", "--n", "32", "--aa-n", "16"],
+    "export": ["--calib", "32", "--n", "64"],
+    "verify": ["--n", "16", "--square-queries", "10", "--transfer", "none", "--no-latency"],
+}
+"""Options appended to each command of a shell block: a later option replaces the block's own."""
+PYTHON_REWRITES = (
+    ('"fmnist-quickstart"', "TINY_QUICKSTART"),
+    ("n=500)", "n=32)"),
+    ("ratio=0.5)", "ratio=0.5, epochs=1, evaluation=None)"),
+    ("ae.verify(folder, n=200)", 'ae.verify(folder, n=16, square_queries=10, transfer="none", latency=False)'),
+)
+"""(text in a Python block, its tiny replacement); ``TINY_QUICKSTART`` is the tiny recipe's path."""
+
+
+@dataclass
+class Block:
+    doc: str
+    line: int
+    lang: str
+    body: str
+    skip: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}:{self.line}"
+
+
+def blocks() -> list[Block]:
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in FENCE.finditer(text):
+            line = text.count("\n", 0, match.start("body"))
+            found.append(Block(str(path.relative_to(ROOT)), line, match["lang"], match["body"], match["skip"]))
+    return found
+
+
+BLOCKS = blocks()
+RUN = [b for b in BLOCKS if b.skip is None and b.lang in ("", "bash", "python")]
+
+
+def _readme_numbers():
+    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "benchmarks" / "readme_numbers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- numbers ------------------------------------------------------------------------------------------------
+
+
+def test_every_number_block_matches_its_results_file() -> None:
+    numbers = _readme_numbers()
+    for path in DOCS:
+        assert numbers.stale_blocks(path.read_text()) == [], f"{path}: run python benchmarks/readme_numbers.py"
+
+
+def test_check_finds_a_typed_number_and_render_fixes_it() -> None:
+    numbers = _readme_numbers()
+    good = numbers.render("reaches <!-- results:recipe-test fmnist-quickstart --><!-- /results --> here")
+    assert re.search(r"\d+\.\d% clean / \d+\.\d% PGD-20", good)
+    typed = re.sub(r"\d+\.\d% clean", "99.9% clean", good)
+    assert numbers.stale_blocks(typed) == ["recipe-test fmnist-quickstart"]
+    assert numbers.render(typed) == good
+    assert numbers.main(["--check", str(ROOT / "README.md")]) == 0
+
+
+def test_first_screen_says_what_the_demo_takes_and_what_comes_next() -> None:
+    readme = (ROOT / "README.md").read_text()
+    headings = re.findall(r"^## (.+)$", readme, re.M)
+    assert headings[:4] == ["Quickstart", "Workflow", "Few labels? Use your unlabelled images", "Python API"]
+    assert headings.index("Expected results") > headings.index("Workflow"), "research results below the workflow"
+    first = readme[: readme.index("## Workflow")]
+    assert "make demo" in first and "<!-- results:demo -->" in first and "akd-edge export" in first
+    assert "a few minutes" not in first
+    assert "my_robust_model" not in readme
+    assert not re.search(r"akd-edge export \S+ --int8\b", readme), "int8 is the default"
+
+
+# -- code blocks ----------------------------------------------------------------------------------------------
+
+
+def test_every_block_runs_or_says_why_not() -> None:
+    for block in BLOCKS:
+        runs = block.lang in ("", "bash", "python", "toml") or block.lang in NOT_RUN
+        assert block.skip is not None or runs, f"{block.id}: a {block.lang!r} block needs a code-test marker"
+    assert len(RUN) >= 6
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "toml"], ids=lambda b: b.id)
+def test_toml_blocks_parse(block: Block) -> None:
+    assert tomllib.loads(block.body)
+
+
+def _tiny_recipe(folder: Path, name: str, **changes: object) -> Path:
+    recipe = tomllib.loads((RECIPES_DIR / f"{name}.toml").read_text())
+    recipe.pop("expected", None)
+    recipe["data"] = {"name": "synthetic", "data_dir": SYNTH, "val_size": 64, "batch_size": 64, "eval_batch_size": 64}
+    recipe["train"] = {**recipe["train"], "epochs": 1, "attack": {**recipe["train"]["attack"], "steps": 1}}
+    recipe["eval"] = {"val_samples": 32, "attack": {**recipe["eval"]["attack"], "steps": 2}}
+    path = folder / f"tiny-{name}.toml"
+    path.write_text(tomli_w.dumps(recipe))
+    return path
+
+
+def _run_shell_line(line: str, recipes: dict[str, Path]) -> None:
+    args = shlex.split(line, comments=True)
+    if not args:
+        return
+    assert args[0] == "akd-edge", f"{line!r}: the test runs akd-edge commands only; mark the block"
+    previous = ["", *args[:-1]]
+    args = [str(recipes.get(a, a)) if p in ("--recipe", "-r") else a for p, a in zip(previous, args, strict=True)]
+    command = args[1]
+    result = CliRunner().invoke(cli, [*args[1:], *SHELL_SUFFIX.get(command, [])], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, f"{line}\n{result.output}"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """A folder where `make demo` and an export have run, on tiny settings: runs/fmnist-quickstart,
+    export/fmnist-quickstart, and my-images.npz for verify --data."""
+    import os
+
+    folder = tmp_path_factory.mktemp("readme")
+    recipes = {name: _tiny_recipe(folder, name) for name in ("fmnist-quickstart", "fmnist-teacher")}
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        _run_shell_line("akd-edge distill --recipe fmnist-quickstart", recipes)
+        _run_shell_line("akd-edge export runs/fmnist-quickstart", recipes)
+    finally:
+        os.chdir(old)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 1, 28, 28), dtype=np.uint8)
+    np.savez(folder / "my-images.npz", images=images, labels=rng.integers(0, 10, 16))
+    return folder, recipes
+
+
+@pytest.mark.parametrize("block", RUN, ids=lambda b: b.id)
+def test_code_block_runs(
+    block: Block, base: tuple[Path, dict[str, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, recipes = base
+    work = tmp_path / "work"
+    shutil.copytree(folder, work)
+    monkeypatch.chdir(work)
+    if block.lang == "python":
+        code = block.body
+        for text, tiny in PYTHON_REWRITES:
+            code = code.replace(text, tiny)
+        exec(compile(code, block.id, "exec"), {"TINY_QUICKSTART": str(recipes["fmnist-quickstart"])})
+        return
+    for line in block.body.splitlines():
+        _run_shell_line(line, recipes)
