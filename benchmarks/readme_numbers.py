@@ -62,11 +62,35 @@ def recipes_table() -> str:
     return render()
 
 
+def study_table(name: str) -> str:
+    """A study's table, as ``benchmarks/method_study.py report NAME`` prints it (``benchmarks/results/NAME.json``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from method_study import RESULTS_DIR, load_study, markdown, read_results, summarize
+
+    results = read_results(RESULTS_DIR / f"{name}.json")
+    variants = load_study(results["study"]).variants
+    rows, notes = summarize(results, [v.name for v in variants])
+    shown = {row["variant"] for row in rows}
+    described = "".join(f"- `{v.name}`: {v.description}\n" for v in variants if v.name in shown and v.description)
+    return (markdown(results, rows, notes) + "\n" + described).rstrip("\n")
+
+
+def label_curve(name: str) -> str:
+    """Robust accuracy against the number of labels (``benchmarks/fewlabel_curve.py``) from ``NAME.json``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fewlabel_curve import table
+    from method_study import RESULTS_DIR
+
+    return table(RESULTS_DIR / f"{name}.json")[0].rstrip("\n")
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "recipe-test": recipe_test,
     "recipe-time": recipe_time,
     "demo": demo,
     "recipes-table": recipes_table,
+    "study-table": study_table,
+    "label-curve": label_curve,
 }
 
 

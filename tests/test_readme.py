@@ -137,7 +137,9 @@ def test_toml_blocks_parse(block: Block) -> None:
 def _tiny_recipe(folder: Path, name: str, **changes: object) -> Path:
     recipe = tomllib.loads((RECIPES_DIR / f"{name}.toml").read_text())
     recipe.pop("expected", None)
+    few = {k: 64 if k == "labeled" else v for k, v in recipe["data"].items() if k in ("labeled", "unlabeled")}
     recipe["data"] = {"name": "synthetic", "data_dir": SYNTH, "val_size": 64, "batch_size": 64, "eval_batch_size": 64}
+    recipe["data"] |= few  # a few-label recipe keeps 64 labels and its unlabelled images
     recipe["train"] = {**recipe["train"], "epochs": 1, "attack": {**recipe["train"]["attack"], "steps": 1}}
     recipe["eval"] = {"val_samples": 32, "attack": {**recipe["eval"]["attack"], "steps": 2}}
     path = folder / f"tiny-{name}.toml"
@@ -164,7 +166,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path
     import os
 
     folder = tmp_path_factory.mktemp("readme")
-    recipes = {name: _tiny_recipe(folder, name) for name in ("fmnist-quickstart", "fmnist-teacher")}
+    recipes = {name: _tiny_recipe(folder, name) for name in ("fmnist-quickstart", "fmnist-teacher", "fmnist-fewlabel")}
     old = Path.cwd()
     os.chdir(folder)
     try:
