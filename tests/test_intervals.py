@@ -94,7 +94,7 @@ def test_cli_defaults_are_at_least_1000_images_and_help_says_so() -> None:
 
     from akd_edge.cli.compress_cmd import compress_cmd
     from akd_edge.cli.eval_cmd import eval_cmd
-    from akd_edge.cli.export_cmd import verify_cmd
+    from akd_edge.cli.verify_cmd import verify_cmd
 
     assert _defaults(eval_cmd)["n"] >= 1000
     assert _defaults(compress_cmd)["n_test"] >= 1000 and _defaults(compress_cmd)["aa_n"] >= 1000

@@ -149,6 +149,11 @@ def test_square_attacks_the_onnxruntime_session_itself(exported: tuple[Path, Pat
     assert torch.equal(result.robust, torch.from_numpy(session.correct(result.x_adv.numpy(), y.numpy())))
 
 
+def _fooling(predict, x: np.ndarray, label: int) -> np.ndarray:  # noqa: ANN001
+    """An image of ``x`` that ``predict`` (logits) classifies as anything but ``label``."""
+    return x[np.flatnonzero(np.asarray(predict(x)).argmax(1) != label)[0]]
+
+
 def test_worst_case_is_per_sample_over_the_attacks(
     exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,18 +161,24 @@ def test_worst_case_is_per_sample_over_the_attacks(
     from akd_edge.verify import report as verify_report
 
     folder, _ = exported
+    models = [OrtClassifier.load(folder / name) for name in ("model.onnx", "model.int8.onnx")]
 
-    def fake_transfer(ckpt, data, models, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        flags = {}
-        for name, model in models.items():
-            flags[name] = model.correct(data.images, data.labels)
-            flags[name][np.flatnonzero(flags[name])[1]] = False  # the second correct sample falls to transfer only
-        return flags, {"version": "fake"}, None
+    def fake_transfer(ckpt, data, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        x = data.images.astype(np.float32) / 255
+        correct = np.logical_and.reduce([m.correct(x, data.labels) for m in models])
+        second = np.flatnonzero(correct)[1]  # the second sample every model gets right falls to transfer only
+        x_adv = x.copy()
+        x_adv[second] = _fooling(lambda v: np.stack([m.predict(v) for m in models]).sum(0), x, data.labels[second])
+        assert not any(m.correct(x_adv[second : second + 1], data.labels[second : second + 1]) for m in models)
+        return x_adv, {"version": "fake"}, None
 
     def fake_square(predict, x, y, **kwargs):  # noqa: ANN001, ANN003, ANN202
         result = run_square(predict, x, y, **{**kwargs, "n_queries": 1, "eps": 1e-9})
         assert torch.equal(result.robust, result.clean)  # eps ~0: nothing fooled yet
-        result.robust[result.robust.nonzero()[0]] = False  # the first correct sample falls to Square only
+        first = result.clean.nonzero()[0, 0]  # the first correct sample falls to Square only
+        result.x_adv[first] = torch.from_numpy(
+            _fooling(lambda v: predict(torch.from_numpy(v)), x.numpy(), int(y[first]))
+        )
         return result
 
     monkeypatch.setattr(verify_report, "_transfer", fake_transfer)

@@ -60,7 +60,7 @@ def folder(exported: Path, tmp_path: Path) -> Path:
 
 
 def verify_cmd(*args: str):  # noqa: ANN201
-    from akd_edge.cli.export_cmd import verify_cmd as command
+    from akd_edge.cli.verify_cmd import verify_cmd as command
 
     return CliRunner().invoke(command, list(args))
 

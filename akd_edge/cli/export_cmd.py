@@ -55,6 +55,13 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
             f"agreement {_pct(agree['argmax_agreement'])} >= {_pct(agree['threshold'])}; clean fp32 "
             f"{_pct(agree['fp32_clean_acc'])}, int8 {_pct(agree['int8_clean_acc'])}",
         )
+    if "int8_speed" in checks:
+        speed = checks["int8_speed"]
+        table.add_row(
+            "int8 vs fp32 speed (this machine)",
+            "[green]int8 faster[/]" if speed["int8_faster"] else "[yellow]fp32 faster[/]",
+            f"batch 256 {speed['throughput_ratio']:.2f}x fp32, batch-1 latency {speed['batch1_latency_ratio']:.2f}x",
+        )
     for name, info in report.get("mobile", {}).get("ort", {}).items():
         par = info["parity"]
         table.add_row(
@@ -115,10 +122,11 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
 )
 @click.option(
     "--float-layers",
-    type=click.Choice(["none", "first", "last", "first+last"]),
-    default="none",
+    type=click.Choice(["none", "stem", "first", "last", "first+last"]),
+    default="stem",
     show_default=True,
-    help="Weighted layers (Conv/Gemm/MatMul) that run in float, with float weights and bias.",
+    help="Layers that run in float, with float weights and bias: stem = the first conv with its activation and "
+    "pool (fast on CPUs), first / last = that weighted layer (Conv/Gemm/MatMul).",
 )
 @click.option(
     "--bias-correction/--no-bias-correction",
@@ -231,6 +239,10 @@ def export_cmd(
     action = report["checks"].get("int8_agreement", {}).get("action")
     if action:
         console.print(f"[bold yellow]int8:[/] {escape(action)}", highlight=False)
+    speed = report["checks"].get("int8_speed")
+    if speed:
+        style = "green" if speed["int8_faster"] else "bold yellow"
+        console.print(f"[{style}]int8 speed:[/] {escape(speed['advice'])}", highlight=False)
     console.print(
         f"[green]wrote[/] {escape(str(folder))}   next: akd-edge verify {escape(shlex.quote(str(folder)))}",
         highlight=False,

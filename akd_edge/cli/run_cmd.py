@@ -81,14 +81,17 @@ class _Display(PipelineCallbacks):
 
     def stage_progress(self, label: str, done: int, total: int) -> None:
         if label not in self.bars:
-            self.bars[label] = self.progress.add_task(f"  Square {escape(label)}", total=total, info="")
+            self.bars[label] = self.progress.add_task(f"  {escape(label)}", total=total, info="")
         self.progress.update(self.bars[label], completed=done)
 
-    def stage_end(self, index: int, total: int, stage: Any, outcome: str) -> None:
+    def stage_end(self, index: int, total: int, stage: Any, outcome: str, seconds: float = 0.0) -> None:
         self._clear()
         self.progress.update(self.overall, completed=index)
         mark = "[dim]skip[/]" if "skipped" in outcome else "[green]done[/]"
-        self.progress.console.print(f"{mark} {index}/{total} {escape(stage.title)}: {escape(outcome)}", highlight=False)
+        self.progress.console.print(
+            f"{mark} {index}/{total} {escape(stage.title)}: {escape(outcome)} [dim]({seconds:,.1f} s)[/]",
+            highlight=False,
+        )
 
 
 @contextlib.contextmanager
@@ -103,6 +106,16 @@ def _quiet_unless_verbose() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def timing_table(timings: list[dict[str, Any]]) -> Table:
+    """Each stage's wall time in this run (the report's rows, :func:`akd_edge.reporting.render.stage_rows`)."""
+    from akd_edge.reporting.render import STAGE_HEADER, stage_rows
+
+    table = Table(*STAGE_HEADER, title="wall time per stage")
+    for row in stage_rows(timings):
+        table.add_row(*(escape(cell) for cell in row))
+    return table
 
 
 def _pct(value: Any) -> str:
@@ -231,4 +244,5 @@ def run_cmd(
     report_dir = result["root"] + "/report"
     data = read_json_object(f"{report_dir}/report.json", "report")
     out.print(summary_table(data, f"pipeline {result['root']}"))
+    out.print(timing_table(result["timings"]))
     console.print(f"[green]report:[/] {escape(result['report'])} (and report.md)", highlight=False)

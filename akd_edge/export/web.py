@@ -1,9 +1,13 @@
 """The export's browser check: ``web/``, a page that runs the ONNX models under onnxruntime-web.
 
-``web/`` holds ``index.html`` and ``app.js`` (from ``akd_edge/assets/web``), a README, and
+``web/`` holds ``index.html``, ``npz.js`` and ``app.js`` (from ``akd_edge/assets/web``), a README, and
 ``samples.json``: a handful of test images (one per class first), the class names, and the logits
 onnxruntime computed for them in Python. The page loads ``../model.onnx`` and ``../model.int8.onnx``,
-classifies the images, shows the predictions and says whether each logit matches the Python one.
+classifies the images, shows the predictions and says whether each logit matches the Python one. Once
+``akd-edge verify`` has run, it also replays the worst-case examples verify kept (``../replay.npz``, checked
+against the SHA-256 in ``../report.json``) and shows the browser's clean and robust accuracy beside Python
+onnxruntime's, with the tolerances of :mod:`akd_edge.verify.replay`. Opened from ``file://`` it says how to
+serve it over HTTP instead.
 
 The page reads nothing from the network: onnxruntime-web's files go in ``web/ort/``, copied from an
 onnxruntime-web package the user has (``--web-runtime``, ``$AKD_EDGE_WEB_RUNTIME`` or
@@ -25,6 +29,7 @@ import numpy as np
 
 from akd_edge import files
 from akd_edge.errors import UsageError
+from akd_edge.verify.replay import FP32_LOGIT_BOUND, tolerances
 
 WEB_DIR = "web"
 RUNTIME_DIR = "ort"
@@ -33,10 +38,11 @@ RUNTIME_ENV = "AKD_EDGE_WEB_RUNTIME"
 RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 """What the page needs of onnxruntime-web's ``dist/``: the WebAssembly-only build, its loader and its binary."""
 DEFAULT_RUNTIME = Path("node_modules") / "onnxruntime-web"
-PAGE_FILES = ("index.html", "app.js", "README.md")
+PAGE_FILES = ("index.html", "npz.js", "app.js", "README.md")
 SAMPLES_FORMAT = "akd-edge-web-samples/1"
-TOLERANCE = 1e-3
-"""The largest absolute logit difference between the browser and onnxruntime in Python the page accepts."""
+TOLERANCE = FP32_LOGIT_BOUND
+"""The largest absolute logit difference between the browser and onnxruntime in Python for an fp32 model; the
+page applies :func:`akd_edge.verify.replay.tolerances` (int8 has a bound of its own)."""
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "web"
 
 
@@ -143,6 +149,7 @@ def samples_document(folder: Path, models: list[str], samples: Samples) -> dict[
         "models": models,
         "reference": {name: logits.tolist() for name, logits in reference.items()},
         "tolerance": TOLERANCE,
+        "tolerances": tolerances(),
     }
 
 
@@ -161,6 +168,7 @@ def write_web(folder: Path, models: list[str], samples: Samples, runtime: WebRun
         "models": models,
         "samples": len(samples.images),
         "tolerance": TOLERANCE,
+        "tolerances": tolerances(),
         "runtime": None,
     }
     if runtime is None:

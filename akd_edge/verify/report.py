@@ -14,6 +14,10 @@ session's outputs), the transfer examples and the torch eager timings. The sourc
 verify stops and says so (``--transfer none`` verifies without the transfer part). The test data's folder
 comes from ``--data-dir`` or the default search, never from the folder's files. Without torch only
 ``--square-queries 0 --transfer none`` (clean accuracy and latency) can run.
+
+The worst-case example of every image goes into ``replay.npz`` (:mod:`akd_edge.verify.replay`), hashed in
+report.json's ``files`` and listed in the export's manifest; :func:`replay_export` (``verify --replay``)
+replays it on the other onnxruntime providers and optimisation levels of the machine.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ SQUARE_BATCH = 256
 """Images per Square batch and per onnxruntime call: the attack's working memory depends on it, not on --n."""
 StageFn = Callable[[str], None]
 ProgressFn = Callable[[str, int, int], None]
+"""``on_progress(task, done, total)``: ``task`` names the attack and model (``Square model.onnx``)."""
 
 
 @dataclass
@@ -541,6 +546,30 @@ def _attack(
     return _Attacks(square_examples, x_transfer, square_info, transfer_info, torch_model)
 
 
+def _score_models(
+    models: dict[str, OrtClassifier],
+    test: TestData,
+    clean: dict[str, np.ndarray],
+    attacks: _Attacks,
+    margin: float,
+) -> tuple[dict[str, Any], list[str]]:
+    """Each model's accuracies on its attack examples (scored under onnxruntime), and the warnings they raise."""
+    results: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, model in models.items():
+        square = model.correct(attacks.square[name], test.labels, SQUARE_BATCH) if name in attacks.square else None
+        transfer = None if attacks.transfer is None else model.correct(attacks.transfer, test.labels)
+        results[name] = _entry(clean[name], square, transfer)
+        warnings += filter(None, [_gradient_masking(name, results[name], margin)])
+    if "model.int8.onnx" in results and results["model.onnx"]["robust_acc"] is not None:
+        drop = results["model.onnx"]["robust_acc"] - results["model.int8.onnx"]["robust_acc"]
+        if drop > margin:
+            warnings.append(f"int8 loses {100 * drop:.1f} points of robust accuracy against fp32")
+    for warning in warnings:
+        log.warning(warning)
+    return results, warnings
+
+
 def _verify(folder: Path, options: dict[str, Any], stage: StageFn, on_progress: ProgressFn | None) -> dict[str, Any]:
     """The body of :func:`verify_export`, run under the folder's lock when it writes."""
     _square_runner(options["square_queries"])  # a missing torch is one line before any work
@@ -556,21 +585,7 @@ def _verify(folder: Path, options: dict[str, Any], stage: StageFn, on_progress: 
     clean = {name: m.correct(test.images, test.labels) for name, m in models.items()}
     timings["clean_s"] = time.perf_counter() - start
     attacks = _attack(models, test, options, stage, on_progress, timings)
-
-    results: dict[str, Any] = {}
-    warnings: list[str] = []
-    for name, model in models.items():
-        square = model.correct(attacks.square[name], test.labels, SQUARE_BATCH) if name in attacks.square else None
-        transfer = None if attacks.transfer is None else model.correct(attacks.transfer, test.labels)
-        results[name] = _entry(clean[name], square, transfer)
-        warnings += filter(None, [_gradient_masking(name, results[name], options["margin"])])
-    if "model.int8.onnx" in results and results["model.onnx"]["robust_acc"] is not None:
-        drop = results["model.onnx"]["robust_acc"] - results["model.int8.onnx"]["robust_acc"]
-        if drop > options["margin"]:
-            warnings.append(f"int8 loses {100 * drop:.1f} points of robust accuracy against fp32")
-    for warning in warnings:
-        log.warning(warning)
-
+    results, warnings = _score_models(models, test, clean, attacks, options["margin"])
     verify: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "n": len(test.labels),
@@ -604,9 +619,10 @@ def _verify(folder: Path, options: dict[str, Any], stage: StageFn, on_progress: 
     return verify
 
 
-def _replay_section(replay: replays.Replay) -> dict[str, Any]:
-    """``verify.replay`` of report.json: the evidence file and the runtimes it was replayed on (the reference)."""
-    reference = {
+def _replay_section(replay: replays.Replay, reference: str) -> dict[str, Any]:
+    """``verify.replay`` of report.json: the evidence file, its tolerances, and the ``reference`` runtime (the
+    one verify attacked) with the scores of the file's own logits."""
+    scores = {
         name: replays.score(replay, i, replay.clean_logits[i], replay.example_logits[i])
         for i, name in enumerate(replay.models)
     }
@@ -616,8 +632,8 @@ def _replay_section(replay: replays.Replay) -> dict[str, Any]:
         "models": replay.models,
         "attacked": replay.attacked,
         "tolerances": replays.tolerances(),
-        "reference": _runtime_label(replays.REFERENCE) + " (verify)",
-        "runtimes": {_runtime_label(replays.REFERENCE) + " (verify)": reference},
+        "reference": reference,
+        "runtimes": {reference: scores},
     }
 
 
@@ -631,13 +647,13 @@ def _write_verify(folder: Path, report: dict[str, Any] | None, verify: dict[str,
     """Write replay.npz, hash it in report.json beside the models, list it in the export's manifest, write the report."""
     from akd_edge.export.folder import list_in_manifest
 
+    list_in_manifest(folder, REPLAY_NAME)  # first: a verify killed after writing it leaves no foreign file
     path = replays.write_replay(folder, replay)
-    verify["replay"] = _replay_section(replay)
+    verify["replay"] = _replay_section(replay, _runtime_label(replays.REFERENCE) + " (verify)")
     report = report or {"format": REPORT_FORMAT}
     report["files"] = {**(report.get("files") or {}), REPLAY_NAME: file_record(path)}
     report["verify"] = verify
     write_report(folder, report)
-    list_in_manifest(folder, REPLAY_NAME)
 
 
 def replay_export(
@@ -654,14 +670,14 @@ def replay_export(
         report = _read_report(folder)
         check_files(folder, report)
         replay = replays.read_replay(folder, report, MODEL_FILES)
-        section = _dict(_dict((report or {}).get("verify")).get("replay")) or _replay_section(replay)
-        runtimes = {k: v for k, v in _dict(section.get("runtimes")).items() if k.endswith("(verify)")}
+        verify = _dict((report or {}).get("verify"))
+        reference = _dict(verify.get("replay")).get("reference")
+        section = _replay_section(replay, reference if isinstance(reference, str) else "verify's onnxruntime")
         for runtime in replays.other_runtimes(folder):
             if on_stage is not None:
                 on_stage(f"replaying {len(replay.labels)} examples on {runtime.label}")
-            runtimes[_runtime_label(runtime)] = replays.replay_on(folder, replay, runtime, threads)
-        section["runtimes"] = runtimes
-        if write and report is not None:
-            report["verify"]["replay"] = section
+            section["runtimes"][_runtime_label(runtime)] = replays.replay_on(folder, replay, runtime, threads)
+        if write and report is not None and verify:
+            report["verify"] = {**verify, "replay": section}
             write_report(folder, report)
     return section

@@ -49,9 +49,11 @@ class OrtClassifier:
     """``metadata_props`` of the file, JSON values decoded."""
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 0, providers: list[Any] | None = None) -> OrtClassifier:
+    def load(
+        cls, path: str | Path, threads: int = 0, providers: list[Any] | None = None, level: str | None = None
+    ) -> OrtClassifier:
         """Open ``path`` on the CPU provider (or ``providers``, in order of preference); ``threads`` = 0 lets
-        onnxruntime choose."""
+        onnxruntime choose; ``level``: a ``GraphOptimizationLevel`` name (default ``ORT_ENABLE_ALL``)."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -61,6 +63,8 @@ class OrtClassifier:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if level is not None:
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if path.suffix == ".ort":  # replay the CPU fusions akd-edge saved in its own .ort files, as an app would
             options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,18 @@ def transfer_examples(
     seed: int = 0,
     batch_size: int = 250,
     threads: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """AutoAttack on the torch model; returns ``(x_adv float32 numpy, settings and torch-side accuracy)``."""
+    """AutoAttack on the torch model; returns ``(x_adv float32 numpy, settings and torch-side accuracy)``.
+
+    ``progress(done, total)``: the model's forward passes so far against an estimate of all of them.
+    """
     from akd_edge.attacks.autoattack import run_autoattack_report
 
     x = torch.from_numpy(as_float_images(images))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    with torch_threads(threads):
+    total = expected_passes(version, len(x), batch_size)
+    with torch_threads(threads), counting_passes(model, progress, total):
         result = run_autoattack_report(
             model, x, y, norm=norm, eps=eps, version=version, seed=seed, batch_size=batch_size
         )
@@ -80,6 +85,40 @@ def transfer_examples(
         "autoattack_warnings": list(result.warnings),
     }
     return result.x_adv.cpu().numpy().astype(np.float32), info
+
+
+PASSES_PER_BATCH = {"apgd-ce": 100, "apgd-t": 900, "fab-t": 900, "square": 5000}
+"""About how many forward passes each attack of AutoAttack makes per batch (APGD: 100 iterations; the targeted
+attacks: 9 target classes of 100 iterations; Square: its queries): a progress estimate, not a promise."""
+
+
+def expected_passes(version: str, n: int, batch_size: int) -> int:
+    """About how many forward passes AutoAttack ``version`` makes on ``n`` images (every one attacked)."""
+    from akd_edge.attacks.autoattack import VERSIONS
+
+    batches = -(-n // batch_size)
+    return max(1, batches * sum(PASSES_PER_BATCH.get(attack, 100) for attack in VERSIONS[version]))
+
+
+@contextlib.contextmanager
+def counting_passes(model: nn.Module, progress: Callable[[int, int], None] | None, total: int) -> Iterator[None]:
+    """Within the block, ``progress(passes, total)`` after each forward pass of ``model`` (capped below
+    ``total`` until the block ends, since ``total`` is an estimate), then ``progress(total, total)``."""
+    if progress is None:
+        yield
+        return
+    done = [0]
+
+    def count(*_: Any) -> None:
+        done[0] += 1
+        progress(min(done[0], total - 1), total)
+
+    handle = model.register_forward_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+    progress(total, total)
 
 
 def torch_latency(model: nn.Module, input_shape: tuple[int, ...], threads: int = 0, **kwargs: Any) -> dict[str, Any]:
