@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,8 +53,16 @@ class Registry(Generic[F]):
 # ----------------------------------------------------------------------------------------------
 # Names a recipe may use, checked without importing the families (which import torch).
 
+
+def method_files() -> tuple[str, ...]:
+    """The built-in objectives, read off the file names of ``akd_edge/methods/`` (one file per objective, named
+    after it): adding an objective is adding its file; nothing is imported."""
+    folder = Path(__file__).resolve().parent / "methods"
+    return tuple(sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base")))
+
+
 BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
-    "method": ("adaad", "akd", "ard", "at", "iad", "rslad", "saad", "trades"),
+    "method": method_files(),
     "model": (
         "cnn-student",
         "cnn-teacher",

@@ -307,3 +307,12 @@ def test_loop_runs_adaad_teacher_with_autograd_only(tmp_path: Path, fast_teacher
         trainer.prepare()
         assert trainer.teacher.needs_grad is wanted
         assert not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_each_objective_is_one_file_named_after_it() -> None:
+    """Adding an objective is adding ``akd_edge/methods/NAME.py``: found by its file name, registered under it."""
+    from akd_edge.registry import method_files
+
+    assert set(method_files()) == set(METHODS.names())
+    for name in method_files():
+        assert METHODS.get(name).__module__ == f"akd_edge.methods.{name}"

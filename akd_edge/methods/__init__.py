@@ -2,11 +2,13 @@
 
 Every method (AT, TRADES, ARD, RSLAD, AKD, AdaAD, IAD, SAAD-style) is a :class:`Task` with the same call
 signature, so one training loop serves them all (as timm's ``task/distillation.py``). ``METHODS`` maps a recipe's
-``method.name`` to its class; ``akd-edge methods`` lists them. The base class and registry live in
+``method.name`` to its class; ``akd-edge methods`` lists them. A new objective is one file here, named after the
+method it registers (``akd_edge/methods/NAME.py``): it is found and imported by its file name. The base class and registry live in
 :mod:`akd_edge.methods.base`, which the method files import (so this package never imports itself).
 """
 
-from akd_edge.methods import adaad, akd, ard, at, iad, rslad, saad, trades  # noqa: F401  (the methods register themselves)
+import importlib
+
 from akd_edge.methods.base import (
     METHODS,
     Attack,
@@ -20,6 +22,10 @@ from akd_edge.methods.base import (
     kl_to_probs,
     soft_cross_entropy,
 )
+from akd_edge.registry import method_files
+
+for _name in method_files():  # each file registers its objective; the file is named after it
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = [
     "METHODS",
