@@ -22,7 +22,7 @@ from akd_edge.export import export_checkpoint
 from akd_edge.export.folder import foreign, replaceable
 from akd_edge.verify import replay as replays
 from akd_edge.verify.replay import Replay, ReplayError, Runtime, read_replay, score
-from akd_edge.verify.report import MODEL_FILES, replay_export, verify_export
+from akd_edge.verify.report import ONNX_MODELS, replay_export, verify_export
 from akd_edge.verify.runtime import OrtClassifier
 
 EPS = 0.08
@@ -50,7 +50,7 @@ def _report(folder: Path) -> dict:
 def test_verify_keeps_the_worst_case_example_of_every_image(verified: tuple[Path, dict]) -> None:
     folder, verify = verified
     report = _report(folder)
-    replay = read_replay(folder, report, MODEL_FILES)
+    replay = read_replay(folder, report, ONNX_MODELS)
     # hashed in report.json like the models, and listed in the manifest a re-export may replace
     assert report["files"]["replay.npz"]["sha256"] == files.sha256_file(folder / "replay.npz")
     assert "replay.npz" in files.read_mark(folder)["files"] and foreign(folder) == []
@@ -190,9 +190,9 @@ def test_replay_values_are_checked(folder: Path) -> None:
         arrays = {key: archive[key] for key in replays.KEYS}
     bad = {**arrays, "examples": arrays["examples"] + 2}
     with pytest.raises(ReplayError, match=r"outside \[0, 1\]"):
-        replays._checked(folder / "replay.npz", bad, MODEL_FILES)
+        replays._checked(folder / "replay.npz", bad, ONNX_MODELS)
     with pytest.raises(ReplayError, match="not export model files"):
-        replays._checked(folder / "replay.npz", {**arrays, "models": np.array(["../x.onnx", "y"])}, MODEL_FILES)
+        replays._checked(folder / "replay.npz", {**arrays, "models": np.array(["../x.onnx", "y"])}, ONNX_MODELS)
 
 
 def test_a_verified_export_can_be_exported_again(
@@ -241,7 +241,7 @@ def test_export_readme_replay_snippet_runs_on_a_verified_export(
     folder, verify = verified
     monkeypatch.chdir(tmp_path)
     exec(compile(code.replace('"export/fmnist-quickstart"', repr(str(folder))), "export/README.md", "exec"), {})
-    replay = read_replay(folder, _report(folder), MODEL_FILES)
+    replay = read_replay(folder, _report(folder), ONNX_MODELS)
     examples = np.fromfile(tmp_path / "replay-examples.f32", dtype="<f4").reshape(replay.examples.shape[1:])
     np.testing.assert_array_equal(examples, replay.examples[1])
     np.testing.assert_array_equal(np.fromfile(tmp_path / "replay-labels.i32", dtype="<i4"), replay.labels)

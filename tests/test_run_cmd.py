@@ -134,7 +134,8 @@ def test_run_all_stages_then_a_failure_then_continue_without_redoing(
     after = snapshot(run_dir, root / "compress", root / "export")
     rewritten = {path for path, entry in before.items() if after.get(path) != entry}
     pruned = root / "export" / "tiny-pruned-0.5"
-    assert rewritten <= {str(pruned / "report.json"), str(pruned / "MODEL_CARD.md")}, rewritten
+    # verify writes its results and lists the replay file it adds in the folder's manifest (the mark)
+    assert rewritten <= {str(pruned / name) for name in ("report.json", "MODEL_CARD.md", ".akd-edge.json")}, rewritten
 
     # the report: students (fp32, int8), the pruned students (fp32, int8) and the teacher, on the Pareto plot
     data = json.loads((root / "report" / "report.json").read_text())
@@ -151,6 +152,16 @@ def test_run_all_stages_then_a_failure_then_continue_without_redoing(
     assert models["tiny (fp32)"]["recipe"]["method"]["name"] == "akd"
     assert data["plots"]["pareto"] == "pareto.png" and (root / "report" / "index.html").is_file()
     assert any(m["front_bytes"] for m in models.values()) and any(m["front_p50_ms"] for m in models.values())
+    # each stage's wall time: in pipeline.json, in the report (all stages before it) and in the output
+    last_run = json.loads((root / "pipeline.json").read_text())["extra"]["last_run"]
+    assert [t["key"] for t in last_run["stages"]] == [t["key"] for t in data["stages"]] + ["report"]
+    ran = {t["key"]: t for t in last_run["stages"]}
+    assert not ran["distill"]["ran"] and ran["distill"]["seconds_when_run"] > 0 and ran["verify/teacher"]["ran"]
+    assert all(t["seconds"] >= 0 for t in last_run["stages"])
+    assert last_run["seconds"] == pytest.approx(sum(t["seconds"] for t in last_run["stages"]), abs=0.05)
+    assert "## Pipeline stages" in (root / "report" / "report.md").read_text()
+    assert "Pipeline stages" in (root / "report" / "index.html").read_text()
+    assert "wall time per stage" in result.output and "when it ran)" in result.output
     assert "tiny-pruned-0.5 (int8)" in result.output, "the summary table lists the models"
     again = CliRunner().invoke(cli, ["report", str(root), "--out", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output

@@ -35,7 +35,7 @@ from akd_edge.export import export_checkpoint
 from akd_edge.export.web import RUNTIME_ENV, RUNTIME_FILES, TOLERANCE, find_runtime, pick_samples
 from akd_edge.models import create_model
 from akd_edge.verify.replay import MAX_ACCURACY_GAP, read_replay
-from akd_edge.verify.report import MODEL_FILES, verify_export
+from akd_edge.verify.report import ONNX_MODELS, verify_export
 from akd_edge.verify.runtime import OrtClassifier
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ def test_browser_replays_the_verified_examples_within_a_point(browser: Any, veri
     assert results["status"] == "done", results.get("error")
     assert seen["elsewhere"] == [] and seen["errors"] == []
     report = json.loads((verified / "report.json").read_text())
-    replay = read_replay(verified, report, MODEL_FILES)
+    replay = read_replay(verified, report, ONNX_MODELS)
     assert results["replay"]["sha256_checked"] is True and results["replay"]["n"] == REPLAYED
     gaps = {}
     for index, name in enumerate(MODELS):
@@ -398,7 +398,7 @@ def _shifted_replay(verified: Path, folder: Path, model: str, shift: float) -> N
 
     shutil.copytree(verified, folder)
     report = json.loads((folder / "report.json").read_text())
-    replay = read_replay(folder, report, MODEL_FILES)
+    replay = read_replay(folder, report, ONNX_MODELS)
     index = replay.models.index(model)
     replay.clean_logits[index] += shift
     replay.example_logits[index] += shift

@@ -54,6 +54,8 @@ def make_progress(transient: bool = False) -> Progress:
     )
 
 
+EXIT_DIVERGED = 3
+"""Exit code of a training run stopped because its loss or weights stopped being finite."""
 DISK_FULL_EXIT = 1
 """Exit code of a command stopped by a full disk or quota: not a user mistake (2), but no traceback either."""
 

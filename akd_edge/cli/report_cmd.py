@@ -39,9 +39,9 @@ def report_cmd(paths: tuple[str, ...], out_dir: str, title: str) -> None:
       akd-edge report export/fmnist-quickstart export/fmnist-quickstart-pruned runs/fmnist-quickstart
       akd-edge report runs/fmnist-quickstart-pipeline --out report/
     """
-    from akd_edge.cli.run_cmd import summary_table
+    from akd_edge.cli.run_cmd import models_table
     from akd_edge.reporting import build_report
 
     data = build_report(list(paths), out_dir, title=title)
-    out.print(summary_table(data, title or "akd-edge report"))
+    out.print(models_table(data, title or "akd-edge report"))
     console.print(f"[green]wrote[/] {escape(out_dir)}/index.html and report.md", highlight=False)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from akd_edge.cli.common import (
+    EXIT_DIVERGED,
     calib_option,
     console,
     data_dir_option,
@@ -39,7 +40,6 @@ from akd_edge.interval import REPORTED_N
 from akd_edge.pipeline.runner import PipelineCallbacks
 
 EXIT_CHECK_FAILED = 1
-EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -122,7 +122,7 @@ def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def summary_table(data: dict[str, Any], title: str) -> Table:
+def models_table(data: dict[str, Any], title: str) -> Table:
     """The report's models in short: size, latency, verified robust accuracy and the Pareto fronts."""
     table = Table("size", "p50 ms", "clean", "robust (worst case)", "Pareto front", title=title)
     table.columns.insert(0, Column("model", overflow="fold"))  # the whole name, wrapped, never cut
@@ -243,6 +243,6 @@ def run_cmd(
 
     report_dir = result["root"] + "/report"
     data = read_json_object(f"{report_dir}/report.json", "report")
-    out.print(summary_table(data, f"pipeline {result['root']}"))
+    out.print(models_table(data, f"pipeline {result['root']}"))
     out.print(timing_table(result["timings"]))
     console.print(f"[green]report:[/] {escape(result['report'])} (and report.md)", highlight=False)

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from akd_edge.cli.common import (
+    EXIT_DIVERGED,
     allow_code_option,
     console,
     data_dir_option,
@@ -41,7 +42,6 @@ from akd_edge.errors import ConfigError
 TEACHER_METHODS = ("at", "trades")
 DEFAULT_DISTILL_RECIPE = "fmnist-quickstart"
 DEFAULT_TEACHER_RECIPE = "fmnist-teacher"
-EXIT_DIVERGED = 3
 
 
 PLAIN_LINES_PER_EPOCH = 10
@@ -108,7 +108,7 @@ class RichCallbacks:
         self.progress.update(self.epoch_task, completed=record["epoch"])
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def training_table(summary: dict[str, Any]) -> Table:
     table = Table(title=f"{summary['role']} {summary['model']} ({summary['method']})", show_header=False)
     best, threat = summary["best"], summary["threat"]
     attack = summary["last"].get("attack", {})
@@ -212,7 +212,7 @@ def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -
             except Diverged as stop:
                 console.print(f"[bold red]error:[/] {escape(str(stop))}", highlight=False)
                 raise click.exceptions.Exit(EXIT_DIVERGED) from None
-    out.print(summary_table(summary))
+    out.print(training_table(summary))
     console.print(f"next: {escape(next_step(role, summary['run_dir']))}", highlight=False, soft_wrap=True)
     return summary
 
@@ -291,6 +291,13 @@ def train_teacher(
     " Applies to every teacher; for teachers of different architectures set factory in each [[teachers]] entry.",
 )
 @_run_options
+@click.option(
+    "--reuse",
+    is_flag=True,
+    help="Train only if needed: a finished run of this very recipe and teachers where distill puts runs "
+    "(<run.out_dir>/<run.name>[-N]) is reported, not trained again; an interrupted one is resumed "
+    "(what `make demo` runs).",
+)
 @user_errors
 @distributed_command
 def distill(
@@ -303,6 +310,7 @@ def distill(
     device: str | None,
     data_dir: str | None,
     allow_code: bool,
+    reuse: bool,
 ) -> None:
     """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says.
 
@@ -325,4 +333,32 @@ def distill(
 
         specs = [TeacherSpec(path=t) for t in teachers] if teachers else cfg.teachers
         cfg = replace(cfg, teachers=[replace(spec, factory=teacher_factory or spec.factory) for spec in specs])
+    if reuse and run_dir is None and out_dir is None:
+        cfg, run_dir = _reused(cfg)
+        if cfg is None:
+            return
     _run(cfg, run_dir, out_dir, "student")
+
+
+def _reused(recipe: Recipe) -> tuple[Recipe | None, Path | None]:
+    """``--reuse``: (None, run) after saying a finished run exists; (its recipe, run) to resume; (recipe, None)."""
+    from akd_edge.pipeline.root import find_run, resumed_recipe, teacher_digests
+
+    found = find_run(recipe, teacher_digests(recipe), None)
+    if found is None:
+        return recipe, None
+    if not found.finished:
+        console.print(
+            f"[yellow]resuming[/] the interrupted run {escape(str(found.path))} of this recipe "
+            f"(--out NEW_DIR starts a new one instead)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return resumed_recipe(found.path, recipe), found.path
+    console.print(
+        f"[green]already trained:[/] {escape(str(found.path))} is a finished run of this recipe, not trained again. "
+        f"next: {escape(next_step('student', str(found.path)))}   (to train again: --out NEW_DIR)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return None, found.path

@@ -31,12 +31,11 @@ from pathlib import Path
 from akd_edge import files
 from akd_edge.errors import UsageError
 from akd_edge.export.web import PAGE_FILES, RUNTIME_DIR, RUNTIME_FILES, WEB_DIR
-from akd_edge.report import REPLAY_NAME
+from akd_edge.report import REPLAY_NAME, REPORT_FORMAT
 
 log = logging.getLogger(__name__)
 
 KIND = "export"
-REPORT_FORMAT = "akd-edge-export/1"
 MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort")
 KNOWN_FILES = (*MODEL_FILES, "report.json", "MODEL_CARD.md")
 """Every file an export writes (besides the mark and, while it runs, the lock)."""

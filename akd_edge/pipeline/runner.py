@@ -26,6 +26,7 @@ from akd_edge.pipeline.root import (
     comparable,
     find_run,
     publish,
+    resumed_recipe,
     teacher_digests,
     teacher_file,
 )
@@ -44,7 +45,7 @@ class PipelineCallbacks:
     """Callbacks of the training loop (distillation and fine-tuning), or None."""
 
     def stage_start(self, index: int, total: int, stage: Stage) -> None: ...
-    def stage_end(self, index: int, total: int, stage: Stage, outcome: str) -> None: ...
+    def stage_end(self, index: int, total: int, stage: Stage, outcome: str, seconds: float = 0.0) -> None: ...
     def stage_text(self, text: str) -> None: ...
     def stage_progress(self, label: str, done: int, total: int) -> None: ...
 
@@ -61,6 +62,21 @@ class _Pipeline:
         self.folders: dict[str, Path] = {}
         """model -> its compress output or export folder, for the report."""
         self.exports: dict[str, Path] = {}
+        self.timings: list[dict[str, Any]] = []
+        """Each stage of this run that has ended: key, title, whether it ran, its wall time (see :func:`timing`)."""
+
+    def timed(self, stage: Stage) -> tuple[str, float]:
+        """Run ``stage``; record its wall time in this run's timings (saved in pipeline.json's ``extra.last_run``
+        at once, so a killed run keeps them, unless every stage so far was skipped)."""
+        start = time.perf_counter()
+        outcome = getattr(self, stage.kind)(stage)
+        seconds = time.perf_counter() - start
+        self.timings.append(timing(stage, outcome, seconds, self.state.records.get(stage.key)))
+        if any(entry["ran"] for entry in self.timings):  # a run with nothing to do writes nothing
+            total = round(sum(entry["seconds"] for entry in self.timings), 2)
+            self.state.extra["last_run"] = {"stages": self.timings, "seconds": total}
+            self.state.save()
+        return outcome, seconds
 
     def _skip(self, stage: Stage, inputs: str, output: Path) -> str | None:
         record = self.state.up_to_date(stage.key, inputs, output)
@@ -85,7 +101,7 @@ class _Pipeline:
             resume = found is not None
             self.callbacks.stage_text(f"resuming {found.path}" if found else "distilling")
             _, summary = api.distill(
-                _resumed_recipe(found.path, self.recipe) if found else self.recipe,
+                resumed_recipe(found.path, self.recipe) if found else self.recipe,
                 run_dir=found.path if found else None,
                 resume=resume,
                 callbacks=self.callbacks.train,
@@ -167,10 +183,10 @@ class _Pipeline:
 
     def verify(self, stage: Stage) -> str:
         from akd_edge import api
-        from akd_edge.verify.report import MODEL_FILES
+        from akd_edge.verify.report import ONNX_MODELS
 
         folder = self.exports[stage.model]
-        models = {name: files.sha256_file(folder / name) for name in MODEL_FILES if (folder / name).is_file()}
+        models = {name: files.sha256_file(folder / name) for name in ONNX_MODELS if (folder / name).is_file()}
         opts = self.options
         settings = {"n": opts.n, "square_queries": opts.square_queries, "transfer": opts.transfer, "seed": opts.seed}
         inputs = digest({"format": FORMAT, "files": models, **settings})
@@ -207,20 +223,18 @@ class _Pipeline:
             return skipped
         start = time.perf_counter()
         self.callbacks.stage_text("collecting the results and drawing the plots")
-        build_report(paths, out, title=f"akd-edge run {self.recipe.run.name}")
+        build_report(paths, out, title=f"akd-edge run {self.recipe.run.name}", stages=self.timings)
         self.state.finish(stage.key, inputs, out, ["index.html", "report.md"], time.perf_counter() - start)
         return f"wrote {out / 'index.html'}"
 
 
-def _resumed_recipe(run_dir: Path, recipe: Recipe) -> Recipe:
-    """The run's own recipe with this one's device and threads: a resume refuses any other difference, even in
-    the words of ``description`` (which :func:`~akd_edge.pipeline.root.find_run` does not compare)."""
-    import json
-
-    from akd_edge.config import read_toml
-
-    keep = [f"run.device={json.dumps(recipe.run.device)}", f"run.threads={recipe.run.threads}"]
-    return load_recipe(read_toml(run_dir / "recipe.toml"), keep)
+def timing(stage: Stage, outcome: str, seconds: float, record: Any = None) -> dict[str, Any]:
+    """One stage's wall time in this run; a skipped stage also carries the time it took when it last ran."""
+    skipped = "skipped" in outcome
+    entry = {"key": stage.key, "title": stage.title, "ran": not skipped, "seconds": round(seconds, 2)}
+    if skipped and record is not None:
+        entry["seconds_when_run"] = record.seconds
+    return entry
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -250,7 +264,8 @@ def run_pipeline(
 
     ``recipe`` and ``overrides`` as :func:`akd_edge.distill` takes them; ``out`` is the pipeline folder
     (default ``<run.out_dir>/<run.name>-pipeline``, see :mod:`akd_edge.pipeline.root`). Run it again after a
-    failure or a kill: finished stages are skipped. A stage's UsageError names the stage.
+    failure or a kill: finished stages are skipped. A stage's UsageError names the stage. ``timings`` holds
+    each stage's wall time in this run (also in pipeline.json's ``extra.last_run`` and in the report).
     """
     if isinstance(recipe, Recipe):
         recipe = to_dict(recipe)
@@ -265,11 +280,11 @@ def run_pipeline(
         for index, stage in enumerate(stages, 1):
             callbacks.stage_start(index, len(stages), stage)
             try:
-                outcomes[stage.key] = getattr(pipeline, stage.kind)(stage)
+                outcomes[stage.key], seconds = pipeline.timed(stage)
             except UsageError as err:
                 err.args = (f"{stage.title}: {err}",)
                 raise
-            callbacks.stage_end(index, len(stages), stage, outcomes[stage.key])
+            callbacks.stage_end(index, len(stages), stage, outcomes[stage.key], seconds)
     finally:
         lock.release()
     return {
@@ -278,4 +293,5 @@ def run_pipeline(
         "exports": {name: str(path) for name, path in pipeline.exports.items()},
         "report": str(root / "report" / "index.html"),
         "stages": outcomes,
+        "timings": pipeline.timings,
     }

@@ -46,7 +46,7 @@ from akd_edge.verify.runtime import ModelFileError, OrtClassifier, as_float_imag
 
 log = logging.getLogger(__name__)
 
-MODEL_FILES = ("model.onnx", "model.int8.onnx")
+ONNX_MODELS = ("model.onnx", "model.int8.onnx")
 MOBILE_FILES = ("model.ort", "model.int8.ort")
 NPZ_HELP = "expected an .npz with arrays 'images' [N, C, H, W] (uint8, or float in [0, 1]) and 'labels' [N]"
 TRANSFER_VERSIONS = ("fast", "standard", "none")
@@ -137,7 +137,7 @@ def check_files(folder: Path, report: dict[str, Any] | None) -> dict[str, str]:
     would otherwise be recorded under the exported model's name. Without a report nothing can be checked
     (a warning); the digests go into the verify section either way.
     """
-    present = [name for name in (*MODEL_FILES, *MOBILE_FILES) if (folder / name).is_file()]
+    present = [name for name in (*ONNX_MODELS, *MOBILE_FILES) if (folder / name).is_file()]
     digests = {name: sha256_file(folder / name) for name in present}
     if report is None:
         log.warning("%s has no report.json: the model files cannot be checked against their export", folder)
@@ -170,7 +170,7 @@ def _load_models(folder: Path, names: tuple[str, ...], threads: int = 0) -> dict
     models = {}
     for name in names:
         path = folder / name
-        if path.exists() or name == MODEL_FILES[0]:
+        if path.exists() or name == ONNX_MODELS[0]:
             models[name] = OrtClassifier.load(path, threads)
     return models
 
@@ -379,8 +379,8 @@ def _open_export(
     """The report, the checked SHA-256 of the model files, the onnxruntime models, the threat model and the data."""
     report = _read_report(folder)
     digests = check_files(folder, report)
-    models = _load_models(folder, MODEL_FILES, threads)
-    first = models[MODEL_FILES[0]]
+    models = _load_models(folder, ONNX_MODELS, threads)
+    first = models[ONNX_MODELS[0]]
     norm, eps = _threat(models, report, norm, eps)
     report_data = _dict((report or {}).get("data"))
     files_allowed = data is not None
@@ -669,7 +669,7 @@ def replay_export(
     with FolderLock(folder, "export folder") if write else contextlib.nullcontext():
         report = _read_report(folder)
         check_files(folder, report)
-        replay = replays.read_replay(folder, report, MODEL_FILES)
+        replay = replays.read_replay(folder, report, ONNX_MODELS)
         verify = _dict((report or {}).get("verify"))
         reference = _dict(verify.get("replay")).get("reference")
         section = _replay_section(replay, reference if isinstance(reference, str) else "verify's onnxruntime")
