@@ -55,6 +55,14 @@ def package_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None
     return versions
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none): a busy machine slows every timing."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def check_threads(threads: int, what: str = "threads") -> None:
     """Refuse a thread count below 0 or above this machine's CPU count, naming the setting ``what``."""
     cpus = os.cpu_count() or 1

@@ -15,6 +15,7 @@ model: argmax agreement (with its 95% Wilson interval), int8 clean accuracy, fil
     python benchmarks/int8_calibration.py --model runs/x/best.pt --grid full
     python benchmarks/int8_calibration.py --model runs/x/best.pt --grid placement \
         --out benchmarks/results/int8_placement.json
+    python benchmarks/int8_calibration.py --model runs/x/best.pt --grid stem --out benchmarks/results/int8_stem.json
 
 Everything runs on one CPU core (the process is pinned to it; torch and onnxruntime use one thread), so
 the benchmark can share a machine with a training job; calibration times are one-core times.
@@ -56,11 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--grid",
-        choices=("quick", "full", "placement"),
+        choices=("quick", "full", "placement", "stem"),
         default="quick",
         help="quick: each factor varied around the default (one at a time) plus method x images x placement; "
         "full: every combination (96 per model); placement: which layers stay float (none / first / last / "
-        "first+last), each with more or PGD-mixed calibration images and the other activation options.",
+        "first+last), each with more or PGD-mixed calibration images and the other activation options; "
+        "stem: the default (float stem) against everything int8, the default before it.",
     )
     parser.add_argument("--n-test", type=int, default=0, help="Clean test images (0 = all).")
     parser.add_argument(
@@ -95,6 +97,8 @@ def settings_grid(grid: str) -> list[dict[str, Any]]:
     )
     if grid == "placement":
         return placement_grid(base)
+    if grid == "stem":
+        return [base, {**base, "float_layers": "none"}]
     if grid == "full":
         combos = [
             {

@@ -12,6 +12,7 @@ files in ``recipes/results/`` and ``benchmarks/results/``. Numbers are never typ
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -43,15 +44,81 @@ def recipe_time(name: str) -> str:
     return f"{result['wall_time_s'] / 60:.1f} min ({measured_where(result)})"
 
 
-def demo(name: str = "fmnist-quickstart") -> str:
+def demo(name: str = "fmnist-demo") -> str:
     """The first screen's sentence on what ``make demo`` takes and reaches, with the machine and its load."""
     result = _recipe(name)
     test = result["test"]
+    load = (result.get("load_average") or {}).get("start")
+    loaded = f" (load average {load[0]:.1f} at the start)" if load else ""
     return (
-        f"Measured (`recipes/results/{name}.json`): {recipe_time(name)} of wall time for "
+        f"Measured (`recipes/results/{name}.json`): {recipe_time(name)} of wall time{loaded} for "
         f"{result['epochs']} epochs, reaching {recipe_test(name)} on {test['n']:,} test images. "
         f"{result.get('note', '')}".rstrip()
     )
+
+
+def _bench_results(name: str) -> dict:
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if not path.is_file():
+        raise KeyError(f"benchmarks/results/{name}.json does not exist")
+    return json.loads(path.read_text())
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.0f} s" if value < 120 else f"{value / 60:,.1f} min"
+
+
+def _machine(machine: dict) -> str:
+    flags = " ".join(machine.get("cpu_flags") or []) or "no AVX2"
+    return f"{machine['cpu']} ({flags}), {machine.get('cores') or machine.get('cpus')} cores"
+
+
+def user_path(name: str = "user_path") -> str:
+    """The README's path timed step by step (``benchmarks/user_path.py``), with the load average of each step."""
+    result = _bench_results(name)
+    lines = ["| step | wall time | load average (1 min) at its start |", "|---|---:|---:|"]
+    for key, step in result["steps"].items():
+        lines.append(
+            f"| {result['steps_described'][key]} | {_seconds(step['seconds'])} | {step['load_average'][0][0]:.1f} |"
+        )
+        for stage in step.get("stages", []):
+            lines.append(f"| &nbsp;&nbsp;stage: {stage['title']} | {_seconds(stage['seconds'])} | |")
+    settings, test = result["settings"], result["steps"]["demo"]["test"]
+    lines += [
+        "",
+        f"{_machine(result['machine'])}, torch {result['machine']['torch']}, onnxruntime "
+        f"{result['machine']['onnxruntime']}; {result['created']}. Verify: {settings['n']:,} test images, Square "
+        f"{settings['square_queries']:,} queries, transfer AutoAttack {settings['transfer']}. The demo student: "
+        f"{test['clean_acc']:.1%} clean / {test['robust_acc']:.1%} PGD-{test['attack']['steps']} on {test['n']:,} test images.",
+    ]
+    return "\n".join(lines)
+
+
+def int8_speed(name: str = "export_latency") -> str:
+    """fp32 against int8 per model, timed in one run (``benchmarks/export_latency.py``), with the machine and load."""
+    result = _bench_results(name)
+    rows = {(r["arch"], r["model"]): r for r in result["rows"]}
+    lines = [
+        "| model | int8 layers in float | fp32 img/s (batch 256) | int8 img/s | int8 / fp32 | fp32 p50 ms (batch 1) | int8 p50 ms | agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for ratio in result["ratios"]:
+        fp32 = rows[(ratio["arch"], "model.onnx")]
+        int8 = rows[(ratio["arch"], f"model.int8.onnx (float layers: {ratio['float_layers']})")]
+        agreement = f"{ratio['int8_agreement']:.2%}" if ratio["int8_agreement"] is not None else "n/a (untrained)"
+        lines.append(
+            f"| `{ratio['arch']}` ({fp32['params'] / 1000:,.0f}k params) | {ratio['float_layers']} | {fp32['img_s']:,.0f} | "
+            f"{int8['img_s']:,.0f} | **{ratio['throughput_ratio']:.2f}x** | {fp32['p50_ms']:.3f} | {int8['p50_ms']:.3f} | {agreement} |"
+        )
+    machine, load = result["machine"], result["machine"]["load_average"]
+    untrained = any(r["int8_agreement"] is None for r in result["ratios"])
+    lines += [
+        "",
+        f"{_machine(machine)}, onnxruntime {result['onnxruntime']} ({result['threads'] or 'default'} threads), "
+        f"{result['created']}; load average {load[0][0]:.1f} at the start, {load[1][0]:.1f} at the end."
+        + (" Untrained models are timed on random images: speed does not depend on the weights." if untrained else ""),
+    ]
+    return "\n".join(lines)
 
 
 def recipes_table() -> str:
@@ -88,6 +155,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "recipe-test": recipe_test,
     "recipe-time": recipe_time,
     "demo": demo,
+    "user-path": user_path,
+    "int8-speed": int8_speed,
     "recipes-table": recipes_table,
     "study-table": study_table,
     "label-curve": label_curve,

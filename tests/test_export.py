@@ -148,6 +148,13 @@ def test_int8_agreement_on_trained_model(trained_ckpt: Path, tmp_path: Path) -> 
     assert set(saved["files"]) == {"model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort"}
     assert saved["files"]["model.onnx"]["bytes"] == (folder / "model.onnx").stat().st_size
     assert "fp32 vs int8" in (folder / "MODEL_CARD.md").read_text()
+    # fp32 and int8 timed side by side, with the recommendation for speed (figures only, never a speed asserted)
+    speed = saved["checks"]["int8_speed"]
+    assert speed["recommended_for_speed"] in ("int8", "fp32") and speed["int8_faster"] == (
+        speed["recommended_for_speed"] == "int8"
+    )
+    assert speed["fp32"]["throughput_batch"] == speed["int8"]["throughput_batch"] == 256
+    assert speed["machine"]["cpu"] and speed["advice"] in (folder / "MODEL_CARD.md").read_text()
 
 
 def test_export_drops_the_exporter_s_torchvision_notices() -> None:
@@ -305,3 +312,32 @@ def test_keep_failed_int8_flag_keeps_the_files_and_the_record(
     assert (tmp_path / "kept" / "model.int8.onnx").is_file()
     saved = json.loads((tmp_path / "kept" / "report.json").read_text())["checks"]["int8_agreement"]
     assert saved["passed"] is False and saved["kept"] is True
+
+
+def test_export_recommends_fp32_when_int8_is_not_faster(
+    trained_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from akd_edge.cli.export_cmd import export_cmd
+    from akd_edge.verify import runtime
+
+    def timed(model: runtime.OrtClassifier, input_shape: tuple[int, ...], **kwargs: object) -> dict:
+        slow = model.path.name == "model.int8.onnx"  # int8 at half the fp32 throughput, twice its latency
+        return {
+            "batch1_p50_ms": 2.0 if slow else 1.0,
+            "batch1_p95_ms": 3.0,
+            "throughput_batch": 256,
+            "throughput_img_s": 500.0 if slow else 1000.0,
+            "threads": 1,
+        }
+
+    monkeypatch.setattr(runtime, "ort_latency", timed)
+    args = [str(trained_ckpt), "--out", str(tmp_path / "slow"), "--calib", "64", "--n", "64", "--no-web"]
+    result = CliRunner().invoke(export_cmd, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "int8 is not faster than fp32 on this machine (0.50x" in said and "use model.onnx (fp32) for speed" in said
+    speed = json.loads((tmp_path / "slow" / "report.json").read_text())["checks"]["int8_speed"]
+    assert speed["recommended_for_speed"] == "fp32" and speed["throughput_ratio"] == 0.5
+    assert speed["batch1_latency_ratio"] == 2.0
+    card = (tmp_path / "slow" / "MODEL_CARD.md").read_text()
+    assert "fp32 recommended for speed" in card and speed["advice"] in card

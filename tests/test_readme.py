@@ -161,17 +161,19 @@ def _run_shell_line(line: str, recipes: dict[str, Path]) -> None:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    """A folder where `make demo` and an export have run, on tiny settings: runs/fmnist-quickstart,
-    export/fmnist-quickstart, and my-images.npz for verify --data."""
+    """A folder where `make demo` and an export have run, on tiny settings: runs/fmnist-demo, runs/fmnist-quickstart,
+    their exports, and my-images.npz for verify --data."""
     import os
 
     folder = tmp_path_factory.mktemp("readme")
-    recipes = {name: _tiny_recipe(folder, name) for name in ("fmnist-quickstart", "fmnist-teacher", "fmnist-fewlabel")}
+    names = ("fmnist-demo", "fmnist-quickstart", "fmnist-teacher", "fmnist-fewlabel")
+    recipes = {name: _tiny_recipe(folder, name) for name in names}
     old = Path.cwd()
     os.chdir(folder)
     try:
-        _run_shell_line("akd-edge distill --recipe fmnist-quickstart", recipes)
-        _run_shell_line("akd-edge export runs/fmnist-quickstart", recipes)
+        for student in ("fmnist-demo", "fmnist-quickstart"):
+            _run_shell_line(f"akd-edge distill --recipe {student} --reuse", recipes)  # what `make demo` runs
+            _run_shell_line(f"akd-edge export runs/{student}", recipes)
     finally:
         os.chdir(old)
     rng = np.random.default_rng(0)

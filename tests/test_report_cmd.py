@@ -390,3 +390,23 @@ def test_report_reads_eps_intervals_and_threat_and_notes_a_failed_int8(tmp_path:
     curve = data["curves"]["student"]
     assert curve["threat_eps"] == 0.1 and curve["points"][1]["ci95"] == [0.47, 0.53]
     assert f"student: {action}" in (out / "report.md").read_text()
+
+
+def test_report_notes_an_export_whose_int8_is_not_faster_and_shows_stage_times(tmp_path: Path) -> None:
+    folder = export_folder(tmp_path / "export", "student", robust={"fp32": 0.6}, p50={"fp32": 0.1})
+    report = json.loads((folder / "report.json").read_text())
+    advice = "int8 is not faster than fp32 on this machine (0.80x ...): use model.onnx (fp32) for speed"
+    report["checks"] = {"int8_speed": {"int8_faster": False, "advice": advice}}
+    (folder / "report.json").write_text(json.dumps(report))
+    stages = [
+        {"key": "distill", "title": "distill tiny", "ran": False, "seconds": 0.01, "seconds_when_run": 61.5},
+        {"key": "export/tiny", "title": "export tiny", "ran": True, "seconds": 4.25},
+    ]
+    out = tmp_path / "report"
+    data = build_report([folder], out, stages=stages)
+    assert f"student: {advice}" in data["notes"]
+    markdown = (out / "report.md").read_text()
+    assert f"student: {advice}" in markdown and "## Pipeline stages" in markdown
+    assert "| distill tiny | skipped | 0.0 s (61.5 s when it ran) |" in markdown
+    assert "| export tiny | ran | 4.2 s |" in markdown and "| total |  | 4.3 s |" in markdown
+    assert data["stages"] == stages and "Pipeline stages" in (out / "index.html").read_text()

@@ -297,3 +297,33 @@ def test_recipe_words_may_change_under_a_run_but_not_its_settings() -> None:
     assert recipe_changes(saved, edited) == []
     edited["method"]["temperature"] = saved["method"]["temperature"] + 1
     assert recipe_changes(saved, edited) == ["method.temperature"]
+
+
+# -- distill --reuse (make demo run twice) ---------------------------------------------------------------
+
+
+def test_distill_reuse_reports_a_finished_run_and_resumes_an_interrupted_one(killed: Path, tmp_path: Path) -> None:
+    recipe = _recipe_file(tmp_path)
+    code, output = _invoke("distill", "--recipe", recipe, "--reuse")
+    assert code == 0, output
+    runs = tmp_path / "runs"
+    assert (runs / "tiny" / "summary.json").is_file()
+    before = _snapshot(runs)
+    code, output = _invoke("distill", "--recipe", recipe, "--reuse")  # `make demo` again: no second training
+    assert code == 0, output
+    assert f"already trained: {runs / 'tiny'}" in output and f"next: akd-edge export {runs / 'tiny'}" in output
+    assert "--out NEW_DIR" in output and sorted(p.name for p in runs.iterdir()) == ["tiny"]
+    assert _snapshot(runs) == before, "a reused run is not touched"
+    code, output = _invoke("distill", "--recipe", recipe)  # without --reuse a new run starts, as before
+    assert code == 0 and (runs / "tiny-2" / "summary.json").is_file(), output
+
+    # an interrupted run of the same recipe is resumed, not started again
+    two = tmp_path / "two"
+    two.mkdir()
+    shutil.copytree(killed, two / "runs" / "tiny")
+    recipe = _recipe_file(two, train__epochs=2)
+    code, output = _invoke("distill", "--recipe", recipe, "--reuse")
+    assert code == 0, output
+    assert f"resuming the interrupted run {two / 'runs' / 'tiny'}" in output
+    assert json.loads((two / "runs" / "tiny" / "summary.json").read_text())["epochs"] == 2
+    assert sorted(p.name for p in (two / "runs").iterdir()) == ["tiny"]

@@ -417,6 +417,17 @@ def _quantize(job: _Job, min_agreement: float, stage: StageFn, keep_failed_int8:
         job.onnx_files.remove(FILES["int8"])
 
 
+def _int8_speed(job: _Job, stage: StageFn) -> None:
+    """Stage 4b: fp32 and int8 timed side by side here; fp32 recommended for speed when int8 does not gain."""
+    from akd_edge.export.int8_speed import compare_speed
+
+    if FILES["int8"] not in job.onnx_files:
+        return
+    stage("timing fp32 and int8 side by side (batch 256 and batch 1)")
+    fp32, int8 = job.tmp / FILES["fp32"], job.tmp / FILES["int8"]
+    job.report["checks"]["int8_speed"] = compare_speed(fp32, int8, job.input_shape)
+
+
 def int8_failure_action(agreement: dict[str, Any]) -> str:
     """What a failed fp32-vs-int8 agreement did to the export, in one sentence (report.json, the card, the CLI)."""
     found = (
@@ -568,6 +579,7 @@ def _export(
         _check_parity(job)
         if int8:
             _quantize(job, min_int8_agreement, stage, keep_failed_int8)
+            _int8_speed(job, stage)
         stage("onnxruntime-mobile: .ort files and NNAPI/CoreML coverage")
         _mobile(job, mobile_batch)
         if web:

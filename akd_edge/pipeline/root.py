@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from akd_edge import files
-from akd_edge.config import Recipe, read_toml, to_dict
+from akd_edge.config import Recipe, load_recipe, read_toml, to_dict
 from akd_edge.errors import ConfigError, UsageError
 from akd_edge.pipeline.state import PipelineState
 
@@ -229,3 +229,12 @@ def find_run(recipe: Recipe, digests: list[str | None], preferred: Path | None) 
         if resumable is None and (path / "last.pt").is_file() and not files.in_use(path):
             resumable = FoundRun(path, finished=False)
     return resumable
+
+
+def resumed_recipe(run_dir: Path, recipe: Recipe) -> Recipe:
+    """The run's own recipe with this one's device and threads: a resume refuses any other difference, even in
+    the words of ``description`` (which :func:`~akd_edge.pipeline.root.find_run` does not compare)."""
+    import json
+
+    keep = [f"run.device={json.dumps(recipe.run.device)}", f"run.threads={recipe.run.threads}"]
+    return load_recipe(read_toml(run_dir / "recipe.toml"), keep)

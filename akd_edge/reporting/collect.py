@@ -475,6 +475,15 @@ def _int8_note(source: _Source) -> str | None:
     return f"{source.path.name}: {action}"
 
 
+def _speed_note(source: _Source) -> str | None:
+    """The export's advice when its int8 model was not faster than fp32 on the machine that exported it."""
+    speed = obj(obj(obj(source.report).get("checks")).get("int8_speed"))
+    if speed.get("int8_faster") is not False:
+        return None
+    advice = text(speed.get("advice"), 400) or "int8 was not faster than fp32: use fp32 for speed"
+    return f"{source.path.name}: {advice}"
+
+
 def collect(paths: list[str | Path]) -> Collection:
     """Read every folder in ``paths`` (UsageError for one the report cannot read) into a :class:`Collection`."""
     sources = resolve_sources(paths)
@@ -495,7 +504,8 @@ def collect(paths: list[str | Path]) -> Collection:
     reliability = {
         run.name: run.evaluation["calibration"] for run in runs if run.evaluation and "calibration" in run.evaluation
     }
-    notes = [note for source in sources if source.kind == "export" and (note := _int8_note(source))]
+    exports = [source for source in sources if source.kind == "export"]
+    notes = [note for source in exports for check in (_int8_note, _speed_note) if (note := check(source))]
     if not any(m.verified for m in models):
         notes.append("no model has a verified robust accuracy: run `akd-edge verify` on the export folders")
     return Collection(models, curves, reliability, [{"path": str(s.path), "kind": s.kind} for s in sources], notes)

@@ -99,11 +99,19 @@ def _remove_stale(out: Path, kept: set[str]) -> None:
             path.unlink()
 
 
-def build_report(paths: Sequence[str | Path], out: str | Path = "report", *, title: str = "") -> dict[str, Any]:
+def build_report(
+    paths: Sequence[str | Path],
+    out: str | Path = "report",
+    *,
+    title: str = "",
+    stages: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """Write the report of the folders in ``paths`` into ``out``; returns the data written to report.json.
 
     ``paths``: run directories, compress outputs, export folders and the folders ``akd-edge run`` writes, in
-    any mix. A folder that is none of these, or a broken file in one, is a UsageError naming it.
+    any mix. A folder that is none of these, or a broken file in one, is a UsageError naming it. ``stages``:
+    the wall time of each stage of the ``akd-edge run`` that writes the report (see
+    :func:`akd_edge.pipeline.runner.timing`), shown as a table.
     """
     out = Path(out)
     check_out(out)
@@ -124,6 +132,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path = "report", *, tit
             "title": title or "akd-edge report",
             "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "version": _version(),
+            "stages": [dict(stage) for stage in stages],
         }
         from akd_edge.reporting.render import render_html, render_markdown
 

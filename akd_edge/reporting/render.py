@@ -185,6 +185,27 @@ INTRO = (
 )
 
 
+STAGE_HEADER = ["stage", "this run", "wall time"]
+
+
+def stage_rows(stages: list[dict[str, Any]]) -> list[list[str]]:
+    """The pipeline's stages as rows of :data:`STAGE_HEADER`, then their total."""
+    rows = []
+    for stage in stages:
+        done = "ran" if stage["ran"] else "skipped"
+        when_run = stage.get("seconds_when_run")
+        took = f"{stage['seconds']:,.1f} s" + (f" ({when_run:,.1f} s when it ran)" if when_run else "")
+        rows.append([stage["title"], done, took])
+    total = sum(stage["seconds"] for stage in stages)
+    return [*rows, ["total", "", f"{total:,.1f} s"]]
+
+
+STAGE_INTRO = (
+    "Wall time of each stage of the `akd-edge run` that wrote this report, on the machine it ran on (the "
+    "report's own stage is not counted: it was still running)."
+)
+
+
 # -- HTML -----------------------------------------------------------------------------------------------
 
 
@@ -275,6 +296,9 @@ def render_html(collection: Collection, plots: dict[str, Any], folder: Path, met
     ]
     lines += [f'<p class="warn">{_e(note)}</p>' for note in collection.notes]
     lines += _html_plots(plots, folder)
+    if meta.get("stages"):
+        lines += ["<h2>Pipeline stages</h2>", f"<p>{_e(STAGE_INTRO)}</p>"]
+        lines += _html_table(STAGE_HEADER, stage_rows(meta["stages"]))
     lines += _html_provenance(collection)
     lines += ["<h2>Sources</h2>", "<ul>"]
     lines += [f"<li>{_e(s['kind'])}: <code>{_e(s['path'])}</code></li>" for s in collection.sources]
@@ -327,6 +351,8 @@ def render_markdown(collection: Collection, plots: dict[str, Any], meta: dict[st
         lines += [f"![reliability {md(label)}]({name})\n" for label, name in plots["reliability"].items()]
     if plots.get("note"):
         lines += [f"- {md(plots['note'])}", ""]
+    if meta.get("stages"):
+        lines += ["## Pipeline stages", "", STAGE_INTRO, "", *_md_table(STAGE_HEADER, stage_rows(meta["stages"]))]
     lines += ["## Provenance", ""]
     for m in collection.models:
         lines += [f"### {md(m.label)}", ""]
