@@ -466,22 +466,23 @@ def _mark_fronts(models: list[ModelEntry]) -> None:
             setattr(candidates[index], f"front_{key}", True)
 
 
-def _int8_note(source: _Source) -> str | None:
-    """The export's failed fp32-vs-int8 agreement check, as export recorded what it did about it."""
-    agreement = obj(obj(obj(source.report).get("checks")).get("int8_agreement"))
-    if agreement.get("passed") is not False:
-        return None
-    action = text(agreement.get("action"), 400) or "the fp32-vs-int8 agreement check failed"
-    return f"{source.path.name}: {action}"
+EXPORT_CHECK_NOTES = (
+    ("int8_agreement", "passed", "action", "the fp32-vs-int8 agreement check failed"),
+    ("int8_speed", "int8_faster", "advice", "int8 was not faster than fp32: use fp32 for speed"),
+)
+"""(check in report.json, its verdict field, the field saying what export did or advises, the default text):
+an export's failed agreement check and its advice when int8 was not faster on the machine that exported it."""
 
 
-def _speed_note(source: _Source) -> str | None:
-    """The export's advice when its int8 model was not faster than fp32 on the machine that exported it."""
-    speed = obj(obj(obj(source.report).get("checks")).get("int8_speed"))
-    if speed.get("int8_faster") is not False:
-        return None
-    advice = text(speed.get("advice"), 400) or "int8 was not faster than fp32: use fp32 for speed"
-    return f"{source.path.name}: {advice}"
+def _check_notes(source: _Source) -> list[str]:
+    """What the export's checks say a reader of the report must know, one line per failed check."""
+    checks = obj(obj(source.report).get("checks"))
+    notes = []
+    for check, verdict, says, default in EXPORT_CHECK_NOTES:
+        record = obj(checks.get(check))
+        if record.get(verdict) is False:
+            notes.append(f"{source.path.name}: {text(record.get(says), 400) or default}")
+    return notes
 
 
 def collect(paths: list[str | Path]) -> Collection:
@@ -505,7 +506,7 @@ def collect(paths: list[str | Path]) -> Collection:
         run.name: run.evaluation["calibration"] for run in runs if run.evaluation and "calibration" in run.evaluation
     }
     exports = [source for source in sources if source.kind == "export"]
-    notes = [note for source in exports for check in (_int8_note, _speed_note) if (note := check(source))]
+    notes = [note for source in exports for note in _check_notes(source)]
     if not any(m.verified for m in models):
         notes.append("no model has a verified robust accuracy: run `akd-edge verify` on the export folders")
     return Collection(models, curves, reliability, [{"path": str(s.path), "kind": s.kind} for s in sources], notes)
