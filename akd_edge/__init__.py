@@ -8,7 +8,6 @@ The Python API (:mod:`akd_edge.api`) is importable from here; torch loads only w
 
 import sys
 
-from akd_edge import api
 from akd_edge._package import ApiPackage
 from akd_edge.api import (
     compress,
@@ -25,4 +24,15 @@ from akd_edge.api import (
 __version__ = "0.1.0"
 sys.modules[__name__].__class__ = ApiPackage  # ae.compress stays the function when akd_edge.compress loads
 
-__all__ = ["__version__", *api.__all__]
+__all__ = [  # the API's functions (akd_edge.api.__all__), listed so that linters see them re-exported
+    "__version__",
+    "compress",
+    "distill",
+    "evaluate",
+    "export",
+    "load_data",
+    "load_model",
+    "load_test_data",
+    "train_teacher",
+    "verify",
+]

@@ -121,3 +121,10 @@ def test_api_functions_keep_their_names_when_their_packages_load() -> None:
         importlib.import_module(name)
     assert all(callable(getattr(ae, name)) for name in ae.__all__ if name != "__version__")
     assert ae.compress is ae.api.compress and ae.export is ae.api.export and ae.verify is ae.api.verify
+
+
+def test_the_package_exports_every_api_function() -> None:
+    import akd_edge
+    from akd_edge import api
+
+    assert set(akd_edge.__all__) == {"__version__", *api.__all__}
