@@ -8,7 +8,6 @@ The Python API (:mod:`akd_edge.api`) is importable from here; torch loads only w
 
 import sys
 
-from akd_edge._package import ApiPackage
 from akd_edge.api import (
     compress,
     distill,
@@ -20,8 +19,9 @@ from akd_edge.api import (
     train_teacher,
     verify,
 )
+from akd_edge.core.package import ApiPackage
+from akd_edge.core.version import __version__
 
-__version__ = "0.1.0"
 sys.modules[__name__].__class__ = ApiPackage  # ae.compress stays the function when akd_edge.compress loads
 
 __all__ = [  # the API's functions (akd_edge.api.__all__), listed so that linters see them re-exported

@@ -47,7 +47,7 @@ def _isolated(threads: int) -> Iterator[None]:
     """Thread count for the block only, and the caller's RNG state (CPU and CUDA) put back afterwards."""
     import torch
 
-    from akd_edge.env import torch_threads
+    from akd_edge.core.env import torch_threads
 
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch_threads(threads), torch.random.fork_rng(devices=devices):
@@ -74,7 +74,7 @@ def _train(
     threads: int,
     callbacks: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    from akd_edge.train.checkpoint import load_model
+    from akd_edge.models.checkpoint import load_model
     from akd_edge.train.loop import train_run
     from akd_edge.train.rundir import claim_run_dir, open_run_dir
 
@@ -131,7 +131,7 @@ def train_teacher(
     threads: int = 0,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Adversarially train a teacher (AT or TRADES); returns the early-stopped model and the summary."""
-    from akd_edge.errors import ConfigError
+    from akd_edge.core.errors import ConfigError
 
     cfg = _recipe(recipe, overrides)
     if cfg.method.name not in ("at", "trades"):
@@ -166,9 +166,9 @@ def load_model(
     directory's ``best`` (early-stopped), ``last`` or an epoch number; a pruned student is rebuilt from its
     pruning history. ``factory``: the trusted ``module:factory`` of a checkpoint of your own architecture
     (importing it runs its code). A missing or damaged checkpoint raises
-    :class:`~akd_edge.errors.CheckpointError`.
+    :class:`~akd_edge.core.errors.CheckpointError`.
     """
-    from akd_edge.train.checkpoint import load_model as load_checkpoint_model
+    from akd_edge.models.checkpoint import load_model as load_checkpoint_model
 
     model, _ = load_checkpoint_model(source, which, device=device, factory=factory)
     return model
@@ -188,15 +188,15 @@ def evaluate(
 
     ``model`` is a module (then ``data``, ``eps`` and ``norm`` are required) or a run directory /
     checkpoint (then its test split and threat model are the defaults, as in ``akd-edge eval``). Other
-    keyword arguments are :class:`~akd_edge.evaluation.report.EvalOptions` fields (``n``, ``steps``,
+    keyword arguments are :class:`~akd_edge.evaluation.command.EvalOptions` fields (``n``, ``steps``,
     ``restarts``, ``seed``, ``batch_size``, ``device``...). Returns the ``results`` of eval.json; writes
     nothing.
     """
     import numpy as np
 
+    from akd_edge.evaluation.command import EvalOptions, attack_specs, load_eval_data, resolve_threat
     from akd_edge.evaluation.engine import evaluate_dataset
-    from akd_edge.evaluation.report import EvalOptions, attack_specs, load_eval_data, resolve_threat
-    from akd_edge.train.checkpoint import load_model
+    from akd_edge.models.checkpoint import load_model
 
     opts = EvalOptions(attacks=tuple(attacks), norm=norm, eps=eps, plots=False, **options)
     with _isolated(threads):
@@ -206,7 +206,7 @@ def evaluate(
             if data is None:
                 data, _ = load_eval_data(meta, opts)
         elif data is None or eps is None or norm is None:
-            from akd_edge.errors import UsageError
+            from akd_edge.core.errors import UsageError
 
             raise UsageError("evaluating a model object needs data (an ImageDataset), eps and norm")
         if opts.n and len(data) > opts.n:
@@ -234,14 +234,14 @@ def compress(
     """Prune a run's student (``ratio``, or ``target_params``/``target_macs``) and fine-tune it robustly.
 
     Keyword arguments are :class:`~akd_edge.compress.prune.PruneSpec` fields and those of
-    :func:`~akd_edge.compress.pipeline.compress_run` (``out``, ``epochs``, ``overrides``, ``device``...).
+    :func:`~akd_edge.compress.command.compress_run` (``out``, ``epochs``, ``overrides``, ``device``...).
     Returns the pruned model (reloaded from its checkpoint, in eval mode) and the compress report.
     """
     import dataclasses
 
-    from akd_edge.compress.pipeline import compress_run
+    from akd_edge.compress.command import compress_run
     from akd_edge.compress.prune import PruneSpec
-    from akd_edge.train.checkpoint import load_model
+    from akd_edge.models.checkpoint import load_model
 
     spec_fields = {f.name for f in dataclasses.fields(PruneSpec)}
     spec = PruneSpec(ratio=ratio, **{k: v for k, v in options.items() if k in spec_fields})
@@ -265,9 +265,9 @@ def export(source: str | Path, out: str | Path | None = None, **options: Any) ->
 def verify(folder: str | Path, **options: Any) -> dict[str, Any]:
     """Attack the exported ONNX files under onnxruntime; returns the report's ``verify`` section.
 
-    Keyword arguments as :func:`~akd_edge.verify.report.verify_export` (``n``, ``eps``, ``data``...).
+    Keyword arguments as :func:`~akd_edge.verify.command.verify_export` (``n``, ``eps``, ``data``...).
     """
-    from akd_edge.verify.report import verify_export
+    from akd_edge.verify.command import verify_export
 
     with _isolated(0):
         return verify_export(folder, **options)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akd_edge import registry
-from akd_edge.errors import ConfigError, UsageError
-from akd_edge.files import check_name
+from akd_edge.core import registry
+from akd_edge.core.errors import ConfigError, UsageError
+from akd_edge.core.files import check_name
 
 NORMS = ("linf", "l2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

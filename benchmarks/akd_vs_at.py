@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from akd_edge.interval import REPORTED_N, format_interval
+from akd_edge.core.interval import REPORTED_N, format_interval
 
 METHODS = ("at", "trades", "ard", "rslad", "akd")
 DEFAULT = {"epochs": 3, "train_subset": 10000, "n_eval": REPORTED_N, "aa": "aa-fast"}
@@ -116,7 +116,7 @@ def train(method: str, settings: dict[str, Any], run_dir: Path, reuse: bool, dyn
 
 
 def evaluate_run(run_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    from akd_edge.evaluation.report import EvalOptions, evaluate
+    from akd_edge.evaluation.command import EvalOptions, evaluate
 
     attacks = ("pgd",) if settings["aa"] == "none" else ("pgd", settings["aa"])
     options = EvalOptions(

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from akd_edge.interval import REPORTED_N, format_interval, interval_of
+from akd_edge.core.interval import REPORTED_N, format_interval, interval_of
 
 FMNIST_MEAN, FMNIST_STD = [0.2860], [0.3530]
 DATASETS = {
@@ -47,7 +47,7 @@ def fresh_checkpoint(arch: str, role: str, folder: Path, data_dir: str, dataset:
     import torch
 
     from akd_edge.models import create_model
-    from akd_edge.train.checkpoint import save_atomic
+    from akd_edge.models.checkpoint import save_atomic
 
     torch.manual_seed(0)
     shape = DATASETS[dataset]
@@ -80,10 +80,10 @@ def random_data(dataset: str, calib: int, n: int) -> Any:
 
 def bench_one(role: str, source: str, work: Path, args: argparse.Namespace, **export: Any) -> list[dict[str, Any]]:
     """Export ``source`` (``export``: more export_checkpoint arguments) and time its files; one row per file."""
+    from akd_edge.core.ort import OrtClassifier
     from akd_edge.export import export_checkpoint
-    from akd_edge.train.checkpoint import load_model
-    from akd_edge.verify.report import ONNX_MODELS, models_latency
-    from akd_edge.verify.runtime import OrtClassifier
+    from akd_edge.models.checkpoint import load_model
+    from akd_edge.verify.command import ONNX_MODELS, models_latency
 
     settings = export.get("int8_settings") or {}
     folder, report = export_checkpoint(
@@ -203,8 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _source(arch: str, args: argparse.Namespace, work: Path) -> tuple[str, str, dict[str, Any]]:
     """(role, checkpoint, extra export arguments) of one model to time."""
+    from akd_edge.core.errors import DataError
     from akd_edge.data import get_loader
-    from akd_edge.errors import DataError
 
     role = "teacher" if arch == "cnn-teacher" else "student"
     given = {"cnn-student": args.student, "cnn-teacher": args.teacher}.get(arch, "")
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime
     import torch
 
-    from akd_edge.env import load_average
+    from akd_edge.core.env import load_average
     from akd_edge.export import quiet_libraries
     from akd_edge.train.accel import machine_summary
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         f"threads); batch-1 figures over {args.repeats} runs, throughput over 5 batches of 256."
     )
     if args.json:
-        from akd_edge.files import write_json_atomic
+        from akd_edge.core.files import write_json_atomic
 
         payload = {
             "machine": machine,

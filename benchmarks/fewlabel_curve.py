@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from method_study import RESULTS_DIR, read_results, summarize  # noqa: E402  (a sibling script)
 
-from akd_edge.interval import interval_of  # noqa: E402
+from akd_edge.core.interval import interval_of  # noqa: E402
 
 LABELS = {1000: "1,000", 2000: "2,000", 5000: "5,000", 59000: "all (59,000)"}
 SERIES = {

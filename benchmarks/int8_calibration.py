@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from akd_edge.compress.quantize import FLOAT_LAYERS
-from akd_edge.export.pipeline import calibration_sample
-from akd_edge.interval import format_interval, wilson_interval
+from akd_edge.core.interval import format_interval, wilson_interval
+from akd_edge.export.command import calibration_sample
 
 TARGET = 0.995
 """Agreement the issue asks for (fp32 vs int8 argmax, test split)."""
@@ -164,7 +164,7 @@ def pgd_images(
     import torch
 
     from akd_edge.attacks.pgd import pgd
-    from akd_edge.verify.runtime import as_float_images
+    from akd_edge.core.ort import as_float_images
 
     torch.manual_seed(seed)
     eps, norm = float(threat.get("eps", 0.1)), threat.get("norm", "linf")
@@ -193,10 +193,10 @@ class Bench:
     """One model: its fp32 graph, data, fp32 predictions, and the int8 variants measured against them."""
 
     def __init__(self, source: str, args: argparse.Namespace, work: Path) -> None:
+        from akd_edge.core.ort import OrtClassifier
         from akd_edge.data import get_loader
+        from akd_edge.export.command import load_source, onnx_metadata
         from akd_edge.export.onnx import export_onnx
-        from akd_edge.export.pipeline import load_source, onnx_metadata
-        from akd_edge.verify.runtime import OrtClassifier
 
         self.source, self.work, self.seed = source, work, args.seed
         self.model, self.meta = load_source(source, "best")
@@ -230,7 +230,7 @@ class Bench:
 
     def measure(self, combo: dict[str, Any]) -> dict[str, Any]:
         from akd_edge.compress.quantize import Int8Settings, quantize_int8
-        from akd_edge.verify.runtime import OrtClassifier
+        from akd_edge.core.ort import OrtClassifier
 
         fields = {k: v for k, v in combo.items() if k not in ("n", "calib_data")}
         path = self.work / "model.int8.onnx"
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     one_core()
-    from akd_edge.export.pipeline import quiet_libraries
+    from akd_edge.export.command import quiet_libraries
 
     models = args.model or ["builtin:fmnist-teacher"]
     results: dict[str, Any] = {}
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": results,
     }
     if args.out:
-        from akd_edge.files import write_json_atomic
+        from akd_edge.core.files import write_json_atomic
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, payload)

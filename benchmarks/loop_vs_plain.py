@@ -120,9 +120,10 @@ def run_plain(args: argparse.Namespace, accel_on: bool) -> dict:
 def evaluate(model, args: argparse.Namespace) -> dict:  # noqa: ANN001
     import torch
 
-    from akd_edge.attacks import eval_mode, pgd
+    from akd_edge.attacks import pgd
     from akd_edge.config import DataConfig
     from akd_edge.data import load_dataset
+    from akd_edge.models.mode import eval_mode
 
     test = load_dataset(DataConfig(name="fashion-mnist"), args.seed).test
     x = torch.from_numpy(test.images[: args.test_n]).float().div_(255)

@@ -118,7 +118,7 @@ def resolve_spec_path(study: str | Path) -> Path:
 
 def load_study(study: str | Path) -> Study:
     """Read and check a study spec (unknown keys and duplicate or unsafe variant names are errors)."""
-    from akd_edge.files import check_name
+    from akd_edge.core.files import check_name
 
     path = resolve_spec_path(study)
     data = tomllib.loads(path.read_text())
@@ -202,7 +202,7 @@ def check_recipe(recipe: Any, run_dir: Path) -> None:
 
 def _train_cell(recipe: Any, run_dir: Path) -> str:
     """Train, continue or accept a cell's run directory; returns what was done."""
-    from akd_edge.files import in_use, marked_kind
+    from akd_edge.core.files import in_use, marked_kind
     from akd_edge.train.loop import train_run
 
     if (run_dir / "summary.json").is_file():
@@ -269,7 +269,7 @@ def _train_info(run_dir: Path) -> dict[str, Any]:
 def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     """Train (if needed) and evaluate (if needed) one cell; returns its results entry. Never raises."""
     from akd_edge.config import load_recipe
-    from akd_edge.env import torch_threads
+    from akd_edge.core.env import torch_threads
 
     run_dir = Path(task["run_dir"])
     entry: dict[str, Any] = {
@@ -354,8 +354,8 @@ def read_results(path: Path) -> dict[str, Any]:
 
 def merge_entry(path: Path, study: Study, key: str, entry: dict[str, Any]) -> None:
     """Put one cell's entry into the results file, keeping every other entry, atomically and under a lock."""
-    from akd_edge import __version__
-    from akd_edge.files import write_json_atomic
+    from akd_edge.core.files import write_json_atomic
+    from akd_edge.core.version import __version__
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked_dir(path.parent):
@@ -614,7 +614,7 @@ def _settings_text(settings: dict[str, Any]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> str:
     """Robust against clean accuracy: each seed a point, each variant's mean a larger marker."""
-    from akd_edge import plots
+    from akd_edge.evaluation import plots
 
     if not plots.matplotlib_available():
         return plots.MISSING

@@ -3,7 +3,7 @@
 robust fine-tuning.
 
 For each ratio the student is pruned (group-magnitude importance, channels rounded to multiples of 8,
-classifier kept) by ``akd_edge.compress.pipeline.compress_run`` twice: once without fine-tuning and once
+classifier kept) by ``akd_edge.compress.command.compress_run`` twice: once without fine-tuning and once
 fine-tuned adversarially with the student's own objective and teacher (AKD for the quickstart recipe).
 Every model is measured on the same test images: parameters, MACs, single-image CPU latency, clean
 accuracy, PGD accuracy (the recipe's threat model) and AutoAttack, each with its 95% Wilson interval
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from akd_edge.compress import FINETUNE_EPOCHS
-from akd_edge.interval import REPORTED_N, format_interval, interval_of
+from akd_edge.core.interval import REPORTED_N, format_interval, interval_of
 
 RATIOS = (0.3, 0.5, 0.7)
 RECIPE = "fmnist-quickstart"
@@ -105,7 +105,7 @@ def train_student(args: argparse.Namespace, run_dir: Path) -> Path:
 
 
 def compress(source: Path, ratio: float, epochs: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from akd_edge.compress.pipeline import EvalSpec, compress_run
+    from akd_edge.compress.command import EvalSpec, compress_run
     from akd_edge.compress.prune import PruneSpec
 
     if out.exists():

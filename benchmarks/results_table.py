@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from akd_edge.config import RECIPES_DIR, measured_where
-from akd_edge.interval import format_interval, interval_of
+from akd_edge.core.interval import format_interval, interval_of
 
 
 def _acc(test: dict, key: str) -> str:

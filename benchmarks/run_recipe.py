@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from akd_edge import __version__
 from akd_edge.config import RECIPES_DIR, Recipe, load_recipe, resolve_recipe_path, to_dict
+from akd_edge.core.env import load_average, resolve_device, torch_threads
+from akd_edge.core.interval import REPORTED_N, interval_of
+from akd_edge.core.version import __version__
 from akd_edge.data import load_test_split
-from akd_edge.env import load_average, resolve_device, torch_threads
-from akd_edge.interval import REPORTED_N, interval_of
+from akd_edge.models.checkpoint import load_model
 from akd_edge.train.accel import machine_summary
-from akd_edge.train.checkpoint import load_model
 from akd_edge.train.loop import train_run
 from akd_edge.train.validate import validate
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from akd_edge.config import RECIPES_DIR
-from akd_edge.train.checkpoint import ASSETS, load_checkpoint, model_only, save_atomic
+from akd_edge.models.checkpoint import ASSETS, load_checkpoint, model_only, save_atomic
 
 
 def main() -> None:

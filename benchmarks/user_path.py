@@ -77,7 +77,7 @@ def machine() -> dict[str, Any]:
 
 def timed(name: str, step: Callable[[], dict[str, Any]], steps: dict[str, Any]) -> dict[str, Any]:
     """Run ``step``; record its wall time and the load average around it in ``steps[name]``, print it."""
-    from akd_edge.env import load_average
+    from akd_edge.core.env import load_average
 
     before, start = load_average(), time.perf_counter()
     result = step()
@@ -117,7 +117,7 @@ def verify_step(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_step(work: Path, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     """`akd-edge run fmnist-quickstart --prune 0.5`, each stage's wall time from the pipeline itself."""
-    from akd_edge.pipeline import PipelineOptions, run_pipeline
+    from akd_edge.run import PipelineOptions, run_pipeline
 
     quick = {"prune_epochs": 1, "calib": 32, "teacher": False} if args.quick else {}
     options = PipelineOptions(
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-    from akd_edge.env import load_average
-    from akd_edge.files import write_json_atomic
+    from akd_edge.core.env import load_average
+    from akd_edge.core.files import write_json_atomic
 
     overrides = QUICK_SET if args.quick else []
     payload: dict[str, Any] = {

@@ -14,9 +14,9 @@ from torch import nn
 
 from akd_edge.attacks import build_attack, pgd
 from akd_edge.config import AttackConfig
+from akd_edge.core.errors import DataError
 from akd_edge.data import iterate_batches
 from akd_edge.data.synthetic import generate, parse_spec
-from akd_edge.errors import DataError
 from akd_edge.models import create_model
 from akd_edge.teachers import TeacherEnsemble
 from akd_edge.train import accel
@@ -227,7 +227,7 @@ def test_a_run_with_cuda_graphs_compiles_in_that_mode_and_records_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from akd_edge.config import load_recipe
-    from akd_edge.train.checkpoint import load_checkpoint
+    from akd_edge.models.checkpoint import load_checkpoint
     from akd_edge.train.loop import Trainer
 
     modes: list[str | None] = []

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from akd_edge.config import load_recipe
+from akd_edge.models.checkpoint import load_checkpoint
 from akd_edge.train import accel
 from akd_edge.train.accel import bf16_supported
-from akd_edge.train.checkpoint import load_checkpoint
 from akd_edge.train.loop import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast on CUDA needs a GPU")
@@ -77,7 +77,7 @@ def test_the_dtype_recorder_sees_autocast() -> None:
 def test_amp_the_cpu_cannot_run_warns_and_trains_in_float32(
     amp: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("akd_edge.train.loop.bf16_supported", lambda device: False)  # an AVX2-only CPU
+    monkeypatch.setattr("akd_edge.train.task.bf16_supported", lambda device: False)  # an AVX2-only CPU
     caplog.set_level(logging.WARNING)
     trainer = Trainer(load_recipe(recipe(amp, "cpu")), tmp_path / "run", "student")
     assert not trainer.scaler.is_enabled()

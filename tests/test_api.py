@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import akd_edge as ae
+from akd_edge.core.errors import UsageError
 from akd_edge.data import ImageDataset
-from akd_edge.errors import UsageError
 from akd_edge.models import create_model
 
 SYNTH = "n=256,test=64,shape=1x8x8,classes=3"
@@ -42,7 +42,7 @@ def test_distill_returns_the_best_model_and_leaves_process_state_alone(tmp_path:
 
 
 def test_load_model_reads_a_run_a_checkpoint_and_the_builtin_teacher(tmp_path: Path) -> None:
-    from akd_edge.errors import CheckpointError
+    from akd_edge.core.errors import CheckpointError
 
     trained, _ = ae.train_teacher(TINY, run_dir=tmp_path / "run")
     x = torch.rand(4, 1, 8, 8)
@@ -117,7 +117,7 @@ def test_api_functions_keep_their_names_when_their_packages_load() -> None:
     (the README's example calls ae.compress after ae.evaluate has loaded akd_edge.compress)."""
     import importlib
 
-    for name in ("akd_edge.compress.pipeline", "akd_edge.export.pipeline", "akd_edge.verify.report"):
+    for name in ("akd_edge.compress.command", "akd_edge.export.command", "akd_edge.verify.command"):
         importlib.import_module(name)
     assert all(callable(getattr(ae, name)) for name in ae.__all__ if name != "__version__")
     assert ae.compress is ae.api.compress and ae.export is ae.api.export and ae.verify is ae.api.verify

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from akd_edge.attacks import TrainingAttack, build_attack, eval_mode, fgsm, pgd
+from akd_edge.attacks import TrainingAttack, build_attack, fgsm, pgd
 from akd_edge.attacks.pgd import project, random_delta
 from akd_edge.config import AttackConfig
-from akd_edge.errors import DataError, UsageError
+from akd_edge.core.errors import DataError, UsageError
+from akd_edge.models.mode import eval_mode
 
 ATTACKS = {
     "pgd": lambda model, x, y, eps, norm, **kw: pgd(

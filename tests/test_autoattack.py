@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from akd_edge.attacks.autoattack import run_autoattack, run_autoattack_report, run_square
-from akd_edge.errors import DataError, UsageError
+from akd_edge.core.errors import DataError, UsageError
 
 
 def prototype_model(

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.config import load_recipe, read_toml
-from akd_edge.files import marked_kind
-from akd_edge.interval import format_interval, wilson_interval
+from akd_edge.core.files import marked_kind
+from akd_edge.core.interval import format_interval, wilson_interval
 from akd_edge.models import model_info
-from akd_edge.train.checkpoint import load_checkpoint, load_model
+from akd_edge.models.checkpoint import load_checkpoint, load_model
 from akd_edge.train.loop import train_run
 
 SYNTH = "n=160,test=48,shape=1x12x12,classes=4,noise=0.25"

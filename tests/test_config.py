@@ -3,7 +3,7 @@
 import pytest
 
 from akd_edge.config import AttackConfig, Recipe, load_recipe, parse_override, to_dict
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 
 
 def test_defaults_build_and_round_trip() -> None:

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from akd_edge.config import RunConfig, load_recipe
-from akd_edge.errors import ConfigError
-from akd_edge.registry import BUILTIN_NAMES
+from akd_edge.core.errors import ConfigError
+from akd_edge.core.registry import BUILTIN_NAMES
 
 FLOAT_KEYS = [
     "train.optim.lr",

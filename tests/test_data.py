@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from akd_edge.config import DataConfig
+from akd_edge.core.errors import ConfigError, DataError
 from akd_edge.data import (
     ImageDataset,
     augment_batch,
@@ -30,7 +31,6 @@ from akd_edge.data import (
 from akd_edge.data.cifar import safe_unpickle
 from akd_edge.data.idx import FASHION_CLASSES, read_idx
 from akd_edge.data.synthetic import generate, parse_spec
-from akd_edge.errors import ConfigError, DataError
 
 FMNIST_OS_DIR = Path("/usr/share/datasets/fashion-mnist")
 

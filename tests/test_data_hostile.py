@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from akd_edge.core.errors import DataError
 from akd_edge.data import locate
 from akd_edge.data.idx import read_idx
 from akd_edge.data.imagefolder import MAX_PIXELS
 from akd_edge.data.splits import get_loader, load_test_split
-from akd_edge.errors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +111,7 @@ def test_pil_decompression_bomb_warnings_and_errors_are_data_errors(
 
 
 def test_a_file_that_is_not_an_npz_is_a_data_error(isolated: Path) -> None:
-    from akd_edge.verify.report import load_npz
+    from akd_edge.verify.command import load_npz
 
     for name, content in [("fake.npz", b"not a zip at all"), ("pickle.npz", b"\x80\x04K\x01.")]:
         (isolated / name).write_bytes(content)

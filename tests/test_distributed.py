@@ -28,14 +28,14 @@ import pytest
 import tomli_w
 import torch
 
+from akd_edge.attacks.suite import AttackSpec
 from akd_edge.config import load_recipe
+from akd_edge.core.distributed import Group
+from akd_edge.core.errors import ConfigError
 from akd_edge.data import iterate_batches, load_dataset, load_test_split, shard_bounds
-from akd_edge.distributed import Group
-from akd_edge.errors import ConfigError
 from akd_edge.evaluation.engine import evaluate_batches, sharded
-from akd_edge.metrics.robust import AttackSpec
 from akd_edge.models import create_model
-from akd_edge.train.checkpoint import load_checkpoint
+from akd_edge.models.checkpoint import load_checkpoint
 from akd_edge.train.loop import Trainer, train_run
 
 MODULE = "akd_dist_nets"

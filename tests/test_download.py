@@ -17,9 +17,9 @@ import pytest
 from test_data import make_cifar10, make_idx_dataset  # the format writers (tests/ is on sys.path)
 
 from akd_edge.config import DataConfig
+from akd_edge.core.errors import DataError
 from akd_edge.data import download as dl
 from akd_edge.data import load_dataset, load_test_split, locate
-from akd_edge.errors import DataError
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 from akd_edge.metrics.dynamics import (
     Dynamics,
     analyze,

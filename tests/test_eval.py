@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from akd_edge import checks
+from akd_edge.attacks.suite import AttackSpec, parse_attacks
 from akd_edge.cli.eval_cmd import eval_cmd
+from akd_edge.core.interval import format_interval, wilson_interval
+from akd_edge.evaluation import checks
+from akd_edge.evaluation.command import EvalOptions, evaluate
 from akd_edge.evaluation.engine import evaluate_model
-from akd_edge.evaluation.report import EvalOptions, evaluate
-from akd_edge.interval import format_interval, wilson_interval
-from akd_edge.metrics.robust import AttackSpec, parse_attacks
 
 SYNTHETIC = "n=256,test=48,shape=1x8x8,classes=4,noise=0.25,seed=1"
 
@@ -98,7 +98,7 @@ def test_robust_below_clean_and_worst_case_below_each_attack() -> None:
 
 def test_stronger_pgd_never_does_better(run_dir: Path) -> None:
     from akd_edge.data import iterate_batches, load_test_split
-    from akd_edge.train.checkpoint import load_model
+    from akd_edge.models.checkpoint import load_model
 
     model, _ = load_model(run_dir)
     test, _ = load_test_split("synthetic", SYNTHETIC)
@@ -177,7 +177,7 @@ def test_gradient_masking_check_by_hand() -> None:
 
 
 def test_attack_names_and_bad_values() -> None:
-    from akd_edge.errors import UsageError
+    from akd_edge.core.errors import UsageError
 
     assert parse_attacks(["pgd,aa", "fast", "clean", "pgd"]) == ["pgd", "aa-standard", "aa-fast"]
     with pytest.raises(UsageError, match="unknown attack"):
@@ -196,7 +196,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from akd_edge.config import DataConfig
     from akd_edge.data import iterate_batches, load_dataset
     from akd_edge.models import create_model
-    from akd_edge.train.checkpoint import save_atomic
+    from akd_edge.models.checkpoint import save_atomic
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -246,7 +246,7 @@ def test_evaluate_writes_eval_json_with_settings_and_versions(run_dir: Path, tmp
 
 
 def test_evaluate_eps_override_and_missing_matplotlib(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from akd_edge import plots
+    from akd_edge.evaluation import plots
 
     monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
     report, _ = evaluate(run_dir, EvalOptions(n=16, steps=2, eps=0.0, norm="l2"), out_dir=tmp_path)
@@ -323,12 +323,12 @@ def test_dynamics_of_one_run_with_plot(tmp_path: Path) -> None:
 
 
 def test_unwritable_out_fails_before_any_attack_runs(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from akd_edge.evaluation import report as eval_report
+    from akd_edge.evaluation import command as eval_command
 
     def no_attacks(*args, **kwargs):
         pytest.fail("the attacks ran although the output folder cannot be written")
 
-    monkeypatch.setattr(eval_report, "evaluate_model", no_attacks)
+    monkeypatch.setattr(eval_command, "evaluate_model", no_attacks)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     out = blocker / "eval"  # its parent is a regular file: unwritable for root too
@@ -338,7 +338,7 @@ def test_unwritable_out_fails_before_any_attack_runs(run_dir: Path, tmp_path: Pa
 
 
 def test_eval_json_is_written_atomically(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from akd_edge import files
+    from akd_edge.core import files
 
     (tmp_path / "eval.json").write_text('{"format": "akd-edge-eval/1", "old": true}\n')  # an earlier eval's
 
@@ -353,7 +353,7 @@ def test_eval_json_is_written_atomically(run_dir: Path, tmp_path: Path, monkeypa
 
 
 def test_dynamics_with_unwritable_out_fails_up_front(tmp_path: Path) -> None:
-    from akd_edge.errors import UsageError
+    from akd_edge.core.errors import UsageError
     from akd_edge.evaluation.dynamics import evaluate_dynamics
 
     record = np.array([[0, 1], [1, 1]], dtype=np.uint8)

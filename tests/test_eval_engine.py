@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from akd_edge.attacks import build_attack, eval_mode
+from akd_edge.attacks import build_attack
+from akd_edge.attacks.suite import AttackSpec, ConfigAttack
 from akd_edge.config import AttackConfig
+from akd_edge.core.interval import wilson_interval
 from akd_edge.data import iterate_batches, load_test_split
 from akd_edge.evaluation.engine import evaluate_batches, evaluate_dataset
-from akd_edge.interval import wilson_interval
-from akd_edge.metrics.robust import AttackSpec, ConfigAttack
 from akd_edge.models import create_model
+from akd_edge.models.mode import eval_mode
 from akd_edge.train.validate import validate
 
 SYNTHETIC = "n=64,test=40,shape=1x8x8,classes=4,noise=0.25,seed=1"
@@ -75,7 +76,7 @@ def test_validate_of_an_empty_set_scores_zero(model_and_data) -> None:
 
 
 def test_engine_returns_per_sample_flags_consistent_with_accuracies(model_and_data) -> None:
-    from akd_edge.errors import UsageError
+    from akd_edge.core.errors import UsageError
 
     model, dataset = model_and_data
     specs = [ConfigAttack(AttackConfig(name="fgsm", eps=0.3)), AttackSpec("pgd", eps=0.3, steps=2)]
@@ -100,7 +101,7 @@ def test_config_attack_settings_and_eps_zero(model_and_data) -> None:
 
 
 def test_engine_refuses_an_empty_stream(model_and_data) -> None:
-    from akd_edge.errors import DataError
+    from akd_edge.core.errors import DataError
 
     model, _ = model_and_data
     with pytest.raises(DataError, match="empty"):

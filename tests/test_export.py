@@ -12,14 +12,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from akd_edge.errors import CheckpointError, UsageError
+from akd_edge.core.errors import CheckpointError, UsageError
+from akd_edge.core.files import mark
+from akd_edge.core.ort import OrtClassifier
 from akd_edge.export import ExportCheckFailed, ExportData, export_checkpoint, run_name
 from akd_edge.export.onnx import export_onnx, mobile_friendly
-from akd_edge.files import mark
 from akd_edge.models import create_model, list_models, model_info
-from akd_edge.reporting.macs import onnx_macs
-from akd_edge.train.checkpoint import save_atomic
-from akd_edge.verify.runtime import OrtClassifier
+from akd_edge.models.checkpoint import save_atomic
+from akd_edge.report.macs import onnx_macs
 
 SHAPE = (1, 16, 16)
 SYNTH = "n=600,test=300,shape=1x16x16,classes=10,noise=0.25,seed=3"
@@ -274,15 +274,15 @@ def test_export_cli(trained_ckpt: Path, tmp_path: Path) -> None:
 
 def _disagreeing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the fp32-vs-int8 comparison find 99.0% agreement (the threshold stays the default 99.5%)."""
-    from akd_edge.export import pipeline
+    from akd_edge.export import command as export_command
 
-    real = pipeline._agreement
+    real = export_command._agreement
 
     def worse(*args: object) -> dict:
         result = real(*args)
         return {**result, "argmax_agreement": 0.99, "passed": False}
 
-    monkeypatch.setattr(pipeline, "_agreement", worse)
+    monkeypatch.setattr(export_command, "_agreement", worse)
 
 
 def test_failed_int8_agreement_exports_fp32_only_and_says_why(
@@ -318,9 +318,9 @@ def test_export_recommends_fp32_when_int8_is_not_faster(
     trained_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from akd_edge.cli.export_cmd import export_cmd
-    from akd_edge.verify import runtime
+    from akd_edge.core import ort
 
-    def timed(model: runtime.OrtClassifier, input_shape: tuple[int, ...], **kwargs: object) -> dict:
+    def timed(model: ort.OrtClassifier, input_shape: tuple[int, ...], **kwargs: object) -> dict:
         slow = model.path.name == "model.int8.onnx"  # int8 at half the fp32 throughput, twice its latency
         return {
             "batch1_p50_ms": 2.0 if slow else 1.0,
@@ -330,7 +330,7 @@ def test_export_recommends_fp32_when_int8_is_not_faster(
             "threads": 1,
         }
 
-    monkeypatch.setattr(runtime, "ort_latency", timed)
+    monkeypatch.setattr(ort, "ort_latency", timed)
     args = [str(trained_ckpt), "--out", str(tmp_path / "slow"), "--calib", "64", "--n", "64", "--no-web"]
     result = CliRunner().invoke(export_cmd, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

@@ -13,12 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from akd_edge import files
-from akd_edge.errors import CheckpointError, UsageError
+from akd_edge.core import files
+from akd_edge.core.errors import CheckpointError, UsageError
 from akd_edge.export import ExportData, export_checkpoint, run_name
 from akd_edge.export import folder as export_folder
 from akd_edge.models import create_model
-from akd_edge.train.checkpoint import save_atomic
+from akd_edge.models.checkpoint import save_atomic
 
 SHAPE = (1, 12, 12)
 

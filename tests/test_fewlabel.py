@@ -14,11 +14,11 @@ from test_train import _KillAt, _same, _weights, _write, tiny  # tests/ is on sy
 
 from akd_edge.cli.main import cli
 from akd_edge.config import load_recipe
+from akd_edge.core.errors import ConfigError, DataError
 from akd_edge.data import ImageDataset, load_dataset, mixed_order
 from akd_edge.data.unlabeled import _LABELED_STREAM, NO_LABEL, choose_labeled, load_unlabeled
-from akd_edge.errors import ConfigError, DataError
+from akd_edge.models.checkpoint import load_checkpoint
 from akd_edge.teachers import TeacherEnsemble
-from akd_edge.train.checkpoint import load_checkpoint
 from akd_edge.train.loop import Trainer, train_run
 
 

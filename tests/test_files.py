@@ -1,4 +1,4 @@
-"""akd_edge.files: atomic writes, safe names, ownership marks, folder locks, orphan clean-up."""
+"""akd_edge.core.files: atomic writes, safe names, ownership marks, folder locks, orphan clean-up."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from akd_edge import files
-from akd_edge.errors import UsageError
+from akd_edge.core import files
+from akd_edge.core.errors import UsageError
 
 
 @pytest.mark.parametrize("name", ["", "..", ".", "../x", "/etc", "a/b", ".hidden", "a\nb", "x" * 101, 3, None])

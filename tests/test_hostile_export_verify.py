@@ -23,8 +23,8 @@ from test_report_cmd import run_dir
 from test_verify_safety import exported  # noqa: F401  (a module-scoped fixture: the export every case copies)
 
 import akd_edge
-from akd_edge import files
 from akd_edge.cli.main import cli
+from akd_edge.core import files
 
 SYN = "n=64,test=32,shape=1x12x12,classes=4"
 """The synthetic test split the scene's 4-class 1x12x12 model takes (a spec, passed as --data-dir)."""
@@ -275,7 +275,7 @@ def test_verify_takes_the_data_folder_from_the_command_line_never_from_the_file(
 
     def spy(name: str, data_dir: str = "", n: int = 0, **kwargs: Any) -> Any:
         asked.append(data_dir)
-        raise akd_edge.errors.DataError("stop here")
+        raise akd_edge.core.errors.DataError("stop here")
 
     monkeypatch.setattr(akd_edge.data, "load_test_split", spy)
     for extra, expected in ([], ""), (["--data-dir", SYN], SYN):

@@ -28,10 +28,10 @@ from test_train_rundir import finished, tiny  # noqa: F401  (finished: a module-
 
 from akd_edge.cli.main import cli
 from akd_edge.config import MAX_LR, AttackConfig, MethodConfig, OptimConfig, TeacherSpec, load_recipe, read_toml
-from akd_edge.errors import ConfigError
-from akd_edge.files import MARK
+from akd_edge.core.errors import ConfigError
+from akd_edge.core.files import MARK
+from akd_edge.models.checkpoint import load_checkpoint, save_atomic
 from akd_edge.train import loop
-from akd_edge.train.checkpoint import load_checkpoint, save_atomic
 
 EVAL = "--n 8 --steps 1 --no-plots --no-checks --no-calibration"
 HUGE = [1, 1, 200_000, 200_000]

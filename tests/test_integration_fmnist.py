@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from akd_edge.config import AttackConfig, load_recipe
+from akd_edge.core.errors import DataError
 from akd_edge.data import load_test_split
-from akd_edge.errors import DataError
-from akd_edge.train.checkpoint import BUILTIN, load_model
+from akd_edge.models.checkpoint import BUILTIN, load_model
 from akd_edge.train.loop import train_run
 from akd_edge.train.validate import validate
 

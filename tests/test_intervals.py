@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from akd_edge.interval import REPORTED_N, format_accuracy, format_interval, interval_of, wilson_interval
+from akd_edge.core.interval import REPORTED_N, format_accuracy, format_interval, interval_of, wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +72,10 @@ def test_accuracy_reports_the_wilson_interval() -> None:
 
 
 def test_library_defaults_are_at_least_1000_images() -> None:
+    from akd_edge.compress.command import EvalSpec
     from akd_edge.compress.measure import autoattack_accuracy, measure
-    from akd_edge.compress.pipeline import EvalSpec
-    from akd_edge.evaluation.report import EvalOptions
-    from akd_edge.verify.report import verify_export
+    from akd_edge.evaluation.command import EvalOptions
+    from akd_edge.verify.command import verify_export
 
     assert REPORTED_N >= 1000
     assert EvalOptions().n >= 1000

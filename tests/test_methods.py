@@ -9,7 +9,7 @@ from torch import nn
 
 from akd_edge.attacks import build_attack
 from akd_edge.config import AttackConfig, MethodConfig, Recipe
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 from akd_edge.methods import METHODS, MissingTeacherError, create_task
 
 TEACHER_METHODS = ("ard", "rslad", "akd")

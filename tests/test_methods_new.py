@@ -14,7 +14,7 @@ from torch import nn
 
 from akd_edge.attacks import build_attack
 from akd_edge.config import AttackConfig, MethodConfig, load_recipe
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 from akd_edge.methods import METHODS, create_task
 from akd_edge.methods.adaad import StudentWithTeacher, teacher_student_kl
 from akd_edge.methods.saad import transfer_weights
@@ -82,7 +82,7 @@ def ce(log_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def test_registry_and_torch_free_names() -> None:
-    from akd_edge.registry import BUILTIN_NAMES
+    from akd_edge.core.registry import BUILTIN_NAMES
 
     assert set(NEW_METHODS) <= set(METHODS.names()) and list(BUILTIN_NAMES["method"]) == METHODS.names()
     assert all(METHODS.get(name).needs_teacher for name in NEW_METHODS)
@@ -311,7 +311,7 @@ def test_loop_runs_adaad_teacher_with_autograd_only(tmp_path: Path, fast_teacher
 
 def test_each_objective_is_one_file_named_after_it() -> None:
     """Adding an objective is adding ``akd_edge/methods/NAME.py``: found by its file name, registered under it."""
-    from akd_edge.registry import method_files
+    from akd_edge.core.registry import method_files
 
     assert set(method_files()) == set(METHODS.names())
     for name in method_files():

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from akd_edge.cli.main import cli
 from akd_edge.config import TeacherSpec, load_recipe, read_toml, to_dict
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 from akd_edge.models import model_info
-from akd_edge.train.checkpoint import FORMAT, load_checkpoint, load_model, save_atomic
+from akd_edge.models.checkpoint import FORMAT, load_checkpoint, load_model, save_atomic
 from akd_edge.train.loop import Callbacks, train_run
 from akd_edge.train.rundir import recipe_changes
 

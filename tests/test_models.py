@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from akd_edge.errors import ConfigError, UsageError
+from akd_edge.core.errors import ConfigError, UsageError
 from akd_edge.models import (
     MODELS,
     Normalize,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from akd_edge.errors import CheckpointError, ConfigError
+from akd_edge.core.errors import CheckpointError, ConfigError
 from akd_edge.models import create_model
+from akd_edge.models.checkpoint import FORMAT, build_model, load_model, save_atomic
 from akd_edge.models.zoo import MAX_PARAMS
-from akd_edge.train.checkpoint import FORMAT, build_model, load_model, save_atomic
 
 SHAPE = (1, 12, 12)
 

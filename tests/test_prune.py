@@ -12,10 +12,10 @@ from torch import nn
 
 from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channels, prune_model
 from akd_edge.compress.search import search_ratio
-from akd_edge.errors import CheckpointError, UsageError
+from akd_edge.core.errors import CheckpointError, UsageError
 from akd_edge.models import create_model, get_classifier, model_info
-from akd_edge.train.checkpoint import FORMAT, load_model, save_atomic
-from akd_edge.train.pruning_history import pruning_record, rebuild_pruned
+from akd_edge.models.checkpoint import FORMAT, load_model, save_atomic
+from akd_edge.models.pruned import pruning_record, rebuild_pruned
 
 STUDENTS = {
     "cnn-student": ((1, 12, 12), {}),

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from akd_edge.compress.quantize import Int8Settings, quantize_int8
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 from akd_edge.export import export_checkpoint
 from akd_edge.export.onnx import export_onnx
 from akd_edge.models import create_model
-from akd_edge.train.checkpoint import save_atomic
+from akd_edge.models.checkpoint import save_atomic
 
 SHAPE = (1, 12, 12)
 SYNTH = "n=200,test=100,shape=1x12x12,classes=10,noise=0.25,seed=5"
@@ -301,7 +301,7 @@ def test_pool_before_relu_computes_the_same_logits(fp32_path: Path, tmp_path: Pa
 
 
 def test_bias_correction_moves_only_the_biases(fp32_path: Path, calib_images: np.ndarray, tmp_path: Path) -> None:
-    from akd_edge.verify.runtime import OrtClassifier
+    from akd_edge.core.ort import OrtClassifier
 
     plain, _ = _quantize(fp32_path, tmp_path, calib_images, bias_correction=False)
     corrected, record = _quantize(fp32_path, tmp_path, calib_images, bias_correction=True)

@@ -10,6 +10,7 @@ carries ``<!-- code-test: skip (why) -->`` on the line above it; a block without
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import shutil
@@ -105,6 +106,97 @@ def test_check_finds_a_typed_number_and_render_fixes_it() -> None:
     assert numbers.stale_blocks(typed) == ["recipe-test fmnist-quickstart"]
     assert numbers.render(typed) == good
     assert numbers.main(["--check", str(ROOT / "README.md")]) == 0
+
+
+def _results_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, numbers, files: dict[str, object]) -> Path:
+    """A project root whose ``benchmarks/results/`` holds ``files`` (JSON objects or text), for ``numbers``."""
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    for name, content in files.items():
+        (results / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    monkeypatch.setattr(numbers, "ROOT", tmp_path)
+    return results
+
+
+def test_a_renderer_names_the_missing_file_or_key_instead_of_printing_none(tmp_path, monkeypatch) -> None:
+    numbers = _readme_numbers()
+    forward = {"teacher": "t", "arch": "a", "batch": 1, "threads": 1, "repeats": 1, "ms_per_step": {"torch": 2.0}}
+    _results_root(tmp_path, monkeypatch, numbers, {"teacher_forward.json": forward, "gpu.md": "no table here\n"})
+    with pytest.raises(KeyError, match="onnx_fast_path_speedup"):
+        numbers.render_block("teacher-forward")
+    with pytest.raises(KeyError, match="benchmarks/results/robust_gap.json does not exist"):
+        numbers.render_block("robust-gap")
+    with pytest.raises(KeyError, match="holds no table"):
+        numbers.render_block("gpu-throughput gpu")
+    with pytest.raises(KeyError, match="unknown results block"):
+        numbers.render_block("no-such-renderer")
+
+
+def test_differences_round_half_away_from_zero() -> None:
+    """Accuracies on n images differ by multiples of 100/n points: a half must not round by binary accident."""
+    points = _readme_numbers()._points
+    assert [points(0.0065), points(-0.0065), points(-0.0005), points(0.0), points(0.02)] == [
+        "+0.7",
+        "-0.7",
+        "-0.1",
+        "0.0",
+        "+2.0",
+    ]
+
+
+def test_study_values_and_differences_come_from_the_cells_of_the_table(tmp_path, monkeypatch) -> None:
+    numbers = _readme_numbers()
+    import method_study  # a sibling script: readme_numbers put benchmarks/ on the path
+
+    def cell(variant: str, seed: int, clean: float, pgd: float) -> dict:
+        train = {"epochs": 4, "best_epoch": 4, "train_time_s": 60, "val_time_s": 0, "params": 10, "method": variant}
+        settings = {"attacks": ["pgd"], "n": 1000}
+        evaluation = {"settings": settings, "n": 1000, "clean": clean, "robust": pgd, "attacks": {"pgd": {"acc": pgd}}}
+        return {"variant": variant, "seed": seed, "status": "done", "train": train, "eval": evaluation}
+
+    cells = [
+        cell("at", 0, 0.80, 0.70),
+        cell("at", 1, 0.82, 0.69),
+        cell("akd", 0, 0.83, 0.705),
+        cell("akd", 1, 0.84, 0.68),
+    ]
+    study = {"format": method_study.FORMAT, "cells": {f"{c['variant']}/seed{c['seed']}": c for c in cells}}
+    results = _results_root(tmp_path, monkeypatch, numbers, {"s.json": study})
+    monkeypatch.setattr(method_study, "RESULTS_DIR", results)
+    assert numbers.render_block("study-value s akd clean") == "83.5 ± 0.7"
+    assert numbers.render_block("study-diff s akd at clean") == "+2.5"
+    assert numbers.render_block("study-seed-diffs s akd at pgd") == "+0.5, -1.0"
+    with pytest.raises(KeyError, match="no 'aa-fast'"):
+        numbers.render_block("study-value s akd aa-fast")
+    with pytest.raises(KeyError, match="no finished cell of 'trades'"):
+        numbers.render_block("study-value s trades clean")
+
+
+def test_gpu_rows_pair_each_step_with_its_plain_loop(tmp_path, monkeypatch) -> None:
+    numbers = _readme_numbers()
+    table = (
+        "Device: GPU X (cuda); CPU flags f, 4 torch threads, torch 9; bf16, channels_last True, compile False; peak\n\n"
+        "| configuration | images/s | GFLOP per step | GFLOP/s | share of matmul peak | akd-edge / plain |\n"
+        "|---|---:|---:|---:|---:|---:|\n"
+        "| student net, AKD PGD-10 from t, batch 64 | 1500 | 1 | 1 | 9% |  |\n"
+        "| plain eager loop: student net, AKD PGD-10 from t, batch 64 | 1000 | 1 | 1 | 6% | 1.50x |\n"
+    )
+    _results_root(tmp_path, monkeypatch, numbers, {"gpu.md": table})
+    rendered = numbers.render_block("gpu-throughput gpu")
+    assert "| net, 64 | bf16, channels_last, eager | 1,500 | 1,000 | 1.50x | 9% | `gpu.md` |" in rendered
+    assert "GPU X (cuda), 4 torch threads, torch 9" in rendered
+
+
+def test_an_int8_column_matching_two_rows_is_an_error(tmp_path, monkeypatch) -> None:
+    numbers = _readme_numbers()
+    row = {"settings": {"float_logits": True}, "clean": {"agree": 0.99, "agree_ci95": [0.98, 1], "int8_ties": 0}}
+    row["adversarial"] = {"agree": 0.99}
+    model = {"arch": "a", "fp32_clean_acc": 0.8, "n_test": 10, "n_adv": 5, "pgd_steps": 20, "rows": [row, row]}
+    result = {"grid": "stem", "seed": 0, "machine": "m", "models": {"m": model}}
+    _results_root(tmp_path, monkeypatch, numbers, {"int8.json": result})
+    monkeypatch.setitem(numbers.INT8_COLUMNS, "stem", [("float logits", {"float_logits": True})])
+    with pytest.raises(ValueError, match="2 rows have the settings"):
+        numbers.render_block("int8-agreement int8")
 
 
 def test_first_screen_says_what_the_demo_takes_and_what_comes_next() -> None:

@@ -12,7 +12,7 @@ from akd_edge.config import RECIPES_DIR, ModelConfig, TeacherSpec, load_recipe, 
 from akd_edge.data import iterate_batches
 from akd_edge.methods import METHODS
 from akd_edge.models import create_model
-from akd_edge.train.checkpoint import FORMAT, save_atomic
+from akd_edge.models.checkpoint import FORMAT, save_atomic
 from akd_edge.train.loop import Trainer
 
 RECIPES = shipped_recipes()

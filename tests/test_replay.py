@@ -16,14 +16,14 @@ from click.testing import CliRunner
 from rich.console import Console
 from test_verify import SYNTH, exported  # noqa: F401  (tests/ is on sys.path; a module-scoped fixture)
 
-from akd_edge import files
 from akd_edge.cli.progress import LINES_PER_TASK, TaskProgress
+from akd_edge.core import files
+from akd_edge.core.ort import FP32_LOGIT_BOUND, OrtClassifier
 from akd_edge.export import export_checkpoint
 from akd_edge.export.folder import foreign, replaceable
 from akd_edge.verify import replay as replays
+from akd_edge.verify.command import ONNX_MODELS, replay_export, verify_export
 from akd_edge.verify.replay import Replay, ReplayError, Runtime, read_replay, score
-from akd_edge.verify.report import ONNX_MODELS, replay_export, verify_export
-from akd_edge.verify.runtime import OrtClassifier
 
 EPS = 0.08
 """The threat model's epsilon recorded in test_verify's checkpoint."""
@@ -115,7 +115,7 @@ def test_score_tolerances_per_precision(name: str, shift: float, flips: int, exp
     assert result["verdict"] == expected, result
     assert result["argmax_disagreements"] == flips and result["reference_robust_acc"] == 1.0
     assert result["robust_acc"] == 1 - flips / 100
-    assert result["logit_bound"] == (replays.FP32_LOGIT_BOUND if name == "model.onnx" else pytest.approx(0.5))
+    assert result["logit_bound"] == (FP32_LOGIT_BOUND if name == "model.onnx" else pytest.approx(0.5))
 
 
 def test_other_runtimes_cover_levels_ort_files_and_installed_providers(tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_replay_cli_prints_a_table_per_runtime_and_records_them(folder: Path) ->
     for runtime, models in section["runtimes"].items():
         assert set(models) == {"model.onnx", "model.int8.onnx"}, runtime
         fp32 = models["model.onnx"]
-        assert fp32["verdict"] == "matches" and fp32["max_abs_logit_diff"] <= replays.FP32_LOGIT_BOUND
+        assert fp32["verdict"] == "matches" and fp32["max_abs_logit_diff"] <= FP32_LOGIT_BOUND
         assert abs(models["model.int8.onnx"]["robust_acc"] - models["model.int8.onnx"]["reference_robust_acc"]) <= 0.01
     card = (folder / "MODEL_CARD.md").read_text()
     assert "## Robust accuracy replayed on other runtimes" in card

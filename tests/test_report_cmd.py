@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from akd_edge.cli.main import cli
-from akd_edge.files import mark
-from akd_edge.reporting import build_report
-from akd_edge.reporting.macs import onnx_macs
-from akd_edge.reporting.pareto import pareto_front
+from akd_edge.core.files import mark
+from akd_edge.report import build_report
+from akd_edge.report.macs import onnx_macs
+from akd_edge.report.pareto import pareto_front
 
 
 def tiny_onnx(path: Path, channels: int = 2, seed: int = 0) -> Path:
@@ -339,7 +339,7 @@ def test_pareto_panel_draws_intervals_on_an_axis_wider_than_them() -> None:
     the intervals with at least 10 points of span, so the difference does not fill the plot."""
     from matplotlib.container import ErrorbarContainer
 
-    from akd_edge import plots
+    from akd_edge.evaluation import plots
 
     points = [
         {"label": "a (fp32)", "robust": 0.704, "robust_ci95": [0.664, 0.744], "bytes": 100_000, "precision": "fp32"},
@@ -358,7 +358,7 @@ def test_pareto_panel_draws_intervals_on_an_axis_wider_than_them() -> None:
 
 
 def test_eps_curve_has_error_bars_and_marks_the_threat_eps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from akd_edge import plots
+    from akd_edge.evaluation import plots
 
     drawn: dict[str, Any] = {}
     real = plots._save

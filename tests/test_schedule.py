@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from akd_edge.config import OptimConfig, load_recipe
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 from akd_edge.train.loop import Callbacks, train_run
 from akd_edge.train.schedule import build_optimizer, build_scheduler
 

@@ -15,15 +15,15 @@ from click.testing import CliRunner
 
 from akd_edge.cli.main import cli
 from akd_edge.config import TeacherSpec, load_recipe
+from akd_edge.core.errors import CheckpointError, ConfigError
+from akd_edge.core.files import sha256_file
 from akd_edge.data import iterate_batches
-from akd_edge.errors import CheckpointError, ConfigError
+from akd_edge.export.command import onnx_metadata
 from akd_edge.export.onnx import export_onnx, set_metadata
-from akd_edge.export.pipeline import onnx_metadata
-from akd_edge.files import sha256_file
+from akd_edge.models.checkpoint import load_checkpoint, load_model
 from akd_edge.teachers import CleanTeacherCache, TeacherEnsemble, load_teachers
-from akd_edge.teachers_onnx import OnnxTeacher
+from akd_edge.teachers.onnx import OnnxTeacher
 from akd_edge.train.accel import SpeedPlan, accelerate_teacher, bf16_supported
-from akd_edge.train.checkpoint import load_checkpoint, load_model
 from akd_edge.train.loop import Trainer, train_run
 
 SYNTH = "n=256,test=64,shape=1x8x8,classes=3"
@@ -371,7 +371,7 @@ def test_student_of_the_onnx_teacher_validates_as_the_torch_teachers_student(
 def test_teacher_gap_compares_student_and_teacher_on_the_same_images(
     torch_student: Path, onnx_student: Path, tmp_path: Path
 ) -> None:
-    from akd_edge.evaluation.report import EvalOptions
+    from akd_edge.evaluation.command import EvalOptions
     from akd_edge.evaluation.teacher_gap import teacher_gap
 
     options = EvalOptions(n=32, steps=2, plots=False)

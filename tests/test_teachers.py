@@ -11,10 +11,10 @@ from torch import nn
 
 from akd_edge.attacks import build_attack
 from akd_edge.config import AttackConfig, MethodConfig, TeacherSpec, load_recipe
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 from akd_edge.methods import create_task
+from akd_edge.models.checkpoint import load_model
 from akd_edge.teachers import TeacherEnsemble, load_teachers
-from akd_edge.train.checkpoint import load_model
 from akd_edge.train.loop import Trainer, train_run
 
 SYNTH = "n=256,test=64,shape=1x8x8,classes=3"

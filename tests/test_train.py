@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from akd_edge.cli.main import cli
 from akd_edge.config import load_recipe
-from akd_edge.train.checkpoint import load_checkpoint, load_model
-from akd_edge.train.loop import Callbacks, Interrupted, Trainer, train_run
+from akd_edge.models.checkpoint import load_checkpoint, load_model
+from akd_edge.train.loop import Callbacks, Trainer, train_run
+from akd_edge.train.stops import Interrupted
 
 SYNTH = "n=192,test=64,shape=1x12x12,classes=3,noise=0.25"
 
@@ -44,7 +45,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_average_rate_weighs_each_epoch_by_its_time() -> None:
     """The summary's images/s is the run's (all images over all time), not the last epoch's rate."""
-    from akd_edge.train.loop import average_rate
+    from akd_edge.train.records import average_rate
 
     epochs = [{"images_per_s": 100.0, "time_s": 90.0}, {"images_per_s": 1000.0, "time_s": 10.0}]
     assert average_rate(epochs) == pytest.approx((9000 + 10000) / 100)

@@ -17,10 +17,11 @@ from click.testing import CliRunner
 
 from akd_edge.cli.main import cli
 from akd_edge.config import load_recipe
-from akd_edge.errors import CheckpointError, ConfigError, UsageError
-from akd_edge.files import LOCK, MARK, FolderInUse, FolderLock, marked_kind
-from akd_edge.train.checkpoint import load_checkpoint
-from akd_edge.train.loop import Callbacks, claim_run_dir, new_run_dir, open_run_dir, train_run
+from akd_edge.core.errors import CheckpointError, ConfigError, UsageError
+from akd_edge.core.files import LOCK, MARK, FolderInUse, FolderLock, marked_kind
+from akd_edge.models.checkpoint import load_checkpoint
+from akd_edge.train.loop import Callbacks, train_run
+from akd_edge.train.rundir import claim_run_dir, new_run_dir, open_run_dir
 
 SYNTH = "n=160,test=32,shape=1x8x8,classes=3,noise=0.25"
 

@@ -18,9 +18,11 @@ from click.testing import CliRunner
 
 from akd_edge.cli.main import cli
 from akd_edge.config import load_recipe
-from akd_edge.errors import CheckpointError
-from akd_edge.train.checkpoint import load_checkpoint
-from akd_edge.train.loop import Callbacks, Diverged, Trainer, torch_threads, train_run
+from akd_edge.core.env import torch_threads
+from akd_edge.core.errors import CheckpointError
+from akd_edge.models.checkpoint import load_checkpoint
+from akd_edge.train.loop import Callbacks, Trainer, train_run
+from akd_edge.train.stops import Diverged
 
 SYNTH = "n=160,test=32,shape=1x8x8,classes=3,noise=0.25"
 

@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from torch import nn
 
 from akd_edge.attacks.autoattack import run_square
-from akd_edge.errors import DataError
+from akd_edge.core.errors import DataError
+from akd_edge.core.interval import format_accuracy, format_interval, wilson_interval
+from akd_edge.core.ort import ModelFileError, OrtClassifier
 from akd_edge.export import export_checkpoint
-from akd_edge.interval import format_accuracy, format_interval, wilson_interval
 from akd_edge.models import create_model
-from akd_edge.train.checkpoint import save_atomic
-from akd_edge.verify.report import verify_export
-from akd_edge.verify.runtime import ModelFileError, OrtClassifier
+from akd_edge.models.checkpoint import save_atomic
+from akd_edge.verify.command import verify_export
 
 SHAPE = (1, 12, 12)
 SYNTH = "n=500,test=200,shape=1x12x12,classes=10,noise=0.25,seed=5"
@@ -158,7 +158,7 @@ def test_worst_case_is_per_sample_over_the_attacks(
     exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Square and transfer fool different samples: the worst case loses both, below either attack alone."""
-    from akd_edge.verify import report as verify_report
+    from akd_edge.verify import command as verify_command
 
     folder, _ = exported
     models = [OrtClassifier.load(folder / name) for name in ("model.onnx", "model.int8.onnx")]
@@ -181,8 +181,8 @@ def test_worst_case_is_per_sample_over_the_attacks(
         )
         return result
 
-    monkeypatch.setattr(verify_report, "_transfer", fake_transfer)
-    monkeypatch.setattr(verify_report, "_square_runner", lambda queries: fake_square)
+    monkeypatch.setattr(verify_command, "_transfer", fake_transfer)
+    monkeypatch.setattr(verify_command, "_square_runner", lambda queries: fake_square)
     verify = verify_export(folder, data_dir=SYNTH, n=40, latency=False, write=False)
     for res in verify["models"].values():
         clean_n = round(res["clean_acc"] * 40)
@@ -202,11 +202,11 @@ def test_onnxruntime_runs_the_models_without_torch(exported: tuple[Path, Path], 
         f"""
         import json, sys
         sys.modules["torch"] = None  # any import of torch now fails
-        import akd_edge.verify.runtime
+        import akd_edge.core.ort
         import akd_edge.data
         assert "torch" not in sys.modules or sys.modules["torch"] is None
-        from akd_edge.errors import UsageError
-        from akd_edge.verify.report import verify_export
+        from akd_edge.core.errors import UsageError
+        from akd_edge.verify.command import verify_export
         try:
             verify_export({str(folder)!r}, data={str(tmp_path / "test.npz")!r}, square_queries=50, write=False)
             refused = ""

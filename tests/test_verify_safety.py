@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from akd_edge.errors import DataError, UsageError
+from akd_edge.core.errors import DataError, UsageError
+from akd_edge.core.ort import ModelFileError
 from akd_edge.export import ExportData, export_checkpoint
 from akd_edge.models import create_model
-from akd_edge.train.checkpoint import save_atomic
-from akd_edge.verify.report import verify_export
-from akd_edge.verify.runtime import ModelFileError
+from akd_edge.models.checkpoint import save_atomic
+from akd_edge.verify.command import verify_export
 
 SHAPE = (1, 12, 12)
 FAST = {"n": 16, "square_queries": 5, "transfer": "none", "latency": False}
@@ -183,6 +183,6 @@ def test_names_from_the_report_are_names_not_paths(folder: Path, tmp_path: Path,
 
 
 def _sha(path: Path) -> str:
-    from akd_edge.files import sha256_file
+    from akd_edge.core.files import sha256_file
 
     return sha256_file(path)

@@ -30,13 +30,13 @@ import torch
 from click.testing import CliRunner
 from test_export import SYNTH, save_checkpoint, synthetic_splits, train_tiny  # tests/ is on sys.path
 
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
+from akd_edge.core.ort import MAX_ACCURACY_GAP, OrtClassifier
 from akd_edge.export import export_checkpoint
 from akd_edge.export.web import RUNTIME_ENV, RUNTIME_FILES, TOLERANCE, find_runtime, pick_samples
 from akd_edge.models import create_model
-from akd_edge.verify.replay import MAX_ACCURACY_GAP, read_replay
-from akd_edge.verify.report import ONNX_MODELS, verify_export
-from akd_edge.verify.runtime import OrtClassifier
+from akd_edge.verify.command import ONNX_MODELS, verify_export
+from akd_edge.verify.replay import read_replay
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ def test_page_opened_from_a_file_says_how_to_serve_it(browser: Any, exported: tu
 def _shifted_replay(verified: Path, folder: Path, model: str, shift: float) -> None:
     """A copy of the verified export whose reference logits of ``model`` are ``shift`` higher (re-hashed): as if
     Python onnxruntime had run kernels that round differently from the browser's."""
-    from akd_edge.report import file_record
+    from akd_edge.export.card import file_record
     from akd_edge.verify.replay import write_replay
 
     shutil.copytree(verified, folder)

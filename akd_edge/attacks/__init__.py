@@ -1,6 +1,6 @@
-"""Training attacks: PGD and FGSM against a torch model, images in [0, 1].
-
-The evaluation attacks (AutoAttack) live in ``akd_edge.attacks.autoattack``, imported only where used.
+"""Attacks on a torch model, images in [0, 1]: the training attacks PGD and FGSM (here), and the evaluation
+attacks (``suite``: PGD with per-batch seeds, AutoAttack and Square through ``autoattack``, the official code).
+Each runs the model in :func:`akd_edge.models.mode.eval_mode`, which gives back every submodule's mode.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from akd_edge.attacks._mode import eval_mode
 from akd_edge.attacks.fgsm import fgsm
 from akd_edge.attacks.pgd import LossFn, check_unit_range, pgd
 
 if TYPE_CHECKING:
     from akd_edge.config import AttackConfig
 
-__all__ = ["TrainingAttack", "build_attack", "check_unit_range", "eval_mode", "fgsm", "pgd"]
+__all__ = ["TrainingAttack", "build_attack", "check_unit_range", "fgsm", "pgd"]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def run_autoattack_report(
     classified sample (costlier) and ``per_attack[name]`` is robustness to that attack alone; this is
     what a gradient-masking check (black box beating white box) needs.
     """
-    from akd_edge.attacks import eval_mode
+    from akd_edge.models.mode import eval_mode
 
     _check_args(norm, eps, version, n_queries, batch_size)
     device = _device_of(model, device)

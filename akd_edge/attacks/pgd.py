@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from akd_edge.attacks._mode import eval_mode
-from akd_edge.errors import DataError
+from akd_edge.core.errors import DataError
+from akd_edge.models.mode import eval_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NORMS = ("linf", "l2")

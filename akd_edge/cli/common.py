@@ -21,8 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from akd_edge.errors import UsageError
-from akd_edge.files import DISK_FULL
+from akd_edge.core.errors import UsageError
+from akd_edge.core.files import DISK_FULL
 
 console = Console(stderr=True)
 """Progress, tables and messages go to stderr; stdout stays free for machine-readable output."""
@@ -107,7 +107,7 @@ def data_dir_option(default: str) -> Option:
 
 
 def _check_threads(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    from akd_edge.env import check_threads
+    from akd_edge.core.env import check_threads
 
     try:
         check_threads(value, "--threads")

@@ -27,7 +27,7 @@ from akd_edge.cli.common import (
 from akd_edge.cli.launch import distributed_command
 from akd_edge.cli.train_cmd import RichCallbacks
 from akd_edge.compress import FINETUNE_EPOCHS
-from akd_edge.interval import REPORTED_N, format_interval
+from akd_edge.core.interval import REPORTED_N, format_interval
 
 
 class _StepCallbacks(RichCallbacks):
@@ -223,7 +223,7 @@ def compress_cmd(
       akd-edge compress runs/fmnist-quickstart --ratio 0.5 --steps 2
       akd-edge compress runs/fmnist-quickstart --target-params 12000 --set train.optim.lr=0.01
     """
-    from akd_edge.compress.pipeline import EvalSpec, compress_run
+    from akd_edge.compress.command import EvalSpec, compress_run
     from akd_edge.compress.prune import PruneSpec
 
     spec = PruneSpec(

@@ -34,8 +34,8 @@ from akd_edge.cli.common import (
     which_option,
 )
 from akd_edge.cli.launch import distributed_command
-from akd_edge.errors import UsageError
-from akd_edge.interval import REPORTED_N, format_interval, interval_of
+from akd_edge.core.errors import UsageError
+from akd_edge.core.interval import REPORTED_N, format_interval, interval_of
 
 
 def _pct(value: float | None) -> str:
@@ -261,11 +261,11 @@ def eval_cmd(
       akd-edge eval --dynamics runs/fmnist-at runs/fmnist-akd --names at,akd
       torchrun --nproc_per_node 4 -m akd_edge eval runs/cifar-akd --attack aa-standard -n 10000 --device cuda
     """
-    from akd_edge.distributed import current
-    from akd_edge.env import resolve_device
+    from akd_edge.core.distributed import current
+    from akd_edge.core.env import resolve_device
+    from akd_edge.evaluation.command import EvalOptions, evaluate
     from akd_edge.evaluation.dynamics import evaluate_dynamics
     from akd_edge.evaluation.engine import sharded
-    from akd_edge.evaluation.report import EvalOptions, evaluate
 
     if threads:
         import torch

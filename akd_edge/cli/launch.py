@@ -26,7 +26,7 @@ import click
 from rich.markup import escape
 
 from akd_edge.cli.common import console, out
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 
 EXIT_PEER_LOST = 4
 """Exit status of a rank that stopped because another rank failed or the job was stopped."""
@@ -77,7 +77,7 @@ def distributed_command(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from akd_edge import distributed
+        from akd_edge.core import distributed
 
         if not distributed.launched():
             return func(*args, **kwargs)

@@ -6,7 +6,6 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from akd_edge import __version__
 from akd_edge.cli.common import out, setup_logging, user_errors
 from akd_edge.cli.compress_cmd import compress_cmd
 from akd_edge.cli.eval_cmd import eval_cmd
@@ -15,6 +14,7 @@ from akd_edge.cli.report_cmd import report_cmd
 from akd_edge.cli.run_cmd import run_cmd
 from akd_edge.cli.train_cmd import distill, train_teacher
 from akd_edge.cli.verify_cmd import verify_cmd
+from akd_edge.core.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -55,7 +55,7 @@ def recipes_cmd() -> None:
 @user_errors
 def models_cmd(input_shape: str, num_classes: int) -> None:
     """List the registered architectures with parameter counts and MACs."""
-    from akd_edge.errors import UsageError
+    from akd_edge.core.errors import UsageError
     from akd_edge.models import describe_models
 
     try:

@@ -40,7 +40,7 @@ def report_cmd(paths: tuple[str, ...], out_dir: str, title: str) -> None:
       akd-edge report runs/fmnist-quickstart-pipeline --out report/
     """
     from akd_edge.cli.run_cmd import models_table
-    from akd_edge.reporting import build_report
+    from akd_edge.report import build_report
 
     data = build_report(list(paths), out_dir, title=title)
     out.print(models_table(data, title or "akd-edge report"))

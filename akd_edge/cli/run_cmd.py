@@ -36,8 +36,8 @@ from akd_edge.cli.common import (
 )
 from akd_edge.cli.compress_cmd import _StepCallbacks
 from akd_edge.compress import FINETUNE_EPOCHS
-from akd_edge.interval import REPORTED_N
-from akd_edge.pipeline.runner import PipelineCallbacks
+from akd_edge.core.interval import REPORTED_N
+from akd_edge.run.command import PipelineCallbacks
 
 EXIT_CHECK_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -109,8 +109,8 @@ def _quiet_unless_verbose() -> Iterator[None]:
 
 
 def timing_table(timings: list[dict[str, Any]]) -> Table:
-    """Each stage's wall time in this run (the report's rows, :func:`akd_edge.reporting.render.stage_rows`)."""
-    from akd_edge.reporting.render import STAGE_HEADER, stage_rows
+    """Each stage's wall time in this run (the report's rows, :func:`akd_edge.report.render.stage_rows`)."""
+    from akd_edge.report.render import STAGE_HEADER, stage_rows
 
     table = Table(*STAGE_HEADER, title="wall time per stage")
     for row in stage_rows(timings):
@@ -207,8 +207,8 @@ def run_cmd(
       akd-edge run fmnist-quickstart --prune 0.3,0.5 --no-int8 --set train.epochs=1 --n 500
     """
     from akd_edge.export import ExportCheckFailed
-    from akd_edge.pipeline import PipelineOptions, parse_ratios, run_pipeline
-    from akd_edge.train.loop import Diverged
+    from akd_edge.run import PipelineOptions, parse_ratios, run_pipeline
+    from akd_edge.train.stops import Diverged
 
     extra = [f"run.device={json.dumps(device)}"] if device else []
     extra += [f"data.data_dir={json.dumps(data_dir)}"] if data_dir else []
@@ -239,7 +239,7 @@ def run_cmd(
     except Diverged as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         raise click.exceptions.Exit(EXIT_DIVERGED) from None
-    from akd_edge.files import read_json_object
+    from akd_edge.core.files import read_json_object
 
     report_dir = result["root"] + "/report"
     data = read_json_object(f"{report_dir}/report.json", "report")

@@ -37,7 +37,7 @@ from akd_edge.cli.common import (
 )
 from akd_edge.cli.launch import distributed_command
 from akd_edge.config import Recipe, load_recipe, parse_override
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 
 TEACHER_METHODS = ("at", "trades")
 DEFAULT_DISTILL_RECIPE = "fmnist-quickstart"
@@ -170,7 +170,7 @@ def _claim(recipe: Recipe, run_dir: Path | None, out_dir: str | None) -> tuple[A
     Under torchrun rank 0 claims it and the other ranks get its path (None for the lock); a refusal stops
     every rank with rank 0's message.
     """
-    from akd_edge.distributed import current
+    from akd_edge.core.distributed import current
     from akd_edge.train.rundir import claim_run_dir, open_run_dir
 
     group = current()
@@ -186,9 +186,10 @@ def _claim(recipe: Recipe, run_dir: Path | None, out_dir: str | None) -> tuple[A
 
 def _run(recipe: Recipe, run_dir: Path | None, out_dir: str | None, role: str) -> dict[str, Any]:
     """Claim the run directory (locked, checked writable before any data loads), then train in it."""
-    from akd_edge.distributed import current
-    from akd_edge.env import torch_threads
-    from akd_edge.train.loop import Callbacks, Diverged, Interrupted, train_run
+    from akd_edge.core.distributed import current
+    from akd_edge.core.env import torch_threads
+    from akd_edge.train.loop import Callbacks, train_run
+    from akd_edge.train.stops import Diverged, Interrupted
 
     with torch_threads(recipe.run.threads, "run.threads"):
         claimed, path = _claim(recipe, run_dir, out_dir)
@@ -342,7 +343,7 @@ def distill(
 
 def _reused(recipe: Recipe) -> tuple[Recipe | None, Path | None]:
     """``--reuse``: (None, run) after saying a finished run exists; (its recipe, run) to resume; (recipe, None)."""
-    from akd_edge.pipeline.root import find_run, resumed_recipe, teacher_digests
+    from akd_edge.run.root import find_run, resumed_recipe, teacher_digests
 
     found = find_run(recipe, teacher_digests(recipe), None)
     if found is None:

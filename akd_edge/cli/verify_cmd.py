@@ -29,8 +29,8 @@ from akd_edge.cli.common import (
     user_errors,
 )
 from akd_edge.cli.progress import TaskProgress
-from akd_edge.interval import REPORTED_N, format_interval
-from akd_edge.report import format_pct
+from akd_edge.core.interval import REPORTED_N, format_interval
+from akd_edge.export.card import format_pct
 
 VERDICT_STYLE = {"matches": "green", "within tolerance": "yellow", "mismatch": "bold red"}
 
@@ -229,7 +229,7 @@ def verify_cmd(
     if replay:
         _replay(Path(folder), threads, as_json)
         return
-    from akd_edge.verify.report import verify_export
+    from akd_edge.verify.command import verify_export
 
     with _trusting(model_factory), TaskProgress(console, "verify") as progress:
         verify = verify_export(
@@ -258,7 +258,7 @@ def verify_cmd(
 
 def _replay(folder: Path, threads: int, as_json: bool) -> None:
     """``verify --replay``: the stored examples on every other runtime here, a table per runtime."""
-    from akd_edge.verify.report import replay_export
+    from akd_edge.verify.command import replay_export
 
     with TaskProgress(console, "verify --replay") as progress:
         section = replay_export(folder, threads=threads, on_stage=progress.stage)

@@ -1,5 +1,5 @@
 """Compression: pruning (``prune``: torch-pruning; ``search``: ratio for a budget; ``measure``: size, speed,
-robustness; ``pipeline``: ``akd-edge compress``) and int8 quantization (``quantize``: onnxruntime)."""
+robustness; ``command``: ``akd-edge compress``) and int8 quantization (``quantize``: onnxruntime)."""
 
 FINETUNE_EPOCHS = 6
 """Default robust fine-tuning epochs after pruning (``compress --epochs``, ``run --prune-epochs``). Measured by

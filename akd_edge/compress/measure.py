@@ -3,7 +3,7 @@
 Clean, PGD and AutoAttack accuracy come from the one evaluation engine (:mod:`akd_edge.evaluation.engine`),
 so compress, validation and ``akd-edge eval`` count a sample as robust the same way. Every accuracy comes
 with its 95% Wilson interval (``clean_ci95``, ``pgd_ci95``, ``aa_ci95``), and AutoAttack defaults to
-:data:`~akd_edge.interval.REPORTED_N` images: on 200 a 50% channel cut once measured as costing 1.0 point
+:data:`~akd_edge.core.interval.REPORTED_N` images: on 200 a 50% channel cut once measured as costing 1.0 point
 of AutoAttack, on 1,000 the same model lost 2.6.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd_edge.attacks import eval_mode
+from akd_edge.attacks.suite import AA_NAME, AttackSpec, ConfigAttack
 from akd_edge.config import AttackConfig
+from akd_edge.core.interval import REPORTED_N
 from akd_edge.evaluation.engine import evaluate_dataset
-from akd_edge.interval import REPORTED_N
-from akd_edge.metrics.robust import AA_NAME, AttackSpec, ConfigAttack
+from akd_edge.models.mode import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def latency_ms(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30) -> float:
     """Median wall time (ms) of one forward pass on a single image, timed as ``akd-edge verify`` times."""
-    from akd_edge.verify.runtime import measure_latency
+    from akd_edge.core.ort import measure_latency
 
     device = _device(model)
 

@@ -1,8 +1,8 @@
 """Structured channel pruning with torch-pruning; the history it returns is what a checkpoint saves.
 
 :func:`prune_model` returns torch-pruning's history as plain lists; the checkpoint entry built from it and
-its replay on load live beside the checkpoints, in :mod:`akd_edge.train.pruning_history`. Measuring a model
-is :mod:`akd_edge.compress.measure`; the ``akd-edge compress`` pipeline is :mod:`akd_edge.compress.pipeline`.
+its replay on load live beside the checkpoints, in :mod:`akd_edge.models.pruned`. Measuring a model
+is :mod:`akd_edge.compress.measure`; the ``akd-edge compress`` pipeline is :mod:`akd_edge.compress.command`.
 
 Pruning is local: every prunable layer loses the same fraction of its output channels (the classifier
 and any layer the user keeps are left alone), ranked by group magnitude (L2) or by first-order Taylor
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd_edge.attacks import eval_mode
-from akd_edge.errors import UsageError
-from akd_edge.train.pruning_history import plain_history
+from akd_edge.core.errors import UsageError
+from akd_edge.models.mode import eval_mode
+from akd_edge.models.pruned import plain_history
 
 log = logging.getLogger(__name__)
 

@@ -211,7 +211,7 @@ def quantize_int8(
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from akd_edge.verify.runtime import as_float_images
+    from akd_edge.core.ort import as_float_images
 
     settings = settings or Int8Settings()
     images = as_float_images(calibration_images)

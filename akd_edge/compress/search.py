@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from akd_edge.compress.prune import MAX_RATIO, prune_model, resolve_keep
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
-from akd_edge.errors import DataError
-from akd_edge.registry import Registry
+from akd_edge.core.errors import DataError
+from akd_edge.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

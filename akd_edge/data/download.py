@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from akd_edge import __version__
-from akd_edge.errors import DataError
-from akd_edge.files import file_digest, write_atomic
+from akd_edge.core.errors import DataError
+from akd_edge.core.files import file_digest, write_atomic
+from akd_edge.core.version import __version__
 
 log = logging.getLogger(__name__)
 

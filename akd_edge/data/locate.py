@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from akd_edge.errors import DataError
+from akd_edge.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from akd_edge.core.errors import ConfigError, DataError
 from akd_edge.data.base import DATASETS, DatasetSplits, ImageDataset, Loader, channel_stats
 from akd_edge.data.unlabeled import choose_labeled, load_unlabeled, without_labels
-from akd_edge.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from akd_edge.config import DataConfig

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from akd_edge.core.errors import DataError
 from akd_edge.data import locate
 from akd_edge.data.base import DATASETS, ImageDataset, LoadedData
 from akd_edge.data.download import SOURCES, fetch_dataset_files
-from akd_edge.errors import DataError
 
 log = logging.getLogger(__name__)
 

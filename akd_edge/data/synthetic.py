@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from akd_edge.core.errors import DataError
 from akd_edge.data.base import DATASETS, ImageDataset, LoadedData
-from akd_edge.errors import DataError
 
 log = logging.getLogger(__name__)
 

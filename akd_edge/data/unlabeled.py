@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from akd_edge.core.errors import DataError
 from akd_edge.data.base import ImageDataset
-from akd_edge.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from akd_edge.env import package_versions
-from akd_edge.errors import UsageError
-from akd_edge.files import output_folder, write_atomic, write_json_atomic
+from akd_edge.core.env import package_versions
+from akd_edge.core.errors import UsageError
+from akd_edge.core.files import output_folder, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def evaluate_dynamics(
     default = first if first.is_dir() else first.parent
     with output_folder(out_dir, default, "dynamics.json", FORMAT, ("dynamics.png", "dynamics_samples.npz")) as out:
         if plots:
-            from akd_edge import plots as plotting
+            from akd_edge.evaluation import plots as plotting
 
             if plotting.matplotlib_available():
                 report["plots"] = {"dynamics": plotting.plot_dynamics(report, out / "dynamics.png").name}

@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from akd_edge.checks import CheckResult, check_gradient_masking, run_model_checks
-from akd_edge.errors import DataError, UsageError
+from akd_edge.attacks.suite import AttackSpec, EvalAttack, predict
+from akd_edge.core.errors import DataError, UsageError
+from akd_edge.evaluation.checks import CheckResult, check_gradient_masking, run_model_checks
 from akd_edge.metrics.calibration import CalibrationMeter
-from akd_edge.metrics.robust import AttackSpec, EvalAttack, accuracy, eps_curve_flags, predict
+from akd_edge.metrics.robust import accuracy, eps_curve_flags
 
 if TYPE_CHECKING:
+    from akd_edge.core.distributed import Group
     from akd_edge.data import ImageDataset
-    from akd_edge.distributed import Group
 
 log = logging.getLogger(__name__)
 

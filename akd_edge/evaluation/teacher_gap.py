@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from akd_edge.config import TeacherSpec, from_dict
-from akd_edge.env import package_versions
-from akd_edge.errors import UsageError
+from akd_edge.core.env import package_versions
+from akd_edge.core.errors import UsageError
+from akd_edge.core.files import output_folder, write_json_atomic
+from akd_edge.evaluation.command import EvalOptions, attack_specs, default_out_dir, load_eval_data, resolve_threat
 from akd_edge.evaluation.engine import evaluate_model
-from akd_edge.evaluation.report import EvalOptions, attack_specs, default_out_dir, load_eval_data, resolve_threat
-from akd_edge.files import output_folder, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def teacher_gap(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate the student ``source`` (run or checkpoint) and its recipe's teachers; write ``teacher_gap.json``."""
     from akd_edge.data import iterate_batches
+    from akd_edge.models.checkpoint import load_model
     from akd_edge.teachers import load_teachers, teacher_provenance
-    from akd_edge.train.checkpoint import load_model
 
     options = options or EvalOptions()
     student, meta = load_model(source, options.which, options.device, options.factory)

@@ -2,13 +2,13 @@
 
 ``export_checkpoint`` writes ``model.onnx`` (fp32), ``model.int8.onnx`` (static int8 QDQ), ``model.ort``
 and ``model.int8.ort`` (onnxruntime-mobile, fixed batch), ``report.json``, ``MODEL_CARD.md`` and ``web/``
-(a page that runs the ONNX files under onnxruntime-web). ``akd_edge.export.pipeline`` runs the stages;
+(a page that runs the ONNX files under onnxruntime-web). ``akd_edge.export.command`` runs the stages;
 ``akd_edge.export.folder`` decides which folder may be replaced and builds the new one beside it; ``onnx``
 and ``mobile`` hold the conversions, ``web`` the browser page. See ``export/README.md`` for the files and
 the report's fields.
 """
 
-from akd_edge.export.pipeline import (
+from akd_edge.export.command import (
     FILES,
     REPORT_FORMAT,
     ExportCheckFailed,

@@ -4,7 +4,7 @@ An export is built in ``.<name>.partial-XXXXXXXX`` next to ``<name>`` and rename
 end, so a reader sees the earlier export or the new one, never half of one. The rules:
 
 - ``--out`` (or ``export/<run name>``) is replaced only when it is missing, empty, or recognisably an
-  earlier export: it carries the :data:`akd_edge.files.MARK` of kind ``export``, or (exported before the
+  earlier export: it carries the :data:`akd_edge.core.files.MARK` of kind ``export``, or (exported before the
   mark existed) a ``report.json`` of the export format. Anything else (a run directory, a folder of the
   user's) is refused with a UsageError: nothing is deleted.
 - An export is replaced whole (so a reader never sees half of one), hence only when it holds nothing but
@@ -12,7 +12,7 @@ end, so a reader sees the earlier export or the new one, never half of one. The 
   before the manifest existed, the names an export writes. A file or folder the user added (notes, an
   app) makes the re-export refuse with a UsageError that names it, before any work: move it out, or
   choose another ``--out``.
-- While an export builds, it holds the :class:`akd_edge.files.FolderLock` of the output folder, so a
+- While an export builds, it holds the :class:`akd_edge.core.files.FolderLock` of the output folder, so a
   second export to the same folder fails at once instead of racing it. Under that lock every
   ``.<name>.partial-*`` and ``.<name>.old-*`` folder beside it was left by a killed export, and is removed.
 """
@@ -28,10 +28,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from akd_edge import files
-from akd_edge.errors import UsageError
+from akd_edge.core import files
+from akd_edge.core.errors import UsageError
+from akd_edge.export.card import REPLAY_NAME, REPORT_FORMAT
 from akd_edge.export.web import PAGE_FILES, RUNTIME_DIR, RUNTIME_FILES, WEB_DIR
-from akd_edge.report import REPLAY_NAME, REPORT_FORMAT
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ ROUNDS = 2
 
 
 def speed_verdict(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any]:
-    """The ratios of two :func:`~akd_edge.verify.runtime.measure_latency` results and what they recommend."""
+    """The ratios of two :func:`~akd_edge.core.ort.measure_latency` results and what they recommend."""
     throughput = int8["throughput_img_s"] / max(fp32["throughput_img_s"], 1e-9)
     latency = int8["batch1_p50_ms"] / max(fp32["batch1_p50_ms"], 1e-9)
     gains = throughput >= MIN_THROUGHPUT_RATIO and latency <= MAX_LATENCY_RATIO
@@ -64,9 +64,9 @@ def compare_speed(
     throughput_repeats: int = 3,
 ) -> dict[str, Any]:
     """Time both files side by side (alternating, :data:`ROUNDS` each) and return :func:`speed_verdict`."""
-    from akd_edge.env import load_average
+    from akd_edge.core.env import load_average
+    from akd_edge.core.ort import OrtClassifier, ort_latency
     from akd_edge.train.accel import machine_summary
-    from akd_edge.verify.runtime import OrtClassifier, ort_latency
 
     models = {"fp32": OrtClassifier.load(fp32_path, threads), "int8": OrtClassifier.load(int8_path, threads)}
     timings: dict[str, list[dict[str, Any]]] = {name: [] for name in models}

@@ -245,7 +245,7 @@ def check_parity(
     The difference passes when it is at most ``rtol * max(1, max |torch logit|)``, a bound that scales
     with the logits (float32 rounding differs between the two runtimes).
     """
-    from akd_edge.verify.runtime import OrtClassifier, as_float_images
+    from akd_edge.core.ort import OrtClassifier, as_float_images
 
     x = as_float_images(images)
     ort_model = OrtClassifier.load(onnx_path)

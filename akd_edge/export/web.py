@@ -6,8 +6,8 @@ onnxruntime computed for them in Python. The page loads ``../model.onnx`` and ``
 classifies the images, shows the predictions and says whether each logit matches the Python one. Once
 ``akd-edge verify`` has run, it also replays the worst-case examples verify kept (``../replay.npz``, checked
 against the SHA-256 in ``../report.json``) and shows the browser's clean and robust accuracy beside Python
-onnxruntime's, with the tolerances of :mod:`akd_edge.verify.replay`. Opened from ``file://`` it says how to
-serve it over HTTP instead.
+onnxruntime's, with the tolerances verify's replay applies (:func:`akd_edge.core.ort.tolerances`). Opened from
+``file://`` it says how to serve it over HTTP instead.
 
 The page reads nothing from the network: onnxruntime-web's files go in ``web/ort/``, copied from an
 onnxruntime-web package the user has (``--web-runtime``, ``$AKD_EDGE_WEB_RUNTIME`` or
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from akd_edge import files
-from akd_edge.errors import UsageError
-from akd_edge.verify.replay import FP32_LOGIT_BOUND, tolerances
+from akd_edge.core import files
+from akd_edge.core.errors import UsageError
+from akd_edge.core.ort import FP32_LOGIT_BOUND, tolerances
 
 WEB_DIR = "web"
 RUNTIME_DIR = "ort"
@@ -42,7 +42,7 @@ PAGE_FILES = ("index.html", "npz.js", "app.js", "README.md")
 SAMPLES_FORMAT = "akd-edge-web-samples/1"
 TOLERANCE = FP32_LOGIT_BOUND
 """The largest absolute logit difference between the browser and onnxruntime in Python for an fp32 model; the
-page applies :func:`akd_edge.verify.replay.tolerances` (int8 has a bound of its own)."""
+page applies :func:`akd_edge.core.ort.tolerances` (int8 has a bound of its own)."""
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "web"
 
 
@@ -131,7 +131,7 @@ class Samples:
 
 def samples_document(folder: Path, models: list[str], samples: Samples) -> dict[str, Any]:
     """``samples.json``: the images, their labels, and each model's logits from onnxruntime in Python (CPU)."""
-    from akd_edge.verify.runtime import OrtClassifier, as_float_images
+    from akd_edge.core.ort import OrtClassifier, as_float_images
 
     pixels, scale = _pixels(samples.images)
     x = as_float_images(samples.images)

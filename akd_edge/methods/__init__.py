@@ -9,6 +9,7 @@ method it registers (``akd_edge/methods/NAME.py``): it is found and imported by 
 
 import importlib
 
+from akd_edge.core.registry import method_files
 from akd_edge.methods.base import (
     METHODS,
     Attack,
@@ -22,7 +23,6 @@ from akd_edge.methods.base import (
     kl_to_probs,
     soft_cross_entropy,
 )
-from akd_edge.registry import method_files
 
 for _name in method_files():  # each file registers its objective; the file is named after it
     importlib.import_module(f"{__name__}.{_name}")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from akd_edge.errors import ConfigError
-from akd_edge.registry import Registry
+from akd_edge.core.errors import ConfigError
+from akd_edge.core.registry import Registry
 
 if TYPE_CHECKING:
     from akd_edge.config import MethodConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from akd_edge.attacks._mode import eval_mode
 from akd_edge.methods.base import METHODS, Task, kl_between_logits, kl_to_probs
+from akd_edge.models.mode import eval_mode
 
 
 @METHODS.register("trades", help="TRADES (Zhang et al. 2019): clean CE + beta * KL(clean || adversarial)")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from akd_edge.errors import UsageError
+from akd_edge.core.errors import UsageError
 
 RECORDS = ("clean", "adv")
 SETS = ("learned", "unforgettable", "forgotten", "difficult", "never_learned")

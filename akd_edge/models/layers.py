@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 
 
 def _finite_floats(values: object) -> list[float]:

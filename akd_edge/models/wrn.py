@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
 from akd_edge.models.layers import check_input, global_pool, init_weights
 from akd_edge.models.zoo import register_model
 

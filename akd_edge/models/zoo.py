@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd_edge.errors import ConfigError
+from akd_edge.core.errors import ConfigError
+from akd_edge.core.registry import Registry, check_code_allowed
 from akd_edge.models.normalize import Normalize, NormalizedModel
-from akd_edge.registry import Registry, check_code_allowed
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def get_classifier(model: nn.Module) -> nn.Linear:
 
 
 MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-"""The layers whose multiply-accumulates are counted, as :func:`akd_edge.reporting.macs.onnx_macs` counts
+"""The layers whose multiply-accumulates are counted, as :func:`akd_edge.report.macs.onnx_macs` counts
 ``Conv`` and ``Gemm``/``MatMul`` in the exported graph: one number for a model in torch and in ONNX."""
 
 
@@ -216,7 +216,7 @@ def model_info(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     pooling and biases are not counted, as the export's report does not count them in the ONNX graph
     (where BatchNorm is folded into the convolutions), so training, compress and report agree.
     """
-    from akd_edge.attacks._mode import eval_mode
+    from akd_edge.models.mode import eval_mode
 
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

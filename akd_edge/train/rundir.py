@@ -1,7 +1,7 @@
 """Run directories: one process per folder, marked as an akd-edge run, never taken from someone else.
 
 A new run claims a missing or empty folder (:func:`claim_run_dir`), a resume opens a marked run that has a
-``last.pt`` (:func:`open_run_dir`); both hold the folder's lock (:class:`akd_edge.files.FolderLock`) for
+``last.pt`` (:func:`open_run_dir`); both hold the folder's lock (:class:`akd_edge.core.files.FolderLock`) for
 the life of the run and clean up the temp files of killed writers. A resumed run keeps its recipe
 (:func:`recipe_changes`), except the keys in :data:`RESUME_MAY_CHANGE`.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from akd_edge.config import Recipe, load_recipe, read_toml, to_dict
-from akd_edge.errors import CheckpointError, ConfigError, UsageError
-from akd_edge.files import (
+from akd_edge.core.errors import CheckpointError, ConfigError, UsageError
+from akd_edge.core.files import (
     LOCK,
     MARK,
     TMP_SUFFIX,
@@ -29,8 +29,8 @@ from akd_edge.files import (
     remove_orphans,
     write_text_atomic,
 )
-from akd_edge.registry import check_code_allowed
-from akd_edge.train.checkpoint import load_checkpoint
+from akd_edge.core.registry import check_code_allowed
+from akd_edge.models.checkpoint import load_checkpoint
 
 RESUME_MAY_CHANGE = ("run.threads", "run.device")
 """Recipe keys that may differ when a run is resumed; any other change would make it a different run."""
@@ -160,15 +160,7 @@ def claim_run_dir(recipe: Recipe, out: str | Path | None = None) -> RunDir:
     once never share a folder. Fails in a second on an unwritable folder, before any data is loaded.
     """
     if out is not None:
-        path = refuse_symlink(out)
-        if (why := _why_not_fresh(path)) is not None:
-            raise UsageError(why)
-        ensure_writable_dir(path, "--out")
-        lock = FolderLock(path, "run directory").acquire()
-        if (why := _why_not_fresh(path)) is not None:  # filled between the check and the lock
-            lock.release()
-            raise UsageError(why)
-        return _take(path, lock, new=True)
+        return claim_folder(out)
     ensure_writable_dir(recipe.run.out_dir, "run.out_dir")
     for path in candidates(recipe):
         if _why_not_fresh(path) is not None:
@@ -181,6 +173,19 @@ def claim_run_dir(recipe: Recipe, out: str | Path | None = None) -> RunDir:
             return _take(path, lock, new=True)
         lock.release()
     raise AssertionError("unreachable: the candidates never end")
+
+
+def claim_folder(out: str | Path) -> RunDir:
+    """Lock and mark ``out`` for a new run: it must be missing or empty (a UsageError says what it holds)."""
+    path = refuse_symlink(out)
+    if (why := _why_not_fresh(path)) is not None:
+        raise UsageError(why)
+    ensure_writable_dir(path, "--out")
+    lock = FolderLock(path, "run directory").acquire()
+    if (why := _why_not_fresh(path)) is not None:  # filled between the check and the lock
+        lock.release()
+        raise UsageError(why)
+    return _take(path, lock, new=True)
 
 
 def open_run_dir(path: str | Path) -> RunDir:

@@ -1,20 +1,23 @@
-"""Validation used for early stopping: clean and PGD accuracy on a fixed validation subset."""
+"""Validation used for early stopping: clean and PGD accuracy on a fixed validation subset, after every epoch
+(the best epoch by robust accuracy is kept as best.pt)."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
-from akd_edge.config import AttackConfig
+from akd_edge.attacks.suite import ConfigAttack
+from akd_edge.config import AttackConfig, EvalConfig
 from akd_edge.data import ImageDataset
 from akd_edge.evaluation.engine import evaluate_dataset, sharded
-from akd_edge.metrics.robust import ConfigAttack
 
 if TYPE_CHECKING:
-    from akd_edge.distributed import Group
+    from akd_edge.core.distributed import Group
 
 
 def validate(
@@ -42,3 +45,21 @@ def validate(
             model, dataset, [attack], batch_size=batch_size, device=device, calibration=False, checks=False
         )
     return {"clean_acc": run.acc("clean"), "robust_acc": run.acc(attack.name), "n": run.results["clean"]["n"]}
+
+
+def validate_epoch(
+    model: nn.Module,
+    val_set: ImageDataset,
+    cfg: EvalConfig,
+    *,
+    batch_size: int,
+    device: torch.device,
+    group: Group | None = None,
+) -> tuple[dict[str, float], float]:
+    """The check after each training epoch: :func:`validate` on the first ``cfg.val_samples`` validation images
+    (all of them when 0); returns the metrics and the seconds it took."""
+    if cfg.val_samples and len(val_set) > cfg.val_samples:
+        val_set = val_set.subset(np.arange(cfg.val_samples))
+    t0 = time.perf_counter()
+    val = validate(model, val_set, cfg.attack, batch_size=batch_size, device=device, group=group)
+    return val, time.perf_counter() - t0

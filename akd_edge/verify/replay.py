@@ -16,10 +16,10 @@ one report.json records, and only from the export folder):
 - ``attacked`` uint8 [1]: 1 when an attack ran (else the examples are the clean images).
 
 Tolerances (the web page, ``akd_edge/assets/web/app.js``, applies the same ones): a runtime *matches* when
-its largest logit difference is at most :data:`FP32_LOGIT_BOUND`; it is *within tolerance* when the
-difference is at most the bound of the model's precision (:data:`INT8_LOGIT_BOUND` of the largest |logit|
-for int8, whose kernels differ between runtimes), the argmax agrees on at least :data:`MIN_AGREEMENT` of the
-inputs and robust accuracy is within :data:`MAX_ACCURACY_GAP` of the reference; otherwise it is a mismatch.
+its largest logit difference is at most :data:`~akd_edge.core.ort.FP32_LOGIT_BOUND`; it is *within tolerance* when the
+difference is at most the bound of the model's precision (:data:`~akd_edge.core.ort.INT8_LOGIT_BOUND` of the largest |logit|
+for int8, whose kernels differ between runtimes), the argmax agrees on at least :data:`~akd_edge.core.ort.MIN_AGREEMENT` of the
+inputs and robust accuracy is within :data:`~akd_edge.core.ort.MAX_ACCURACY_GAP` of the reference; otherwise it is a mismatch.
 """
 
 from __future__ import annotations
@@ -33,23 +33,20 @@ from typing import Any
 
 import numpy as np
 
-from akd_edge.errors import UsageError
-from akd_edge.files import sha256_file, write_atomic
-from akd_edge.report import REPLAY_NAME
-from akd_edge.verify.runtime import OrtClassifier, as_float_images
+from akd_edge.core.errors import UsageError
+from akd_edge.core.files import sha256_file, write_atomic
+from akd_edge.core.ort import (
+    FP32_LOGIT_BOUND,
+    INT8_LOGIT_BOUND,
+    MAX_ACCURACY_GAP,
+    MIN_AGREEMENT,
+    OrtClassifier,
+    as_float_images,
+)
+from akd_edge.export.card import REPLAY_NAME
 
 log = logging.getLogger(__name__)
 
-FP32_LOGIT_BOUND = 1e-3
-"""Largest |logit difference| between runtimes for an fp32 model: float rounding only."""
-INT8_LOGIT_BOUND = 0.05
-"""Largest |logit difference| for an int8 model, as a fraction of the largest |logit| of the reference on the
-same inputs: int8 kernels fused by onnxruntime's optimiser round differently from unfused ones (0.15 measured
-on the quickstart student, 0.02 on the shipped teacher, whose logits reach 17)."""
-MIN_AGREEMENT = 0.99
-"""Smallest share of inputs (clean and worst-case) whose argmax a runtime within tolerance shares."""
-MAX_ACCURACY_GAP = 0.01
-"""Largest difference of robust accuracy (a fraction: 1 point) between a runtime within tolerance and the reference."""
 REFERENCE_LEVEL = "ORT_ENABLE_ALL"
 """The graph optimisation level of the reference (onnxruntime's default: what verify attacked)."""
 LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", REFERENCE_LEVEL)
@@ -62,16 +59,6 @@ BATCH = 256
 
 class ReplayError(UsageError):
     """replay.npz is missing, changed since verify recorded it, or not what verify writes."""
-
-
-def tolerances() -> dict[str, Any]:
-    """The tolerances as report.json and the web page's samples.json record them."""
-    return {
-        "fp32_logit": FP32_LOGIT_BOUND,
-        "int8_logit_fraction": INT8_LOGIT_BOUND,
-        "min_agreement": MIN_AGREEMENT,
-        "max_accuracy_gap": MAX_ACCURACY_GAP,
-    }
 
 
 def precision_of(name: str) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from akd_edge.env import torch_threads
-from akd_edge.verify.runtime import as_float_images, measure_latency
+from akd_edge.core.env import torch_threads
+from akd_edge.core.ort import as_float_images, measure_latency
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _trusted_factory: contextvars.ContextVar[str | None] = contextvars.ContextVar("t
 def trusting_factory(factory: str | None) -> Iterator[None]:
     """Within the block, :func:`load_torch_model` rebuilds a ``module:factory`` checkpoint with ``factory``.
 
-    For ``akd-edge verify --model-factory`` until :func:`akd_edge.verify.report.verify_export` takes the
+    For ``akd-edge verify --model-factory`` until :func:`akd_edge.verify.command.verify_export` takes the
     factory as an argument; a context variable, so nothing outside the block (or another thread) sees it.
     """
     token = _trusted_factory.set(factory)
@@ -41,12 +41,12 @@ def trusting_factory(factory: str | None) -> Iterator[None]:
 
 
 def load_torch_model(checkpoint: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The source model in eval mode (``weights_only`` loading, through akd_edge.train.checkpoint).
+    """The source model in eval mode (``weights_only`` loading, through akd_edge.models.checkpoint).
 
     ``factory``: the trusted ``module:factory`` of a checkpoint of the user's own architecture (default: the
     one given to :func:`trusting_factory`, if any).
     """
-    from akd_edge.train.checkpoint import load_model
+    from akd_edge.models.checkpoint import load_model
 
     return load_model(checkpoint, factory=factory or _trusted_factory.get())
 

@@ -3,7 +3,7 @@
 //    export time;
 // 2. on the worst-case examples `akd-edge verify` kept (../replay.npz, once its SHA-256 matches report.json):
 //    clean and robust accuracy in this browser beside Python onnxruntime's, argmax agreement, logit difference.
-// The tolerances are the ones of akd_edge/verify/replay.py (samples.json carries them): fp32 must match within
+// The tolerances are the ones of akd_edge/core/ort.py (samples.json carries them): fp32 must match within
 // 1e-3; int8 kernels round differently between runtimes, so int8 is within tolerance while its logits stay
 // within 5% of the largest |logit|, >= 99% of argmaxes agree and robust accuracy is within 1 point.
 // Every name from the export (run, classes, models) goes into the page as text, never as HTML.
