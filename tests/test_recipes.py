@@ -157,3 +157,15 @@ def test_recipes_command_shows_each_measured_recipe_whole() -> None:
     for name in RECIPES:
         if (result := recipe_results(name)) is not None:
             assert measured_summary(result) in flat, name
+
+
+def test_recipes_command_never_cuts_a_recipe_name_on_a_narrow_terminal() -> None:
+    """A user copies the name from the listing: at 80 columns every name is whole, on one line."""
+    from click.testing import CliRunner
+
+    from akd_edge.cli.main import cli
+
+    output = CliRunner().invoke(cli, ["recipes"], terminal_width=80, env={"COLUMNS": "80"}).output
+    first_cells = {line.split("│")[1].strip() for line in output.splitlines() if line.startswith("│")}
+    assert set(RECIPES) <= first_cells
+    assert "[expected] note" in output

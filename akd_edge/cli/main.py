@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from akd_edge.cli.common import out, setup_logging, user_errors
 from akd_edge.cli.compress_cmd import compress_cmd
@@ -40,13 +42,23 @@ def recipes_cmd() -> None:
     """List the shipped recipes and what they reached where they were measured."""
     from akd_edge.config import measured_summary, read_toml, recipe_results, shipped_recipes
 
-    table = Table("recipe", "description", "measured (test clean / PGD-20, time, where)")
-    for name, path in shipped_recipes().items():
+    recipes = shipped_recipes()
+    table = Table("description", "measured (test clean / PGD-20, time, where)")
+    # the name is what users type: never cut or wrapped, whatever the terminal's width
+    table.columns.insert(0, Column("recipe", no_wrap=True, min_width=max(map(len, recipes), default=6)))
+    for name, path in recipes.items():
         result = recipe_results(name)
         raw = read_toml(path)
-        measured = measured_summary(result) if result else raw.get("expected", {}).get("note", "not measured yet")
-        table.add_row(name, raw.get("description", ""), escape(measured))
+        # an unmeasured recipe's note says why and how to measure it; the listing keeps the why
+        note = str(raw.get("expected", {}).get("note", "not measured yet")).split(";")[0]
+        table.add_row(name, raw.get("description", ""), escape(measured_summary(result) if result else note))
     out.print(table)
+    if recipes:
+        folder = Path(next(iter(recipes.values()))).parent
+        out.print(
+            f"[dim]how each was measured, and how to measure the others: the \\[expected] note of "
+            f"{escape(str(folder))}/NAME.toml[/]"
+        )
 
 
 @cli.command("models")
