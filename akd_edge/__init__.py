@@ -16,6 +16,7 @@ from akd_edge.api import (
     load_data,
     load_model,
     load_test_data,
+    report,
     train_teacher,
     verify,
 )
@@ -33,6 +34,7 @@ __all__ = [  # the API's functions (akd_edge.api.__all__), listed so that linter
     "load_data",
     "load_model",
     "load_test_data",
+    "report",
     "train_teacher",
     "verify",
 ]

@@ -14,12 +14,15 @@ The functions leave process-wide state as they found it: torch's thread count (`
 call only), the global random state (every call runs in a forked RNG, so the caller's stream is not
 advanced or reseeded) and signal handlers (Ctrl-C raises KeyboardInterrupt as usual; the run's last
 checkpoint stays and ``resume=True`` continues it). They log through ``logging`` and print nothing.
+
+Each ``akd-edge`` command calls its function here (``akd-edge run`` calls :func:`akd_edge.run.run_pipeline`,
+which is built on them): the command parses its flags, calls the function and renders what it returns.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
     from akd_edge.config import Recipe
     from akd_edge.data import DatasetSplits, ImageDataset
+    from akd_edge.evaluation.command import EvalResults
 
 __all__ = [
     "compress",
@@ -37,20 +41,30 @@ __all__ = [
     "load_data",
     "load_model",
     "load_test_data",
+    "report",
     "train_teacher",
     "verify",
 ]
 
+TEACHER_METHODS = ("at", "trades")
+"""The objectives a teacher trains with (:func:`train_teacher`): adversarial training with no teacher of its own."""
+DEFAULT_DISTILL_RECIPE = "fmnist-quickstart"
+DEFAULT_TEACHER_RECIPE = "fmnist-teacher"
+
 
 @contextlib.contextmanager
-def _isolated(threads: int) -> Iterator[None]:
-    """Thread count for the block only, and the caller's RNG state (CPU and CUDA) put back afterwards."""
+def _isolated(threads: int, what: str = "threads") -> Iterator[None]:
+    """Thread count for the block only (``what`` names the setting in a refusal), and the caller's RNG state put
+    back afterwards: the CPU's and, in a single process, every CUDA device's (under torchrun each rank's device
+    state is the training loop's to keep, and no rank touches the other ranks' devices)."""
     import torch
 
+    from akd_edge.core.distributed import current
     from akd_edge.core.env import torch_threads
 
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch_threads(threads), torch.random.fork_rng(devices=devices):
+    cuda = torch.cuda.is_available() and current() is None
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    with torch_threads(threads, what), torch.random.fork_rng(devices=devices):
         yield
 
 
@@ -62,34 +76,62 @@ def _recipe(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequence[st
     return load_recipe(recipe, list(overrides))
 
 
+def _run_recipe(
+    recipe: str | Path | dict[str, Any] | Recipe | None,
+    default: str,
+    overrides: Sequence[str],
+    resume_dir: str | Path | None,
+    allow_code: bool,
+) -> Recipe:
+    """The recipe to train: ``recipe`` with ``overrides``; with none given, a resumed run's own recipe.toml
+    (where only :data:`~akd_edge.train.rundir.RESUME_MAY_CHANGE` may be overridden) or ``default``."""
+    if recipe is not None or resume_dir is None:
+        return _recipe(default if recipe is None else recipe, overrides)
+    from akd_edge.train.rundir import refuse_resume_changes, run_recipe
+
+    refuse_resume_changes(resume_dir, overrides)
+    return run_recipe(resume_dir, overrides, allow_code=allow_code)
+
+
 def _train(
-    recipe: str | Path | dict[str, Any] | Recipe,
+    recipe: Recipe,
     role: str,
     *,
-    overrides: Sequence[str],
     run_dir: str | Path | None,
     resume: bool,
     data: DatasetSplits | None,
     teacher: nn.Module | None,
     threads: int,
-    callbacks: Any = None,
+    callbacks: Any,
+    save_on_ctrl_c: bool,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """Hold the run directory (checked writable before any data loads; under torchrun rank 0 holds it), train
+    in it, and load the early-stopped model."""
+    from akd_edge.core.distributed import current
     from akd_edge.models.checkpoint import load_model
     from akd_edge.train.loop import train_run
-    from akd_edge.train.rundir import claim_run_dir, open_run_dir
+    from akd_edge.train.rundir import hold_run_dir
 
-    cfg = _recipe(recipe, overrides)
-    with _isolated(threads or cfg.run.threads):
-        claimed = open_run_dir(run_dir) if resume and run_dir is not None else claim_run_dir(cfg, run_dir)
-        with claimed:
-            summary = train_run(cfg, claimed, resume=resume, role=role, data=data, teacher=teacher, callbacks=callbacks)
-        own = cfg.model.name if ":" in cfg.model.name else None  # the recipe's own module:factory, trusted
-        model, _ = load_model(claimed.path, "best", factory=own)
+    with _isolated(threads or recipe.run.threads, "threads" if threads else "run.threads"):
+        held, path = hold_run_dir(recipe, run_dir, resume=resume, group=current())
+        with held or contextlib.nullcontext():
+            summary = train_run(
+                recipe,
+                held or path,
+                resume=resume,
+                role=role,
+                data=data,
+                teacher=teacher,
+                callbacks=callbacks,
+                save_on_ctrl_c=save_on_ctrl_c,
+            )
+        own = recipe.model.name if ":" in recipe.model.name else None  # the recipe's own module:factory, trusted
+        model, _ = load_model(path, "best", factory=own)
     return model, summary
 
 
 def distill(
-    recipe: str | Path | dict[str, Any] | Recipe = "fmnist-quickstart",
+    recipe: str | Path | dict[str, Any] | Recipe | None = None,
     *,
     overrides: Sequence[str] = (),
     run_dir: str | Path | None = None,
@@ -98,50 +140,73 @@ def distill(
     teacher: nn.Module | None = None,
     threads: int = 0,
     callbacks: Any = None,
+    allow_code: bool = False,
+    save_on_ctrl_c: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Distill a student as ``recipe`` says (a shipped name, a TOML path, a dict or a :class:`Recipe`).
 
     ``overrides`` are ``section.key=value`` strings, as ``--set`` takes. ``data`` (from :func:`load_data`
     or your own :class:`DatasetSplits`) and ``teacher`` (any module that returns logits for images in
     [0, 1], or a ``TeacherEnsemble``; it is frozen and moved to the run's device) replace the recipe's.
-    ``run_dir`` defaults to ``<run.out_dir>/<run.name>[-N]``; ``resume=True`` continues it. Returns the
-    early-stopped student (``best.pt``, in eval mode, on the CPU) and the run's summary. ``callbacks``
-    (optional) receive the training loop's progress events, as :class:`~akd_edge.train.loop.Trainer` calls them.
+    ``run_dir`` defaults to ``<run.out_dir>/<run.name>[-N]``; ``resume=True`` continues it, as its recipe.toml
+    says when ``recipe`` is None (``fmnist-quickstart`` is the default of a new run), where a
+    ``module:factory`` needs ``allow_code``. Returns the early-stopped student (``best.pt``, in eval mode, on
+    the CPU) and the run's summary. ``callbacks`` (optional) receive the training loop's progress events, as
+    :class:`~akd_edge.train.loop.Trainer` calls them; ``save_on_ctrl_c`` makes Ctrl-C save a resumable
+    checkpoint and raise :class:`~akd_edge.train.stops.Interrupted` (the handler is put back afterwards).
     """
+    cfg = _run_recipe(recipe, DEFAULT_DISTILL_RECIPE, overrides, run_dir if resume else None, allow_code)
     return _train(
-        recipe,
+        cfg,
         "student",
-        overrides=overrides,
         run_dir=run_dir,
         resume=resume,
         data=data,
         teacher=teacher,
         threads=threads,
         callbacks=callbacks,
+        save_on_ctrl_c=save_on_ctrl_c,
     )
 
 
 def train_teacher(
-    recipe: str | Path | dict[str, Any] | Recipe = "fmnist-teacher",
+    recipe: str | Path | dict[str, Any] | Recipe | None = None,
     *,
     overrides: Sequence[str] = (),
     run_dir: str | Path | None = None,
     resume: bool = False,
     data: DatasetSplits | None = None,
     threads: int = 0,
+    callbacks: Any = None,
+    allow_code: bool = False,
+    save_on_ctrl_c: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Adversarially train a teacher (AT or TRADES); returns the early-stopped model and the summary."""
+    """Adversarially train a teacher (AT or TRADES); returns the early-stopped model and the summary.
+
+    Arguments as :func:`distill` takes them (``fmnist-teacher`` is the default recipe of a new run); a recipe
+    whose method is not one of :data:`TEACHER_METHODS` is a ConfigError.
+    """
     from akd_edge.core.errors import ConfigError
 
-    cfg = _recipe(recipe, overrides)
-    if cfg.method.name not in ("at", "trades"):
-        raise ConfigError(f"method.name={cfg.method.name!r}: a teacher trains with at or trades")
+    cfg = _run_recipe(recipe, DEFAULT_TEACHER_RECIPE, overrides, run_dir if resume else None, allow_code)
+    if cfg.method.name not in TEACHER_METHODS:
+        raise ConfigError(f"method.name={cfg.method.name!r}: a teacher trains with {' or '.join(TEACHER_METHODS)}")
     return _train(
-        cfg, "teacher", overrides=(), run_dir=run_dir, resume=resume, data=data, teacher=None, threads=threads
+        cfg,
+        "teacher",
+        run_dir=run_dir,
+        resume=resume,
+        data=data,
+        teacher=None,
+        threads=threads,
+        callbacks=callbacks,
+        save_on_ctrl_c=save_on_ctrl_c,
     )
 
 
-def load_data(recipe: str | Path | dict[str, Any] | Recipe = "fmnist-quickstart", overrides: Sequence[str] = ()):
+def load_data(
+    recipe: str | Path | dict[str, Any] | Recipe = DEFAULT_DISTILL_RECIPE, overrides: Sequence[str] = ()
+) -> DatasetSplits:
     """The train/validation/test splits a recipe's ``[data]`` section describes (a :class:`DatasetSplits`)."""
     from akd_edge.data import load_dataset
 
@@ -182,50 +247,43 @@ def evaluate(
     norm: str | None = None,
     attacks: Sequence[str] = ("pgd",),
     threads: int = 0,
+    out: str | Path | None = None,
+    write: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> EvalResults:
     """Clean and robust accuracy (each with its attack settings), calibration and model checks.
 
     ``model`` is a module (then ``data``, ``eps`` and ``norm`` are required) or a run directory /
     checkpoint (then its test split and threat model are the defaults, as in ``akd-edge eval``). Other
     keyword arguments are :class:`~akd_edge.evaluation.command.EvalOptions` fields (``n``, ``steps``,
-    ``restarts``, ``seed``, ``batch_size``, ``device``...). Returns the ``results`` of eval.json; writes
-    nothing.
+    ``restarts``, ``seed``, ``batch_size``, ``device``, ``plots``...). Returns the ``results`` of eval.json
+    (an :class:`~akd_edge.evaluation.command.EvalResults`: a dict, which for a run or checkpoint also carries
+    the whole record as ``.report``). Writes nothing, unless ``write`` or ``out``: then a run or checkpoint's
+    eval.json (and plots) go into ``out`` (default: the run directory or the checkpoint's folder), and
+    ``.path`` is eval.json's. ``progress(done, total, info)`` follows the attacked batches.
     """
-    import numpy as np
-
-    from akd_edge.evaluation.command import EvalOptions, attack_specs, load_eval_data, resolve_threat
-    from akd_edge.evaluation.engine import evaluate_dataset
+    from akd_edge.core.errors import UsageError
+    from akd_edge.evaluation.command import EvalOptions, EvalResults, resolve_threat, results_on
+    from akd_edge.evaluation.command import evaluate as evaluate_checkpoint
     from akd_edge.models.checkpoint import load_model
 
-    opts = EvalOptions(attacks=tuple(attacks), norm=norm, eps=eps, plots=False, **options)
+    opts = EvalOptions(attacks=tuple(attacks), norm=norm, eps=eps, **options)
+    source = isinstance(model, (str, Path))
+    write = write or out is not None
+    if write and not (source and data is None):
+        raise UsageError("eval.json is written for a run directory or checkpoint, on its own test split")
     with _isolated(threads):
-        if isinstance(model, (str, Path)):
+        if source and data is None:
+            report, path = evaluate_checkpoint(model, opts, out_dir=out, write=write, progress=progress)
+            return EvalResults(report["results"], report, path)
+        if source:
             model, meta = load_model(model, opts.which, opts.device, opts.factory)
             norm, eps = resolve_threat(meta, norm, eps)
-            if data is None:
-                data, _ = load_eval_data(meta, opts)
         elif data is None or eps is None or norm is None:
-            from akd_edge.core.errors import UsageError
-
             raise UsageError("evaluating a model object needs data (an ImageDataset), eps and norm")
-        if opts.n and len(data) > opts.n:
-            data = data.subset(np.arange(opts.n))
-        specs, base = attack_specs(opts, norm, eps)
-        model = model.to(opts.device)
-        evaluation = evaluate_dataset(
-            model,
-            data,
-            specs,
-            batch_size=opts.batch_size,
-            device=opts.device,
-            curve=list(opts.eps_curve),
-            curve_spec=base,
-            calibration=opts.calibration,
-            checks=opts.checks,
-            check_samples=opts.check_samples,
-        )
-    return evaluation.results
+        results = results_on(model.to(opts.device), data, opts, norm, eps, progress)
+    return EvalResults(results)
 
 
 def compress(
@@ -271,3 +329,17 @@ def verify(folder: str | Path, **options: Any) -> dict[str, Any]:
 
     with _isolated(0):
         return verify_export(folder, **options)
+
+
+def report(
+    paths: Sequence[str | Path], out: str | Path = "report", *, title: str = "", stages: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Compare the models of run directories, export folders and ``akd-edge run`` folders in one report.
+
+    Writes ``index.html``, ``report.md``, ``report.json`` and the plots into ``out`` (missing, empty or an
+    earlier report); returns what report.json holds. ``stages``: the wall times of an ``akd-edge run``, shown as
+    a table. See :func:`akd_edge.report.command.build_report`.
+    """
+    from akd_edge.report.command import build_report
+
+    return build_report(paths, out, title=title, stages=stages)

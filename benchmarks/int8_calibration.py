@@ -40,7 +40,7 @@ import numpy as np
 
 from akd_edge.compress.quantize import FLOAT_LAYERS
 from akd_edge.core.interval import format_interval, wilson_interval
-from akd_edge.export.command import calibration_sample
+from akd_edge.export.images import calibration_sample
 
 TARGET = 0.995
 """Agreement the issue asks for (fp32 vs int8 argmax, test split)."""
@@ -195,8 +195,9 @@ class Bench:
     def __init__(self, source: str, args: argparse.Namespace, work: Path) -> None:
         from akd_edge.core.ort import OrtClassifier
         from akd_edge.data import get_loader
-        from akd_edge.export.command import load_source, onnx_metadata
+        from akd_edge.export.command import load_source
         from akd_edge.export.onnx import export_onnx
+        from akd_edge.export.provenance import onnx_metadata
 
         self.source, self.work, self.seed = source, work, args.seed
         self.model, self.meta = load_source(source, "best")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import akd_edge as ae
 from akd_edge.core.files import write_json_atomic
-from akd_edge.export.command import onnx_metadata, quiet_libraries
+from akd_edge.export.command import quiet_libraries
 from akd_edge.export.onnx import export_onnx
+from akd_edge.export.provenance import onnx_metadata
 from akd_edge.models.checkpoint import load_model
 from akd_edge.train.accel import machine_summary
 

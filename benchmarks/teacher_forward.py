@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 from akd_edge.config import TeacherSpec
-from akd_edge.export.command import onnx_metadata, quiet_libraries
+from akd_edge.export.command import quiet_libraries
 from akd_edge.export.onnx import export_onnx
+from akd_edge.export.provenance import onnx_metadata
 from akd_edge.models.checkpoint import load_model
 from akd_edge.teachers import load_teachers
 from akd_edge.train.accel import accelerate_teacher, default_plan, machine_summary, time_alternating

@@ -98,6 +98,51 @@ def test_evaluate_a_model_object_on_a_dataset_object() -> None:
     assert clean["acc"] == pytest.approx(expected)
 
 
+def test_resume_continues_the_run_as_its_recipe_toml_says(tmp_path: Path) -> None:
+    """The CLI's --resume is the API's: no recipe means the run's own; only RESUME_MAY_CHANGE may be overridden."""
+    from akd_edge.core.errors import ConfigError
+
+    ae.train_teacher(TINY, run_dir=tmp_path / "run")
+    recipe_toml = (tmp_path / "run" / "recipe.toml").read_bytes()
+    with pytest.raises(ConfigError, match=r"refused: train\.epochs"):
+        ae.train_teacher(run_dir=tmp_path / "run", resume=True, overrides=["train.epochs=3"])
+    model, summary = ae.train_teacher(run_dir=tmp_path / "run", resume=True, overrides=["run.threads=1"])
+    assert summary["epochs"] == 1 and summary["run_dir"] == str(tmp_path / "run")
+    assert (tmp_path / "run" / "recipe.toml").read_bytes() == recipe_toml
+    with pytest.raises(UsageError, match="give the one to continue"):
+        ae.distill(TINY, resume=True)
+
+
+def test_train_teacher_refuses_a_distillation_method(tmp_path: Path) -> None:
+    from akd_edge.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="a teacher trains with at or trades"):
+        ae.train_teacher(TINY, overrides=["method.name=akd"], run_dir=tmp_path / "t")
+    assert not (tmp_path / "t").exists(), "refused before the run directory was claimed"
+
+
+def test_evaluate_writes_the_eval_json_of_akd_edge_eval(tmp_path: Path) -> None:
+    import json
+
+    ae.train_teacher(TINY, run_dir=tmp_path / "run")
+    quiet = {"steps": 2, "n": 32, "batch_size": 16, "calibration": False, "checks": False}
+    results = ae.evaluate(tmp_path / "run", **quiet)
+    assert results.path is None and results.report["results"] == results
+    assert not (tmp_path / "run" / "eval.json").exists(), "writes nothing unless asked"
+    written = ae.evaluate(tmp_path / "run", write=True, plots=False, **quiet)
+    assert written.path == tmp_path / "run" / "eval.json"
+    record = json.loads(written.path.read_text())
+    assert (
+        record["results"]["attacks"]["pgd"]["acc"]
+        == written["attacks"]["pgd"]["acc"]
+        == results["attacks"]["pgd"]["acc"]
+    )
+    with pytest.raises(UsageError, match="eval.json is written for a run directory"):
+        ae.evaluate(
+            ae.load_model(tmp_path / "run"), ae.load_test_data("synthetic", SYNTH), eps=0.1, norm="linf", write=True
+        )
+
+
 def test_evaluate_a_model_object_needs_data_and_threat() -> None:
     model = create_model("cnn-student", num_classes=3, input_shape=(1, 8, 8), mean=[0.5], std=[0.25])
     with pytest.raises(UsageError, match="eps and norm"):
@@ -117,10 +162,11 @@ def test_api_functions_keep_their_names_when_their_packages_load() -> None:
     (the README's example calls ae.compress after ae.evaluate has loaded akd_edge.compress)."""
     import importlib
 
-    for name in ("akd_edge.compress.command", "akd_edge.export.command", "akd_edge.verify.command"):
+    for name in ("akd_edge.compress.command", "akd_edge.export.command", "akd_edge.verify.command", "akd_edge.report"):
         importlib.import_module(name)
     assert all(callable(getattr(ae, name)) for name in ae.__all__ if name != "__version__")
     assert ae.compress is ae.api.compress and ae.export is ae.api.export and ae.verify is ae.api.verify
+    assert ae.report is ae.api.report
 
 
 def test_the_package_exports_every_api_function() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import akd_edge
-from akd_edge.compress.command import _out_dir
+from akd_edge.compress.output import claim_out
 from akd_edge.core.errors import UsageError
 from akd_edge.core.files import MARK, in_use, mark
 
@@ -56,7 +56,7 @@ def test_low_level_modules_import_nothing_above_them(relative: str) -> None:
 
 
 def _take(out: Path) -> Path:
-    path, lock = _out_dir(out, None, "src")
+    path, lock = claim_out(out, None, "src")
     lock.release()
     return path
 
@@ -70,11 +70,11 @@ def test_out_dir_takes_new_empty_or_mark_only_folders(tmp_path: Path) -> None:
 
 
 def test_out_dir_is_locked_while_compress_runs(tmp_path: Path) -> None:
-    path, lock = _out_dir(tmp_path / "out", None, "src")
+    path, lock = claim_out(tmp_path / "out", None, "src")
     try:
         assert in_use(path)
         with pytest.raises(UsageError, match="in use"):
-            _out_dir(path, None, "src")
+            claim_out(path, None, "src")
     finally:
         lock.release()
     assert not in_use(path)
@@ -91,7 +91,7 @@ def test_out_dir_refuses_folders_with_contents(tmp_path: Path, kind: str | None,
     if kind is not None:
         mark(folder, kind)
     with pytest.raises(UsageError, match=message):
-        _out_dir(folder, None, "src")
+        claim_out(folder, None, "src")
     assert (folder / "report.json").read_text() == "{}"
     assert (folder / MARK).exists() == (kind is not None)
 
@@ -99,4 +99,4 @@ def test_out_dir_refuses_folders_with_contents(tmp_path: Path, kind: str | None,
 def test_out_dir_refuses_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="not a folder"):
-        _out_dir(tmp_path / "f", None, "src")
+        claim_out(tmp_path / "f", None, "src")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from akd_edge.core.errors import UsageError
-from akd_edge.metrics.dynamics import (
+from akd_edge.metrics.forgetting import (
     Dynamics,
     analyze,
     compare,

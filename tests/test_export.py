@@ -276,13 +276,13 @@ def _disagreeing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the fp32-vs-int8 comparison find 99.0% agreement (the threshold stays the default 99.5%)."""
     from akd_edge.export import command as export_command
 
-    real = export_command._agreement
+    real = export_command.int8_agreement
 
     def worse(*args: object) -> dict:
         result = real(*args)
         return {**result, "argmax_agreement": 0.99, "passed": False}
 
-    monkeypatch.setattr(export_command, "_agreement", worse)
+    monkeypatch.setattr(export_command, "int8_agreement", worse)
 
 
 def test_failed_int8_agreement_exports_fp32_only_and_says_why(

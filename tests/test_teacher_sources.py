@@ -18,8 +18,8 @@ from akd_edge.config import TeacherSpec, load_recipe
 from akd_edge.core.errors import CheckpointError, ConfigError
 from akd_edge.core.files import sha256_file
 from akd_edge.data import iterate_batches
-from akd_edge.export.command import onnx_metadata
 from akd_edge.export.onnx import export_onnx, set_metadata
+from akd_edge.export.provenance import onnx_metadata
 from akd_edge.models.checkpoint import load_checkpoint, load_model
 from akd_edge.teachers import CleanTeacherCache, TeacherEnsemble, load_teachers
 from akd_edge.teachers.onnx import OnnxTeacher

@@ -4,8 +4,9 @@ each), and turning user mistakes into exit code 2."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -89,6 +90,14 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 # -- options shared by several commands ---------------------------------------------------------------------
 F = TypeVar("F", bound=Callable[..., Any])
 Option = Callable[[F], F]
+
+
+def with_flags(overrides: Sequence[str], device: str | None, data_dir: str | None) -> tuple[str, ...]:
+    """The ``--set`` overrides plus those that ``--device`` and ``--data-dir`` stand for (``run.device``,
+    ``data.data_dir``), for the commands that run a recipe."""
+    extra = [f"run.device={json.dumps(device)}"] if device else []
+    extra += [f"data.data_dir={json.dumps(data_dir)}"] if data_dir else []
+    return (*overrides, *extra)
 
 
 def device_option(default: str | None = None) -> Option:

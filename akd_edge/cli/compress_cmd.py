@@ -6,7 +6,6 @@ training loop are imported when the command runs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -25,20 +24,9 @@ from akd_edge.cli.common import (
     which_option,
 )
 from akd_edge.cli.launch import distributed_command
-from akd_edge.cli.train_cmd import RichCallbacks
+from akd_edge.cli.progress import StepCallbacks
 from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.core.interval import REPORTED_N, format_interval
-
-
-class _StepCallbacks(RichCallbacks):
-    """Training progress bars that start afresh for the fine-tuning of each pruning step."""
-
-    def on_train_start(self, run_dir: Path, info: dict[str, Any]) -> None:
-        for task in (self.epoch_task, self.batch_task):
-            if task is not None:
-                self.progress.remove_task(task)
-        self.epoch_task = self.batch_task = None
-        super().on_train_start(run_dir, info)
 
 
 def _pct(value: float | None) -> str:
@@ -223,23 +211,20 @@ def compress_cmd(
       akd-edge compress runs/fmnist-quickstart --ratio 0.5 --steps 2
       akd-edge compress runs/fmnist-quickstart --target-params 12000 --set train.optim.lr=0.01
     """
-    from akd_edge.compress.command import EvalSpec, compress_run
-    from akd_edge.compress.prune import PruneSpec
+    from akd_edge import api
+    from akd_edge.compress.command import EvalSpec
 
-    spec = PruneSpec(
-        ratio=ratio,
-        target_params=target_params,
-        target_macs=target_macs,
-        steps=steps,
-        importance=importance,
-        round_to=round_to,
-        keep=keep,
-    )
     evaluation = EvalSpec(n=n_test, autoattack=autoattack, aa_n=aa_n, seed=seed)
-    with _StepCallbacks() as callbacks:
-        report = compress_run(
+    with StepCallbacks() as callbacks:
+        _, report = api.compress(
             source,
-            spec,
+            ratio=ratio,
+            target_params=target_params,
+            target_macs=target_macs,
+            steps=steps,
+            importance=importance,
+            round_to=round_to,
+            keep=keep,
             which=which,
             out=out_dir,
             epochs=epochs,

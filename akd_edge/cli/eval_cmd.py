@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -261,63 +260,77 @@ def eval_cmd(
       akd-edge eval --dynamics runs/fmnist-at runs/fmnist-akd --names at,akd
       torchrun --nproc_per_node 4 -m akd_edge eval runs/cifar-akd --attack aa-standard -n 10000 --device cuda
     """
-    from akd_edge.core.distributed import current
-    from akd_edge.core.env import resolve_device
-    from akd_edge.evaluation.command import EvalOptions, evaluate
-    from akd_edge.evaluation.dynamics import evaluate_dynamics
+    from akd_edge.core.distributed import current, rank_device
     from akd_edge.evaluation.engine import sharded
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     group = current()
     is_main = group is None or group.is_main
     if dynamics:
-        if not is_main:
-            return  # no attacks to share: rank 0 reads the runs and writes the report
-        labels = [v.strip() for v in names.split(",")] if names else None
-        if labels is not None and len(labels) != len(sources):
-            raise UsageError(f"--names gives {len(labels)} labels for {len(sources)} runs")
-        report, path = evaluate_dynamics(sources, names=labels, out_dir=out_dir, plots=not no_plots)
-        print_dynamics(report)
-        console.print(written_line(path, report), highlight=False, soft_wrap=True)
+        if is_main:  # no attacks to share: rank 0 reads the runs and writes the report
+            _dynamics(sources, names, out_dir, plots=not no_plots)
         return
     if len(sources) != 1:
         raise UsageError(f"eval takes one run or checkpoint (got {len(sources)}); two runs only with --dynamics")
-    options = EvalOptions(
-        attacks=attacks,
-        norm=norm,
-        eps=eps,
-        n=n,
-        batch_size=batch_size,
-        steps=steps,
-        restarts=restarts,
-        step_size=step_size,
-        n_queries=queries,
-        seed=seed,
-        eps_curve=tuple(_eps_values(eps_curve)),
-        calibration=not no_calibration,
-        checks=not no_checks,
-        plots=not no_plots,
-        data_dir=data_dir,
-        which=which,
-        device=str(group.device(resolve_device(device)) if group is not None else resolve_device(device)),
-        factory=model_factory,
-    )
-    if not is_main:
-        options = replace(options, plots=False)
+    fields = {
+        "n": n,
+        "batch_size": batch_size,
+        "steps": steps,
+        "restarts": restarts,
+        "step_size": step_size,
+        "n_queries": queries,
+        "seed": seed,
+        "eps_curve": tuple(_eps_values(eps_curve)),
+        "calibration": not no_calibration,
+        "checks": not no_checks,
+        "plots": not no_plots and is_main,
+        "data_dir": data_dir,
+        "which": which,
+        "device": str(rank_device(device, group)),
+        "factory": model_factory,
+    }
     with sharded(group), _rank_out(out_dir, is_main) as where:
         if teacher_gap:
-            from akd_edge.evaluation.teacher_gap import teacher_gap as measure_gap
-
-            report, path = measure_gap(sources[0], options, out_dir=where)
-            print_gap(report)
-            console.print(written_line(path, report), highlight=False, soft_wrap=True)
+            _teacher_gap(sources[0], threads, where, attacks=attacks, norm=norm, eps=eps, **fields)
             return
+        from akd_edge import api
+
         with make_progress(transient=True) if is_main else contextlib.nullcontext() as progress:
-            report, path = evaluate(sources[0], options, out_dir=where, progress=_updater(progress))
-    print_report(report)
+            results = api.evaluate(
+                sources[0],
+                attacks=attacks,
+                norm=norm,
+                eps=eps,
+                threads=threads,
+                out=where,
+                write=True,
+                progress=_updater(progress),
+                **fields,
+            )
+    print_report(results.report)
+    console.print(written_line(results.path, results.report), highlight=False, soft_wrap=True)
+
+
+def _dynamics(sources: tuple[str, ...], names: str | None, out_dir: str | None, *, plots: bool) -> None:
+    """``--dynamics``: analyse one run's training dynamics, or compare two, and print the tables."""
+    from akd_edge.evaluation.dynamics import evaluate_dynamics
+
+    labels = [v.strip() for v in names.split(",")] if names else None
+    if labels is not None and len(labels) != len(sources):
+        raise UsageError(f"--names gives {len(labels)} labels for {len(sources)} runs")
+    report, path = evaluate_dynamics(sources, names=labels, out_dir=out_dir, plots=plots)
+    print_dynamics(report)
+    console.print(written_line(path, report), highlight=False, soft_wrap=True)
+
+
+def _teacher_gap(source: str, threads: int, out_dir: str | None, **options: Any) -> None:
+    """``--teacher-gap``: the student and its recipe's teachers on the same images and attacks."""
+    from akd_edge.core.env import torch_threads
+    from akd_edge.evaluation.command import EvalOptions
+    from akd_edge.evaluation.teacher_gap import teacher_gap
+
+    with torch_threads(threads):
+        report, path = teacher_gap(source, EvalOptions(**options), out_dir=out_dir)
+    print_gap(report)
     console.print(written_line(path, report), highlight=False, soft_wrap=True)
 
 

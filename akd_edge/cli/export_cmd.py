@@ -201,11 +201,12 @@ def export_cmd(
     NNAPI/CoreML coverage. web/ holds a page that classifies sample test images with the same files under
     onnxruntime-web in a browser. Then run `akd-edge verify` on the folder.
     """
-    from akd_edge.export import ExportCheckFailed, export_checkpoint
+    from akd_edge import api
+    from akd_edge.export import ExportCheckFailed
 
     with console.status("exporting") as status:
         try:
-            folder, report = export_checkpoint(
+            folder, report = api.export(
                 source,
                 out_dir,
                 which=which,

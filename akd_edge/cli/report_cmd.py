@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 
 from akd_edge.cli.common import console, out, user_errors
+from akd_edge.cli.tables import models_table
 
 
 @click.command("report")
@@ -39,9 +40,8 @@ def report_cmd(paths: tuple[str, ...], out_dir: str, title: str) -> None:
       akd-edge report export/fmnist-quickstart export/fmnist-quickstart-pruned runs/fmnist-quickstart
       akd-edge report runs/fmnist-quickstart-pipeline --out report/
     """
-    from akd_edge.cli.run_cmd import models_table
-    from akd_edge.report import build_report
+    from akd_edge import api
 
-    data = build_report(list(paths), out_dir, title=title)
+    data = api.report(list(paths), out_dir, title=title)
     out.print(models_table(data, title or "akd-edge report"))
     console.print(f"[green]wrote[/] {escape(out_dir)}/index.html and report.md", highlight=False)

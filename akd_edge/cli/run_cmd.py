@@ -8,14 +8,13 @@ Nothing heavy is imported at module level.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 
 from akd_edge.cli.common import (
     EXIT_DIVERGED,
@@ -33,8 +32,10 @@ from akd_edge.cli.common import (
     threads_option,
     transfer_option,
     user_errors,
+    with_flags,
 )
-from akd_edge.cli.compress_cmd import _StepCallbacks
+from akd_edge.cli.progress import StepCallbacks
+from akd_edge.cli.tables import models_table
 from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.core.interval import REPORTED_N
 from akd_edge.run.command import PipelineCallbacks
@@ -51,7 +52,7 @@ class _Display(PipelineCallbacks):
         self.overall = self.progress.add_task("stages", total=None, info="")
         self.stage_task: Any = None
         self.bars: dict[str, Any] = {}
-        self.train = _StepCallbacks()
+        self.train = StepCallbacks()
         self.train.progress = self.progress  # training bars share the display (rich allows one live display)
 
     def __enter__(self) -> _Display:
@@ -115,27 +116,6 @@ def timing_table(timings: list[dict[str, Any]]) -> Table:
     table = Table(*STAGE_HEADER, title="wall time per stage")
     for row in stage_rows(timings):
         table.add_row(*(escape(cell) for cell in row))
-    return table
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def models_table(data: dict[str, Any], title: str) -> Table:
-    """The report's models in short: size, latency, verified robust accuracy and the Pareto fronts."""
-    table = Table("size", "p50 ms", "clean", "robust (worst case)", "Pareto front", title=title)
-    table.columns.insert(0, Column("model", overflow="fold"))  # the whole name, wrapped, never cut
-    for m in data["models"]:
-        front = ", ".join(k for k, flag in (("size", m["front_bytes"]), ("latency", m["front_p50_ms"])) if flag)
-        table.add_row(
-            escape(m["label"]),
-            f"{m['bytes'] / 1024:.1f} KiB" if m["bytes"] else "-",
-            f"{m['p50_ms']:.3f}" if m["p50_ms"] is not None else "-",
-            _pct(m["accuracy"].get("clean")),
-            _pct(m["accuracy"].get("robust")) if m["verified"] else f"[yellow]{escape(m['status'])}[/]",
-            front or "-",
-        )
     return table
 
 
@@ -210,8 +190,6 @@ def run_cmd(
     from akd_edge.run import PipelineOptions, parse_ratios, run_pipeline
     from akd_edge.train.stops import Diverged
 
-    extra = [f"run.device={json.dumps(device)}"] if device else []
-    extra += [f"data.data_dir={json.dumps(data_dir)}"] if data_dir else []
     options = PipelineOptions(
         prune=parse_ratios(prune),
         int8=int8,
@@ -228,7 +206,11 @@ def run_cmd(
     try:
         with _quiet_unless_verbose(), _Display() as display:
             result = run_pipeline(
-                recipe, overrides=[*overrides, *extra], options=options, out=out_dir, callbacks=display
+                recipe,
+                overrides=with_flags(overrides, device, data_dir),
+                options=options,
+                out=out_dir,
+                callbacks=display,
             )
     except KeyboardInterrupt:
         console.print(f"[yellow]stopped.[/] Finished stages are kept; {again}.")

@@ -2,7 +2,9 @@
 
 The source run is only read. The output folder gets the ``compress`` mark (:func:`akd_edge.core.files.mark`);
 ``step-K/`` holds the fine-tuning run of step K, ``best.pt`` the final pruned model with its pruning
-history, ``report.json`` the before/after comparison (measured by :mod:`akd_edge.compress.measure`).
+history, ``report.json`` the before/after comparison (measured by :mod:`akd_edge.compress.measure`). Which
+folder may be the output is :mod:`akd_edge.compress.output`'s to say; the fine-tuning's recipe and objective are
+:mod:`akd_edge.compress.finetune`'s.
 
 Under torchrun (a process group joined by the caller) every rank prunes the same way, the fine-tuning runs
 data-parallel (:mod:`akd_edge.train.loop`) and the measurements share their batches across the ranks; rank 0
@@ -17,28 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from akd_edge.compress import FINETUNE_EPOCHS
+from akd_edge.compress.finetune import finetune_recipe, objective_loss, trusted_teachers
 from akd_edge.compress.measure import measure
+from akd_edge.compress.output import claim_out
 from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channels, prune_model, resolve_keep
-from akd_edge.core.distributed import Group, current
+from akd_edge.core.distributed import Group, current, rank_device
 from akd_edge.core.errors import CheckpointError, UsageError
-from akd_edge.core.files import (
-    LOCK,
-    MARK,
-    FolderInUse,
-    FolderLock,
-    copy_atomic,
-    ensure_writable_dir,
-    mark,
-    marked_kind,
-    refuse_symlink,
-    write_json_atomic,
-)
+from akd_edge.core.files import copy_atomic, mark, write_json_atomic
 from akd_edge.core.interval import REPORTED_N
-from akd_edge.models.mode import eval_mode
 from akd_edge.models.pruned import pruning_record
 
 log = logging.getLogger(__name__)
@@ -72,145 +63,6 @@ class EvalSpec:
             raise UsageError(f"--autoattack {self.autoattack!r}: use fast, standard, square or none")
 
 
-FINETUNE_LR_FACTOR = 0.2
-"""Fine-tuning's peak learning rate as a fraction of the source run's."""
-
-
-def _finetune_recipe(
-    recipe_dict: dict[str, Any], name: str, epochs: int, overrides: Sequence[str], device: str | None
-) -> Any:
-    """The source run's recipe with the run renamed, ``train.epochs`` set, then the user's overrides.
-
-    Fine-tuning starts from trained weights, so by default it uses a cosine schedule from a fifth of the
-    source run's peak learning rate (``FINETUNE_LR_FACTOR``); ``--set train.optim.lr=...`` overrides it.
-    """
-    import json
-
-    from akd_edge.config import load_recipe
-
-    source_lr = recipe_dict.get("train", {}).get("optim", {}).get("lr", 0.1)
-    head = [
-        f"run.name={json.dumps(name)}",
-        'train.optim.schedule="cosine"',
-        f"train.optim.lr={source_lr * FINETUNE_LR_FACTOR!r}",
-    ] + ([f"train.epochs={epochs}"] if epochs > 0 else [])
-    tail = [f"run.device={json.dumps(device)}"] if device else []
-    return load_recipe(recipe_dict, [*head, *overrides, *tail])
-
-
-def _trusted_teachers(recipe_dict: dict[str, Any], teacher_factory: str | None) -> dict[str, Any]:
-    """The recipe read from the checkpoint, its teachers' ``factory`` replaced by the user's ``teacher_factory``.
-
-    That recipe comes from a file: a module it names is imported only if the user names it again.
-    """
-    teachers = recipe_dict.get("teachers")
-    if not isinstance(teachers, list):
-        return recipe_dict
-    trusted = [{**entry, "factory": teacher_factory or ""} if isinstance(entry, dict) else entry for entry in teachers]
-    return {**recipe_dict, "teachers": trusted}
-
-
-def _refuse_reason(path: Path) -> str | None:
-    """Why ``path`` cannot be the output folder, or None when it can.
-
-    A new or empty folder is taken, and so is a folder holding nothing but the mark of a compress run
-    that stopped before writing anything. Anything else is refused: compress never replaces files, and
-    an earlier output (marked ``compress``, or unmarked from before marks existed) is never merged into.
-    """
-    if not path.exists():
-        return None
-    if not path.is_dir():
-        return "exists and is not a folder"
-    contents = [p.name for p in path.iterdir() if p.name != LOCK]
-    kind = marked_kind(path)
-    if kind == "compress" and contents == [MARK]:
-        return None
-    if not contents:
-        return None
-    if kind == "compress":
-        return "holds an earlier compress output"
-    if kind is not None:
-        return f"is an akd-edge {kind} folder"
-    return "already exists and is not an empty folder"
-
-
-def _claim_out(path: Path) -> FolderLock | None:
-    """The folder's lock if compress may write there (checked again once locked), else None."""
-    if _refuse_reason(path) is not None:
-        return None
-    try:
-        lock = FolderLock(path, "compress folder").acquire()
-    except FolderInUse:
-        return None
-    if _refuse_reason(path) is None:
-        return lock
-    lock.release()
-    return None
-
-
-def _out_dir(out: str | Path | None, recipe: Any, source_name: str) -> tuple[Path, FolderLock]:
-    """The output folder, locked: ``out`` (which must be new or empty), else the first free
-    ``<run.out_dir>/<source>-pruned[-N]``, taking each candidate's lock before deciding."""
-    from dataclasses import replace
-
-    from akd_edge.train.rundir import candidates
-
-    if out is not None:
-        path = refuse_symlink(out)
-        reason = _refuse_reason(path)
-        if reason is not None:
-            raise UsageError(f"--out {path} {reason}; choose another --out")
-        ensure_writable_dir(path, "--out")  # fails now, not after the fine-tuning
-        lock = _claim_out(path)
-        if lock is None:
-            raise UsageError(f"--out {path} is in use by another akd-edge process or was just filled; choose another")
-        return path, lock
-    renamed = replace(recipe, run=replace(recipe.run, name=f"{source_name}-pruned"))
-    ensure_writable_dir(renamed.run.out_dir, "run.out_dir")
-    for path in candidates(renamed):
-        lock = _claim_out(path)
-        if lock is not None:
-            return path, lock
-    raise AssertionError("unreachable: the candidates never end")
-
-
-def _taylor_loss(recipe: Any, model: nn.Module, splits: Any, device: torch.device) -> Callable[[], torch.Tensor]:
-    """A closure returning the training objective (e.g. AKD) on the next training batch, for Taylor scores."""
-    from akd_edge.attacks import build_attack
-    from akd_edge.data import iterate_batches
-    from akd_edge.methods import METHODS
-    from akd_edge.teachers import load_teachers
-
-    method = METHODS.get(recipe.method.name)
-    teacher = None
-    if method.needs_teacher and recipe.teachers:
-        teacher = load_teachers(recipe.teachers, device, splits.input_shape, splits.num_classes)
-    task = method(model, build_attack(recipe.train.attack), recipe.method, teacher)
-    state = {"epoch": 0, "batches": iter(())}
-
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        for _ in range(2):
-            for x, y, _ in state["batches"]:
-                return x, y
-            state["batches"] = iterate_batches(
-                splits.train,
-                recipe.data.batch_size,
-                shuffle=True,
-                seed=recipe.run.seed,
-                epoch=state["epoch"],
-                device=device,
-            )
-            state["epoch"] += 1
-        raise UsageError("the training split is empty: Taylor importance needs training batches")
-
-    def loss() -> torch.Tensor:
-        x, y = next_batch()
-        with eval_mode(model):  # BatchNorm statistics stay those of the trained model
-            return task(x, y)["loss"]
-
-    return loss
-
-
 class _Compression:
     """State of one ``compress_run``: the source model and recipe, the data, and the report being built."""
 
@@ -230,7 +82,6 @@ class _Compression:
         factory: str | None = None,
         teacher_factory: str | None = None,
     ) -> None:
-        from akd_edge.core.env import resolve_device
         from akd_edge.models.checkpoint import load_model
 
         self.group: Group | None = current()
@@ -250,14 +101,12 @@ class _Compression:
                 "the model, so give a run directory (or checkpoint) written by akd-edge distill or train-teacher"
             )
         self.source_name = str(recipe_dict.get("run", {}).get("name") or Path(self.meta["path"]).parent.name)
-        recipe_dict = _trusted_teachers(recipe_dict, teacher_factory)
-        recipe = _finetune_recipe(recipe_dict, f"{self.source_name}-pruned", epochs, overrides, device)
-        self.out_dir, self.lock = self._claim_out(out, recipe)
+        recipe_dict = trusted_teachers(recipe_dict, teacher_factory)
+        recipe = finetune_recipe(recipe_dict, f"{self.source_name}-pruned", epochs, overrides, device)
+        self.out_dir, self.lock = claim_out(out, recipe, self.source_name, self.group)
         try:
-            self.recipe = _finetune_recipe(recipe_dict, self.out_dir.name, epochs, overrides, device)
-            self.device = resolve_device(self.recipe.run.device)
-            if self.group is not None:
-                self.device = self.group.device(self.device)
+            self.recipe = finetune_recipe(recipe_dict, self.out_dir.name, epochs, overrides, device)
+            self.device = rank_device(self.recipe.run.device, self.group)
             if self.is_main:
                 mark(self.out_dir, "compress", source=str(self.meta["path"]))
         except BaseException:
@@ -272,20 +121,6 @@ class _Compression:
         resolve_keep(self.model, spec.keep)  # a bad --keep fails before any work
         self.record: dict[str, Any] = {}
         self.steps: list[dict[str, Any]] = []
-
-    def _claim_out(self, out: str | Path | None, recipe: Any) -> tuple[Path, FolderLock | None]:
-        """The output folder and its lock; under torchrun rank 0 claims it and the others get its path."""
-        if self.group is None:
-            return _out_dir(out, recipe, self.source_name)
-        held: list[FolderLock] = []
-
-        def claim() -> str:
-            path, lock = _out_dir(out, recipe, self.source_name)
-            held.append(lock)
-            return str(path)
-
-        path = self.group.from_main(claim)  # a refusal stops every rank with rank 0's message
-        return Path(path), (held[0] if held else None)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -354,7 +189,7 @@ class _Compression:
 
         spec, settings = self.spec, {**self.spec.settings(), "ratio": ratio}
         taylor = (
-            _taylor_loss(self.recipe, self.model, self.splits, self.device) if spec.importance == "taylor" else None
+            objective_loss(self.recipe, self.model, self.splits, self.device) if spec.importance == "taylor" else None
         )
         started = [time.perf_counter()]  # pruning time, fine-tuning excluded
 

@@ -264,6 +264,15 @@ def current() -> Group | None:
     return Group(rank=rank, world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", rank)))
 
 
+def rank_device(name: str, group: Group | None = None) -> torch.device:
+    """The device ``name`` (``auto``, ``cpu``, ``cuda``...) names for this process: in a data-parallel run
+    (``group``) a CUDA device without an index is the rank's own (:meth:`Group.device`)."""
+    from akd_edge.core.env import resolve_device
+
+    device = resolve_device(name)
+    return device if group is None else group.device(device)
+
+
 def join(timeout: float | None = None) -> Group:
     """Join the process group torchrun set up (``env://``); :func:`leave` it at the end of the command.
 

@@ -14,7 +14,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from akd_edge.core.files import check_own_outputs, output_folder, write_json_ato
 from akd_edge.core.interval import REPORTED_N
 from akd_edge.evaluation.engine import Progress, evaluate_model
 from akd_edge.metrics.robust import eps_grid
+
+if TYPE_CHECKING:
+    from akd_edge.data import ImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -152,45 +155,90 @@ def attack_specs(options: EvalOptions, norm: str, eps: float) -> tuple[list[Atta
     return [replace(base, name=name) for name in options.attacks], base
 
 
+class EvalResults(dict):
+    """The ``results`` of an evaluation, as eval.json holds them (a dict), with the whole record when a run or
+    checkpoint was evaluated (``report``: eval.json's contents) and the path of eval.json when it was written."""
+
+    def __init__(self, results: dict[str, Any], report: dict[str, Any] | None = None, path: Path | None = None):
+        super().__init__(results)
+        self.report = report
+        self.path = path
+
+
 def evaluate(
     source: str | Path,
     options: EvalOptions | None = None,
     *,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
-) -> tuple[dict[str, Any], Path]:
+    write: bool = True,
+) -> tuple[dict[str, Any], Path | None]:
     """Evaluate a run directory or checkpoint on its test split; write ``eval.json`` (+ PNG plots).
 
-    Returns the report and the path of ``eval.json``. An output folder that cannot be written, that another
-    process uses (a run still training) or that holds an eval.json or plot akd-edge did not write fails
-    before any attack runs, and ``eval.json`` is written atomically.
+    Returns the report and the path of ``eval.json`` (None with ``write=False``: the report is only returned).
+    An output folder that cannot be written, that another process uses (a run still training) or that holds an
+    eval.json or plot akd-edge did not write fails before any attack runs, and ``eval.json`` is written
+    atomically.
     """
     from akd_edge.models.checkpoint import load_model
 
     options = options or EvalOptions()
     started = time.perf_counter()
     model, meta = load_model(source, options.which, options.device, options.factory)
+    if not write:
+        return _report(model, meta, source, options, progress), None
     with output_folder(out_dir, default_out_dir(source), "eval.json", FORMAT, PLOT_FILES) as out:
-        return _evaluate(model, meta, source, options, out, progress, started)
+        report = _report(model, meta, source, options, progress)
+        check_own_outputs(out, "eval.json", FORMAT, PLOT_FILES)  # again: the user may have put a file there meanwhile
+        report["plots"] = _plots(report, out, meta["arch"]["name"]) if options.plots else {}
+        report["seconds"] = time.perf_counter() - started
+        path = write_json_atomic(out / "eval.json", report)
+        log.debug("wrote %s", path)  # the caller says what it wrote, plots included
+        return report, path
 
 
-def _evaluate(
+def results_on(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    options: EvalOptions,
+    norm: str,
+    eps: float,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The ``results`` of eval.json: ``model`` (on ``options.device``) on the first ``options.n`` images of
+    ``dataset``, against the attacks ``options`` asks for at the threat model (``norm``, ``eps``)."""
+    import numpy as np
+
+    from akd_edge.data import iterate_batches
+
+    if options.n and len(dataset) > options.n:
+        dataset = dataset.subset(np.arange(options.n))
+    specs, base = attack_specs(options, norm, eps)
+    return evaluate_model(
+        model,
+        iterate_batches(dataset, options.batch_size, device=options.device),
+        specs,
+        total=len(dataset),
+        curve=eps_grid(options.eps_curve) if options.eps_curve else [],
+        curve_spec=base,
+        calibration=options.calibration,
+        checks=options.checks,
+        check_samples=options.check_samples,
+        progress=progress,
+    )
+
+
+def _report(
     model: torch.nn.Module,
     meta: dict[str, Any],
     source: str | Path,
     options: EvalOptions,
-    out: Path,
     progress: Progress | None,
-    started: float,
-) -> tuple[dict[str, Any], Path]:
-    """The body of :func:`evaluate`, run while it holds the output folder."""
-    from akd_edge.data import iterate_batches
-
+) -> dict[str, Any]:
+    """The record of a checkpoint's evaluation (eval.json but its plots and time): every number with its
+    settings, the data, the threat model, the versions and the machine."""
     norm, eps = resolve_threat(meta, options.norm, options.eps)
     dataset, data_meta = load_eval_data(meta, options)
-    specs, base = attack_specs(options, norm, eps)
-    curve = eps_grid(options.eps_curve) if options.eps_curve else []
-    batches = iterate_batches(dataset, options.batch_size, device=options.device)
     log.info(
         "evaluating %s on %d %s test images: %s at %s eps %.4g",
         meta["path"],
@@ -200,19 +248,8 @@ def _evaluate(
         norm,
         eps,
     )
-    results = evaluate_model(
-        model,
-        batches,
-        specs,
-        total=len(dataset),
-        curve=curve,
-        curve_spec=base,
-        calibration=options.calibration,
-        checks=options.checks,
-        check_samples=options.check_samples,
-        progress=progress,
-    )
-    report: dict[str, Any] = {
+    results = results_on(model, dataset, options, norm, eps, progress)
+    return {
         "format": FORMAT,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": str(source),
@@ -235,9 +272,3 @@ def _evaluate(
             "processor": platform.processor() or None,
         },
     }
-    check_own_outputs(out, "eval.json", FORMAT, PLOT_FILES)  # again: the user may have put a file there meanwhile
-    report["plots"] = _plots(report, out, meta["arch"]["name"]) if options.plots else {}
-    report["seconds"] = time.perf_counter() - started
-    path = write_json_atomic(out / "eval.json", report)
-    log.debug("wrote %s", path)  # the caller says what it wrote, plots included
-    return report, path

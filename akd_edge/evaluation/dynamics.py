@@ -1,6 +1,6 @@
 """The training-dynamics report of ``akd-edge eval --dynamics``: one run analysed, or two compared.
 
-The analysis itself is :mod:`akd_edge.metrics.dynamics`; this module reads the runs' ``dynamics.npz``,
+The analysis itself is :mod:`akd_edge.metrics.forgetting`; this module reads the runs' ``dynamics.npz``,
 writes ``dynamics.json``, ``dynamics_samples.npz`` and the plot, each atomically, into a folder that is
 writable, locked while they are written, and holds no file of those names that akd-edge did not write.
 """
@@ -38,7 +38,7 @@ def evaluate_dynamics(
     """
     import numpy as np
 
-    from akd_edge.metrics.dynamics import analyze, compare, load_dynamics, per_sample
+    from akd_edge.metrics.forgetting import analyze, compare, load_dynamics, per_sample
 
     if len(runs) not in (1, 2):
         raise UsageError(f"--dynamics takes one run (analysis) or two runs (comparison), got {len(runs)}")

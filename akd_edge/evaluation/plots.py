@@ -113,7 +113,7 @@ def plot_reliability(diagrams: dict[str, dict[str, Any]], path: str | Path) -> P
 
 def plot_dynamics(comparison: dict[str, Any], path: str | Path) -> Path:
     """Share of samples learned for good by each epoch (clean, adv) and the set sizes, for one or two runs
-    (``comparison`` as :func:`akd_edge.metrics.dynamics.compare` returns it, or ``{"names", "summaries"}``)."""
+    (``comparison`` as :func:`akd_edge.metrics.forgetting.compare` returns it, or ``{"names", "summaries"}``)."""
     plt = _pyplot()
     names = comparison["names"]
     summaries = comparison["summaries"]

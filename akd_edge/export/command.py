@@ -1,8 +1,10 @@
 """``akd-edge export``, one function per stage: load, fp32 ONNX, parity, int8, mobile, web page, report, publish.
 
 :func:`export_checkpoint` runs them in order on an :class:`_Job`. The folder is built beside its final
-place and renamed into it at the end (:mod:`akd_edge.export.folder`), so a failed export never replaces
-an earlier good one, and only an earlier export is ever replaced.
+place and renamed into it at the end (:mod:`akd_edge.export.folder`, which also names its files), so a failed
+export never replaces an earlier good one, and only an earlier export is ever replaced. The images the checks
+use are :mod:`~akd_edge.export.images`', what the export records of its source
+:mod:`~akd_edge.export.provenance`'s, and how two runtimes of the model agree :mod:`~akd_edge.export.agreement`'s.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextlib
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from akd_edge.core.errors import CheckpointError, DataError, UsageError
-from akd_edge.core.files import check_name
 from akd_edge.export import folder as export_folder
-from akd_edge.export.card import REPORT_FORMAT
+from akd_edge.export.agreement import int8_agreement, int8_failure_action, ort_parity, torch_accuracy
+from akd_edge.export.folder import FILES
+from akd_edge.export.images import ExportData, resolve_images
+from akd_edge.export.provenance import onnx_metadata, report_head, run_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,14 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FILES = {
-    "fp32": "model.onnx",
-    "int8": "model.int8.onnx",
-    "ort": "model.ort",
-    "int8_ort": "model.int8.ort",
-    "report": "report.json",
-    "card": "MODEL_CARD.md",
-}
 StageFn = Callable[[str], None]
 
 
@@ -50,60 +45,6 @@ class ExportCheckFailed(RuntimeError):
         super().__init__(message)
         self.report = report
         self.kept = kept
-
-
-@dataclass
-class ExportData:
-    """Images the export checks need: training images to calibrate int8, test images to compare on."""
-
-    calibration: np.ndarray | None
-    """uint8 or float [N, C, H, W] from the training split, or None (no int8)."""
-    test_images: np.ndarray | None
-    test_labels: np.ndarray | None
-    source: str = ""
-
-
-def run_name(meta: dict[str, Any]) -> str:
-    """The run's name from the checkpoint's recipe, else the checkpoint file's stem; always a plain name.
-
-    It names the default folder ``export/<name>``, so a name from the file such as ``../x`` or ``/home``
-    is refused (UsageError) rather than joined to a path.
-    """
-    recipe = meta.get("recipe")
-    run = recipe.get("run") if isinstance(recipe, dict) else None
-    name = run.get("name") if isinstance(run, dict) else None
-    if name is not None and name != "":
-        return check_name(name, f"run.name in checkpoint {meta.get('path', '')}".rstrip())
-    path = Path(str(meta.get("path", "model")))
-    stem = path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
-    return check_name(stem, f"export name taken from {path} (give --out)")
-
-
-def calibration_sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` of ``images`` (all when fewer), drawn without replacement by ``seed``, in their original order."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(images), size=min(n, len(images)), replace=False)
-    return images[np.sort(pick)]
-
-
-def load_export_data(meta: dict[str, Any], data_dir: str | None, *, calib: int, n_test: int, seed: int) -> ExportData:
-    """Calibration images (a seeded sample of the training split) and the test split of the checkpoint's dataset."""
-    from akd_edge.data import get_loader
-
-    data = meta.get("data") or {}
-    name = data.get("name")
-    if not name:
-        raise DataError(f"checkpoint {meta.get('path')} does not record its dataset (meta['data']['name'])")
-    directory = data.get("data_dir", "") if data_dir is None else data_dir
-    parts = ("train", "test") if calib else ("test",)
-    loaded = get_loader(name)(directory, parts=parts, download=False)
-    calibration = None
-    if calib:
-        assert loaded.train is not None
-        calibration = calibration_sample(loaded.train.images, calib, seed)
-    assert loaded.test is not None
-    test = loaded.test if not n_test or n_test >= len(loaded.test) else loaded.test.subset(np.arange(n_test))
-    return ExportData(calibration, test.images, test.labels, source=f"{name} ({loaded.source or directory})")
 
 
 NOISY_LOGGERS = {
@@ -149,79 +90,6 @@ def quiet_libraries() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
         for name, dropper in filters.items():
             logging.getLogger(name).removeFilter(dropper)
-
-
-def onnx_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """What goes into the ONNX file's ``metadata_props``: enough to use and trust the model without akd-edge."""
-    from akd_edge.core.version import __version__
-
-    arch, data, threat = meta["arch"], meta.get("data") or {}, meta.get("threat") or {}
-    val = meta.get("val") or {}
-    attack = (((meta.get("recipe") or {}).get("eval") or {}).get("attack")) or {}
-    how = (
-        f"torch validation split, {attack.get('name', 'pgd')}-{attack.get('steps', '?')}"
-        if attack
-        else "torch validation split"
-    )
-    return {
-        "akd_edge_version": __version__,
-        "architecture": arch["name"],
-        "dataset": data.get("name", ""),
-        "class_names": list(data.get("class_names") or [str(i) for i in range(arch["num_classes"])]),
-        "input_shape": [int(v) for v in arch["input_shape"]],
-        "input_layout": "NCHW float32, batch dimension dynamic",
-        "input_range": [0.0, 1.0],
-        "normalization": {"mean": arch.get("mean"), "std": arch.get("std"), "inside_graph": True},
-        "output": "logits (apply softmax for probabilities)",
-        "threat_model": {"norm": threat.get("norm"), "eps": threat.get("eps")},
-        "robust_accuracy": val.get("robust_acc"),
-        "clean_accuracy": val.get("clean_acc"),
-        "accuracy_measured_on": how,
-        "precision": "fp32",
-    }
-
-
-def _agreement(
-    fp32_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray, threshold: float
-) -> dict[str, Any]:
-    from akd_edge.core.ort import OrtClassifier
-
-    fp32 = OrtClassifier.load(fp32_path).predict(images)
-    int8 = OrtClassifier.load(int8_path).predict(images)
-    agree = float((fp32.argmax(1) == int8.argmax(1)).mean())
-    return {
-        "n": len(images),
-        "split": "test",
-        "argmax_agreement": agree,
-        "threshold": threshold,
-        "passed": bool(agree >= threshold),
-        "fp32_clean_acc": float((fp32.argmax(1) == labels).mean()),
-        "int8_clean_acc": float((int8.argmax(1) == labels).mean()),
-        "max_abs_logit_diff": float(np.abs(fp32 - int8).max()),
-    }
-
-
-def _ort_parity(onnx_path: Path, ort_path: Path, images: np.ndarray) -> dict[str, Any]:
-    from akd_edge.core.ort import OrtClassifier
-
-    reference = OrtClassifier.load(onnx_path).predict(images)
-    mobile = OrtClassifier.load(ort_path).predict(images)
-    return {
-        "n": len(images),
-        "max_abs_logit_diff": float(np.abs(reference - mobile).max()),
-        "argmax_agreement": float((reference.argmax(1) == mobile.argmax(1)).mean()),
-    }
-
-
-def _torch_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
-    import torch
-
-    from akd_edge.core.ort import as_float_images
-
-    x = as_float_images(images)
-    with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)])
-    return float((pred.numpy() == labels).mean())
 
 
 @dataclass
@@ -311,66 +179,6 @@ def load_source(source: str | Path, which: str, factory: str | None = None) -> t
     return model, meta
 
 
-def _resolve_data(
-    meta: dict[str, Any], data: ExportData | None, data_dir: str | None, int8: bool, calib: int, n_test: int, seed: int
-) -> ExportData:
-    """Stage 1b: calibration and test images (given, or from the checkpoint's dataset)."""
-    if data is not None:
-        return data
-    try:
-        return load_export_data(meta, data_dir, calib=calib if int8 else 0, n_test=n_test, seed=seed)
-    except DataError as err:
-        if int8:
-            raise DataError(f"{err} (int8 calibration needs the training images; or export with --no-int8)") from None
-        log.warning("no test data (%s): parity runs on random images, accuracy figures are skipped", err)
-        return ExportData(None, None, None)
-
-
-def _start_report(job: _Job, source: str | Path) -> None:
-    """Stage 2a: what the export is of (source, data, threat model, input/output contract)."""
-    from akd_edge.core.env import package_versions
-    from akd_edge.export.card import checkpoint_record
-
-    meta = job.meta
-    metadata = onnx_metadata(meta)
-    job.report = {
-        "format": REPORT_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": package_versions(),
-        "source": {
-            **checkpoint_record(meta.get("path", source), job.out),
-            "run": run_name(meta),
-            "arch": meta["arch"],
-            "role": meta.get("role"),
-            "epoch": meta.get("epoch"),
-            "params": int(sum(p.numel() for p in job.model.parameters())),
-            "val": meta.get("val") or {},
-            "pruned": bool(meta.get("pruning")),
-            "teachers": meta.get("teachers") or [],
-        },
-        "data": {
-            "name": (meta.get("data") or {}).get("name"),
-            "data_dir": (meta.get("data") or {}).get("data_dir", "") if job.data_dir is None else job.data_dir,
-            "source": job.data.source,
-        },
-        "threat": meta.get("threat") or {},
-        "checks": {"onnx_checker": {}},
-        "verify": None,
-        "model": {
-            "input": {
-                "name": "images",
-                "shape": ["batch", *job.input_shape],
-                "dtype": "float32",
-                "range": [0.0, 1.0],
-                "layout": "NCHW",
-            },
-            "output": {"name": "logits", "shape": ["batch", int(meta["arch"]["num_classes"])]},
-            "class_names": metadata["class_names"],
-            "normalization": metadata["normalization"],
-        },
-    }
-
-
 def _export_fp32(job: _Job) -> None:
     """Stage 2b: the fp32 ONNX graph, rewritten for mobile, with metadata, through the ONNX checker."""
     from akd_edge.export.onnx import export_onnx
@@ -387,7 +195,7 @@ def _check_parity(job: _Job) -> None:
 
     job.report["checks"]["parity"] = export_onnx.check_parity(job.model, job.tmp / FILES["fp32"], job.parity_images)
     if job.data.test_images is not None:
-        job.report["checks"]["torch_clean_acc"] = _torch_accuracy(job.model, job.data.test_images, job.data.test_labels)
+        job.report["checks"]["torch_clean_acc"] = torch_accuracy(job.model, job.data.test_images, job.data.test_labels)
 
 
 def _quantize(job: _Job, min_agreement: float, stage: StageFn, keep_failed_int8: bool = False) -> None:
@@ -406,7 +214,7 @@ def _quantize(job: _Job, min_agreement: float, stage: StageFn, keep_failed_int8:
     if job.data.test_images is None:
         return
     stage("comparing fp32 and int8 on the test split")
-    agreement = _agreement(fp32, int8, job.data.test_images, job.data.test_labels, min_agreement)
+    agreement = int8_agreement(fp32, int8, job.data.test_images, job.data.test_labels, min_agreement)
     job.report["checks"]["int8_agreement"] = agreement
     agreement["kept"] = agreement["passed"] or keep_failed_int8
     if not agreement["passed"]:
@@ -428,20 +236,6 @@ def _int8_speed(job: _Job, stage: StageFn) -> None:
     job.report["checks"]["int8_speed"] = compare_speed(fp32, int8, job.input_shape)
 
 
-def int8_failure_action(agreement: dict[str, Any]) -> str:
-    """What a failed fp32-vs-int8 agreement did to the export, in one sentence (report.json, the card, the CLI)."""
-    found = (
-        f"int8 and fp32 agree on {100 * agreement['argmax_agreement']:.2f}% of {agreement['n']} test images, below "
-        f"--min-int8-agreement {100 * agreement['threshold']:.2f}%"
-    )
-    if agreement["kept"]:
-        return f"{found}; the int8 files were kept as --keep-failed-int8 asked"
-    return (
-        f"{found}: the int8 files were not written, the fp32 model is the export (--keep-failed-int8 keeps int8 "
-        "anyway; --no-bias-correction, --calib or --float-layers may raise the agreement)"
-    )
-
-
 def _mobile(job: _Job, batch: int) -> None:
     """Stage 5: usability of each graph as exported and with a fixed batch, and the .ort files (from the fixed batch)."""
     from akd_edge.export.mobile import fix_batch, mobile_usability, to_ort
@@ -459,7 +253,7 @@ def _mobile(job: _Job, batch: int) -> None:
             else:
                 shutil.copy(src, fixed)
             settings = to_ort(fixed, job.tmp / ort_name)
-        parity = _ort_parity(src, job.tmp / ort_name, job.parity_images)
+        parity = ort_parity(src, job.tmp / ort_name, job.parity_images)
         mobile["ort"][ort_name] = {"from": name, **settings, "parity": parity}
     job.report["mobile"] = mobile
 
@@ -568,9 +362,10 @@ def _export(
     if out_dir is None:
         out_dir = Path("export") / run_name(meta)
         export_folder.prepare_out(out_dir)
-    data = _resolve_data(meta, data, data_dir, int8, calib, n_test, seed)
+    data = resolve_images(meta, data, data_dir, int8, calib, n_test, seed)
     job = _Job(model, meta, out_dir, data, data_dir, seed, settings)
-    _start_report(job, source)
+    params = int(sum(p.numel() for p in model.parameters()))
+    job.report = report_head(meta, source, out_dir, params=params, data_dir=data_dir, data_source=data.source)
     with export_folder.building(out_dir) as tmp:
         job.tmp = tmp
         stage("exporting fp32 ONNX")

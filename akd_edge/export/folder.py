@@ -30,15 +30,29 @@ from pathlib import Path
 
 from akd_edge.core import files
 from akd_edge.core.errors import UsageError
-from akd_edge.export.card import REPLAY_NAME, REPORT_FORMAT
+from akd_edge.export.card import CARD_NAME, REPLAY_NAME, REPORT_FORMAT, REPORT_NAME
 from akd_edge.export.web import PAGE_FILES, RUNTIME_DIR, RUNTIME_FILES, WEB_DIR
 
 log = logging.getLogger(__name__)
 
 KIND = "export"
-MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.ort", "model.int8.ort")
-KNOWN_FILES = (*MODEL_FILES, "report.json", "MODEL_CARD.md")
-"""Every file an export writes (besides the mark and, while it runs, the lock)."""
+FILES = {
+    "fp32": "model.onnx",
+    "int8": "model.int8.onnx",
+    "ort": "model.ort",
+    "int8_ort": "model.int8.ort",
+    "report": REPORT_NAME,
+    "card": CARD_NAME,
+}
+"""The files at the top of an export folder, by role: the one place their names are written (the web/ page's
+are :mod:`akd_edge.export.web`'s, the replay file verify adds is ``REPLAY_NAME``)."""
+ONNX_MODELS = (FILES["fp32"], FILES["int8"])
+"""The ONNX models of an export, fp32 first: what verify attacks and the report compares."""
+MOBILE_MODELS = (FILES["ort"], FILES["int8_ort"])
+"""The onnxruntime-mobile files, converted from :data:`ONNX_MODELS`."""
+MODEL_FILES = (*ONNX_MODELS, *MOBILE_MODELS)
+KNOWN_FILES = tuple(FILES.values())
+"""Every file an export writes at its top (besides the mark and, while it runs, the lock)."""
 _OURS = (files.MARK, files.LOCK)
 _RANDOM = r"[A-Za-z0-9_]{8}"  # tempfile.mkdtemp's suffix
 _LEGACY_OWN = frozenset(
@@ -104,10 +118,10 @@ def foreign(folder: Path) -> list[str]:
 
 def _is_legacy_export(folder: Path) -> bool:
     """An export written before the mark existed: its report.json has the export format."""
-    if not (folder / "report.json").is_file():
+    if not (folder / REPORT_NAME).is_file():
         return False
     try:
-        report = files.read_json_object(folder / "report.json", "report")
+        report = files.read_json_object(folder / REPORT_NAME, "report")
     except UsageError:
         return False
     return report.get("format") == REPORT_FORMAT

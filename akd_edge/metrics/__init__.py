@@ -1,5 +1,5 @@
-"""Evaluation metrics: robust accuracy (``robust``), calibration (``calibration``) and training dynamics
-(``dynamics``). Import the submodule you need; nothing heavy is imported here."""
+"""Evaluation metrics: robust accuracy (``robust``), calibration (``calibration``) and the forgetting events of
+the training dynamics (``forgetting``). Import the submodule you need; nothing heavy is imported here."""
 
 from akd_edge.metrics.calibration import CalibrationMeter, calibration, expected_calibration_error
 

@@ -1,18 +1,16 @@
 """What ``akd-edge report`` reads: run directories, compress outputs, export folders and pipeline folders.
 
 Everything read here is untrusted: a folder may come from someone else, and its JSON may hold anything.
-So a value is used only when it has the expected type and range (else it shows as n/a), a name from a file
-is only ever displayed (escaped by the renderer), never joined to a path, and no path recorded in a file is
-opened: an export is matched to a given run directory by comparing the path it records, nothing more. The
-model files read are the known names (``model.onnx``, ``model.int8.onnx``) inside the folders given, and
-each is hashed again, so a robust accuracy counts only for the very file that verify attacked.
+So a value is used only when it has the expected type and range (:mod:`akd_edge.report.untrusted`; else
+it shows as n/a), a name from a file is only ever displayed (escaped by the renderer), never joined to a path,
+and no path recorded in a file is opened: an export is matched to a given run directory by comparing the path it records, nothing more. The
+model files read are the known names (:data:`akd_edge.export.folder.ONNX_MODELS`) inside the folders given,
+and each is hashed again, so a robust accuracy counts only for the very file that verify attacked.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,67 +18,15 @@ from typing import Any
 from akd_edge.core import files
 from akd_edge.core.errors import UsageError
 from akd_edge.export.card import REPORT_FORMAT as EXPORT_FORMAT
-from akd_edge.export.card import recorded_checkpoint
+from akd_edge.export.card import REPORT_NAME, recorded_checkpoint
+from akd_edge.export.folder import FILES, ONNX_MODELS
+from akd_edge.report.untrusted import count, fraction, interval, num, obj, read_json, text
 
-PRECISIONS = (("model.onnx", "fp32"), ("model.int8.onnx", "int8"))
-"""The model files of an export folder that are reported, and their precision."""
+PRECISIONS = ("fp32", "int8")
+"""The export's model files that are reported (:data:`akd_edge.export.folder.FILES` names them), by precision."""
+INPUT_FILES = (REPORT_NAME, "summary.json", "recipe.toml", "eval.json", *ONNX_MODELS)
+"""The files of a folder that the report reads: a change in any of them makes a report out of date."""
 ACCURACIES = ("clean", "transfer", "square", "robust")
-MAX_JSON_BYTES = 64 * 1024 * 1024
-"""A JSON file larger than this is refused: no akd-edge report comes near it."""
-MAX_TEXT = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-# -- values from untrusted files ----------------------------------------------------------------
-
-
-def obj(value: Any) -> dict[str, Any]:
-    """A section of a file, or {} when it is missing or not an object."""
-    return value if isinstance(value, dict) else {}
-
-
-def num(value: Any) -> float | None:
-    """A finite number, else None (booleans are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def count(value: Any) -> int | None:
-    """A non-negative whole number, else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def fraction(value: Any) -> float | None:
-    """An accuracy in [0, 1], else None."""
-    value = num(value)
-    return value if value is not None and 0.0 <= value <= 1.0 else None
-
-
-def text(value: Any, limit: int = MAX_TEXT) -> str | None:
-    """A short single-line string (numbers are written out), else None; control characters become spaces."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    value = _CONTROL.sub(" ", str(value))
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
-def interval(value: Any) -> list[float | None]:
-    """A 95% interval ``[low, high]`` of fractions, else ``[None, None]``."""
-    if isinstance(value, list) and len(value) == 2:
-        low, high = fraction(value[0]), fraction(value[1])
-        if low is not None and high is not None and low <= high:
-            return [low, high]
-    return [None, None]
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from a file of reasonable size (UsageError otherwise)."""
-    if path.is_symlink():
-        raise UsageError(f"{what}: {path} is a symbolic link; give the folder with the file itself")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise UsageError(f"{what}: {path} is larger than {MAX_JSON_BYTES // 2**20} MiB; it is not an akd-edge file")
-    return files.read_json_object(path, what)
 
 
 # -- what the report shows --------------------------------------------------------------------------
@@ -174,7 +120,7 @@ def _recipe(path: Path) -> dict[str, Any] | None:
 def _classify(path: Path, recipe: dict[str, Any] | None = None, recipe_from: str | None = None) -> _Source:
     """What kind of folder ``path`` is (UsageError, naming it, when it is none that the report reads)."""
     kind = files.marked_kind(path)
-    report_path = path / "report.json"
+    report_path = path / REPORT_NAME
     if report_path.is_file():
         report = read_json(report_path, "report")
         fmt = report.get("format")
@@ -379,7 +325,8 @@ def _export_rows(source: _Source, run: RunInfo | None) -> list[ModelRow]:
     if recipe is None and source.recipe is not None:
         recipe, recipe_from = source.recipe, source.recipe_from
     entries = []
-    for name, precision in PRECISIONS:
+    for precision in PRECISIONS:
+        name = FILES[precision]
         path = source.path / name
         if not path.is_file() or path.is_symlink():
             continue

@@ -34,9 +34,6 @@ from akd_edge.run.state import FORMAT, PipelineState, digest
 
 log = logging.getLogger(__name__)
 
-REPORT_INPUTS = ("report.json", "summary.json", "recipe.toml", "eval.json", "model.onnx", "model.int8.onnx")
-"""The files of a folder the report reads: a change in any of them makes the report stage run again."""
-
 
 class PipelineCallbacks:
     """Progress of :func:`run_pipeline`; the CLI draws it, the library only calls these (they do nothing here)."""
@@ -183,7 +180,7 @@ class _Pipeline:
 
     def verify(self, stage: Stage) -> str:
         from akd_edge import api
-        from akd_edge.verify.command import ONNX_MODELS
+        from akd_edge.export.folder import ONNX_MODELS
 
         folder = self.exports[stage.model]
         models = {name: files.sha256_file(folder / name) for name in ONNX_MODELS if (folder / name).is_file()}
@@ -212,8 +209,8 @@ class _Pipeline:
         return f"robust accuracy {shown}"
 
     def report(self, stage: Stage) -> str:
+        from akd_edge import api
         from akd_edge.core.version import __version__
-        from akd_edge.report import build_report
 
         paths = [*self.folders.values(), *self.exports.values()]
         read = {str(p): _hashes(p) for p in paths}
@@ -223,7 +220,7 @@ class _Pipeline:
             return skipped
         start = time.perf_counter()
         self.callbacks.stage_text("collecting the results and drawing the plots")
-        build_report(paths, out, title=f"akd-edge run {self.recipe.run.name}", stages=self.timings)
+        api.report(paths, out, title=f"akd-edge run {self.recipe.run.name}", stages=self.timings)
         self.state.finish(stage.key, inputs, out, ["index.html", "report.md"], time.perf_counter() - start)
         return f"wrote {out / 'index.html'}"
 
@@ -238,7 +235,10 @@ def timing(stage: Stage, outcome: str, seconds: float, record: Any = None) -> di
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {name: files.sha256_file(folder / name) for name in REPORT_INPUTS if (folder / name).is_file()}
+    """The SHA-256 of each file of ``folder`` the report reads: a change in any makes the report stage run again."""
+    from akd_edge.report.collect import INPUT_FILES
+
+    return {name: files.sha256_file(folder / name) for name in INPUT_FILES if (folder / name).is_file()}
 
 
 def _point_report_at(out: Path, work: Path) -> None:

@@ -41,8 +41,7 @@ from torch import nn
 
 from akd_edge.attacks import build_attack
 from akd_edge.config import Recipe, to_dict
-from akd_edge.core.distributed import Group, check_sync_bn, current, rank_seed, use_sync_batchnorm
-from akd_edge.core.env import resolve_device
+from akd_edge.core.distributed import Group, check_sync_bn, current, rank_device, rank_seed, use_sync_batchnorm
 from akd_edge.core.files import write_json_atomic, write_text_atomic
 from akd_edge.data import DatasetSplits, iterate_batches
 from akd_edge.methods import Task
@@ -101,10 +100,9 @@ class Trainer:
         self.is_main = self.group is None or self.group.is_main
         self.cb = (callbacks or Callbacks()) if self.is_main else Callbacks()  # progress from rank 0 only
         self.attack = build_attack(recipe.train.attack, check_range=False)  # batches are uint8 / 255: in range
-        self.device = resolve_device(recipe.run.device)
+        self.device = rank_device(recipe.run.device, self.group)
         rank_stream = None  # where this rank's random stream goes on once the shared model is built
         if self.group is not None:
-            self.device = self.group.device(self.device)
             if recipe.train.sync_bn:
                 check_sync_bn(self.device)  # a CPU run is refused before any work
             if not self.group.is_main:  # the same model, another stream of starts

@@ -2,8 +2,9 @@
 
 A new run claims a missing or empty folder (:func:`claim_run_dir`), a resume opens a marked run that has a
 ``last.pt`` (:func:`open_run_dir`); both hold the folder's lock (:class:`akd_edge.core.files.FolderLock`) for
-the life of the run and clean up the temp files of killed writers. A resumed run keeps its recipe
-(:func:`recipe_changes`), except the keys in :data:`RESUME_MAY_CHANGE`.
+the life of the run and clean up the temp files of killed writers (:func:`hold_run_dir` takes the one a run is
+about to train in, rank 0's under torchrun). A resumed run keeps its recipe (:func:`recipe_changes`), except the
+keys in :data:`RESUME_MAY_CHANGE` (:func:`refuse_resume_changes`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from akd_edge.config import Recipe, load_recipe, read_toml, to_dict
+from akd_edge.config import Recipe, load_recipe, parse_override, read_toml, to_dict
 from akd_edge.core.errors import CheckpointError, ConfigError, UsageError
 from akd_edge.core.files import (
     LOCK,
@@ -31,6 +32,9 @@ from akd_edge.core.files import (
 )
 from akd_edge.core.registry import check_code_allowed
 from akd_edge.models.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from akd_edge.core.distributed import Group
 
 RESUME_MAY_CHANGE = ("run.threads", "run.device")
 """Recipe keys that may differ when a run is resumed; any other change would make it a different run."""
@@ -213,6 +217,40 @@ def open_run_dir(path: str | Path) -> RunDir:
     except BaseException:
         lock.release()
         raise
+
+
+def hold_run_dir(
+    recipe: Recipe, out: str | Path | None = None, *, resume: bool = False, group: Group | None = None
+) -> tuple[RunDir | None, Path]:
+    """The run directory of a run about to start, held (and checked writable) before any data loads.
+
+    A resume opens ``out`` (:func:`open_run_dir`); a new run claims ``out`` or the first free
+    ``<run.out_dir>/<run.name>[-N]`` (:func:`claim_run_dir`). In a data-parallel run (``group``) rank 0 holds it
+    and the other ranks get its path and None; a refusal stops every rank with rank 0's message.
+    """
+    if resume and out is None:
+        raise UsageError("a resume continues a run directory: give the one to continue")
+    held: list[RunDir] = []
+
+    def hold() -> str:
+        held.append(open_run_dir(out) if resume else claim_run_dir(recipe, out))
+        return str(held[0].path)
+
+    path = hold() if group is None else group.from_main(hold)
+    return (held[0] if held else None), Path(path)
+
+
+def refuse_resume_changes(path: str | Path, overrides: Sequence[str] = (), given: Sequence[str] = ()) -> None:
+    """A ConfigError naming what a resume of ``path`` may not change: the ``overrides`` of keys outside
+    :data:`RESUME_MAY_CHANGE`, and ``given`` (the command's flags that would change the run, such as ``--out``)."""
+    keys = (".".join(parse_override(text)[0]) for text in overrides)
+    refused = [*given, *(key for key in keys if key not in RESUME_MAY_CHANGE)]
+    if refused:
+        raise ConfigError(
+            f"--resume {path} continues the run as its recipe.toml says; refused: {', '.join(refused)}. "
+            f"Only {', '.join(RESUME_MAY_CHANGE)} (and --device) may change when resuming; to train differently "
+            f"start a new run, e.g. --recipe {Path(path) / 'recipe.toml'} --set ... --out NEW_DIR"
+        )
 
 
 def run_recipe(path: str | Path, overrides: Sequence[str] = (), *, allow_code: bool = False) -> Recipe:

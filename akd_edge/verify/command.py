@@ -42,11 +42,11 @@ from akd_edge.core.files import FolderLock, check_name, ensure_writable_dir, sha
 from akd_edge.core.interval import REPORTED_N, interval_of, wilson_interval
 from akd_edge.core.ort import ModelFileError, OrtClassifier, as_float_images, file_size, ort_latency, tolerances
 from akd_edge.export.card import REPLAY_NAME, REPORT_FORMAT, file_record, read_report, recorded_checkpoint, write_report
+from akd_edge.export.folder import ONNX_MODELS
 from akd_edge.verify import replay as replays
 
 log = logging.getLogger(__name__)
 
-ONNX_MODELS = ("model.onnx", "model.int8.onnx")
 MOBILE_FILES = ("model.ort", "model.int8.ort")
 NPZ_HELP = "expected an .npz with arrays 'images' [N, C, H, W] (uint8, or float in [0, 1]) and 'labels' [N]"
 TRANSFER_VERSIONS = ("fast", "standard", "none")

@@ -1,19 +1,14 @@
 """The recipe schema: frozen dataclasses, one per TOML section, validated on construction.
 
-A recipe file mirrors these classes section by section; ``--set section.key=value`` overrides a field.
-Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+A recipe file mirrors these classes section by section (:mod:`akd_edge.config.load` reads it); out-of-range
+values raise :class:`ConfigError` naming the key, whoever builds the dataclass.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from akd_edge.core import registry
@@ -46,6 +41,17 @@ SEED_RANGE = (-(2**63), 2**63 - 1)
 """``run.seed`` must fit a signed 64-bit integer, as torch's and numpy's generators take it."""
 MAX_LR = 1e6
 """Largest ``train.optim.lr``: far above any rate that trains (0.01-1 for SGD), below what overflows float32."""
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain dicts and lists (TOML/JSON ready)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
 
 
 @dataclass(frozen=True)
@@ -416,193 +422,3 @@ class Recipe:
     def code_names(self) -> list[str]:
         """The ``package.module:factory`` names this recipe imports to build models: its own, its teachers'."""
         return [name for name in (self.model.name, *(t.factory for t in self.teachers)) if ":" in name]
-
-
-# ----------------------------------------------------------------------------------------------
-# dict <-> dataclass
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; build nested dataclasses. Ints are accepted as floats."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table (section), got {type(value).__name__}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}: must be a finite number, got {value}")
-    if tp is Any:
-        return value
-    wrong_bool = (tp is bool) != isinstance(value, bool)  # True is an int in Python: keep them apart
-    if wrong_bool or not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, naming any unknown key or wrong type."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{full}'{hint}; valid keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        msg = str(err)
-        # Section classes name their keys without the outer prefix (for example attack.eps): add it.
-        if prefix and not msg.startswith(prefix):
-            head, _, rest = msg.partition(": ")
-            leaf = head.split(".")[-1]
-            msg = f"{prefix}.{leaf}: {rest}"
-        raise ConfigError(msg) from None
-
-
-def to_dict(obj: Any) -> Any:
-    """A dataclass as plain dicts and lists (TOML/JSON ready)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``section.key=value``; the value is read as TOML (so 3, 0.1, true, "x", [1, 2]) or as a string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of the recipe dict with each ``section.key=value`` applied."""
-    import copy
-
-    data = copy.deepcopy(data)
-    for text in overrides:
-        path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is not a section")
-        node[path[-1]] = value
-    return data
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} not found; `akd-edge recipes` lists the shipped ones")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-            "TOML files are UTF-8: save it as UTF-8"
-        ) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"recipe {path} is not valid TOML: {err}") from None
-    except RecursionError:
-        raise ConfigError(f"recipe {path} is nested too deeply to be a recipe") from None
-
-
-def load_recipe(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe (path, shipped name or dict), apply overrides and validate it."""
-    data = source if isinstance(source, dict) else read_toml(resolve_recipe_path(source))
-    return from_dict(Recipe, apply_overrides(data, overrides or []))
-
-
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-"""The shipped recipes, inside the package (so a wheel has them); the repository's ``recipes/`` links here."""
-
-
-def shipped_recipes() -> dict[str, Path]:
-    """Shipped recipes by name (file stem)."""
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.toml"))}
-
-
-def resolve_recipe_path(source: str | Path) -> Path:
-    """A path as given, or the name of a shipped recipe (``fmnist-quickstart``)."""
-    path = Path(source)
-    if path.is_file():
-        return path
-    shipped = shipped_recipes()
-    name = path.stem if path.suffix == ".toml" else str(source)
-    if name in shipped and path.parent in (Path("."), Path("recipes")):
-        return shipped[name]
-    close = difflib.get_close_matches(name, list(shipped), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"recipe {source} not found.{hint} `akd-edge recipes` lists the shipped recipes.")
-
-
-def recipe_results(name: str) -> dict[str, Any] | None:
-    """What a shipped recipe reached, as measured by ``benchmarks/run_recipe.py`` (None if never run)."""
-    import json
-
-    path = RECIPES_DIR / "results" / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def measured_where(result: dict[str, Any]) -> str:
-    """Where a recipe's results were measured, short: ``x86_64 CPU, 2 torch threads`` or ``trained on one
-    NVIDIA H200, tested on x86_64 CPU``, from the results file's ``machine`` text."""
-    trained, _, tested = str(result.get("machine", "")).partition(", tested on ")
-    if trained.startswith("trained on "):
-        where = f"trained on {_short_machine(trained.removeprefix('trained on '))}"
-        return f"{where}, tested on {_short_machine(tested)}" if tested else where
-    return _short_machine(trained)
-
-
-def _short_machine(text: str) -> str:
-    """``x86_64 , 2 torch threads, torch 2.13.0+cpu, device cpu`` -> ``x86_64 CPU, 2 torch threads``;
-    ``one NVIDIA H200 (torch ...)`` -> ``one NVIDIA H200``."""
-    parts = [part.strip() for part in text.split("(")[0].split(",") if part.strip()]
-    if not parts:
-        return "an unrecorded machine"
-    cpu = "device cpu" in text
-    head = f"{parts[0]} CPU" if cpu else parts[0]
-    threads = [part.replace("1 torch threads", "1 torch thread") for part in parts[1:] if part.endswith("threads")]
-    return ", ".join([head, *threads[:1]])
-
-
-def measured_summary(result: dict[str, Any]) -> str:
-    """One line of what a recipe reached: ``83.9% / 71.1%, 16 min (x86_64 CPU, 2 torch threads)``."""
-    test = result["test"]
-    return (
-        f"{test['clean_acc']:.1%} / {test['robust_acc']:.1%}, {result['wall_time_s'] / 60:.0f} min "
-        f"({measured_where(result)})"
-    )
