@@ -25,8 +25,8 @@ from akd_edge.config import load_recipe, to_dict
 from akd_edge.core.errors import UsageError
 from akd_edge.core.files import mark
 from akd_edge.run import PipelineOptions, plan_stages
+from akd_edge.run.ledger import PipelineState, digest
 from akd_edge.run.root import claim_root, find_run, teacher_digests
-from akd_edge.run.state import PipelineState, digest
 from akd_edge.train.rundir import write_recipe
 
 SYNTH = "n=256,test=48,shape=1x8x8,classes=4"

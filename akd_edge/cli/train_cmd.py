@@ -12,6 +12,7 @@ claims the run directory and prints; every rank trains its share of each batch.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,8 +148,22 @@ _run_options = options(
     allow_code_option(),
 )
 
+_TRAINING_NOTES = (
+    "Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 4 another torchrun rank failed, "
+    "130 stopped by Ctrl-C (under torchrun also SIGTERM). Launched by torchrun (torchrun --nproc_per_node N "
+    "-m akd_edge ...) it trains data-parallel, data.batch_size being the global batch (docs/DISTRIBUTED.md)."
+)
 
-@click.command("train-teacher")
+
+def _training_command(name: str, summary: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """``click.command`` for a training verb: its help is ``summary``, then the notes both verbs share."""
+    return click.command(name, help=f"{summary}\n\n{_TRAINING_NOTES}")
+
+
+@_training_command(
+    "train-teacher",
+    "Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy.",
+)
 @click.option("--recipe", "-r", default=DEFAULT_TEACHER_RECIPE, show_default=True, help="Recipe file or shipped name.")
 @_run_options
 @user_errors
@@ -162,12 +177,6 @@ def train_teacher(
     data_dir: str | None,
     allow_code: bool,
 ) -> None:
-    """Adversarially train a robust teacher (AT or TRADES) with early stopping on robust validation accuracy.
-
-    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 4 another torchrun rank failed,
-    130 stopped by Ctrl-C (under torchrun also SIGTERM). Launched by torchrun (torchrun --nproc_per_node N
-    -m akd_edge ...) it trains data-parallel, data.batch_size being the global batch (docs/DISTRIBUTED.md).
-    """
     flags = with_flags(overrides, device, data_dir)
     if resume:
         _resume("teacher", resume, flags, {"--recipe": _given("recipe"), "--out": out_dir}, allow_code)
@@ -175,7 +184,7 @@ def train_teacher(
         _train("teacher", recipe, flags, out_dir)
 
 
-@click.command("distill")
+@_training_command("distill", "Distill robust teacher(s) into a compact student (AKD by default), as a recipe says.")
 @click.option("--recipe", "-r", default=DEFAULT_DISTILL_RECIPE, show_default=True, help="Recipe file or shipped name.")
 @click.option(
     "--teacher",
@@ -211,12 +220,6 @@ def distill(
     allow_code: bool,
     reuse: bool,
 ) -> None:
-    """Distill robust teacher(s) into a compact student (AKD by default), as a recipe says.
-
-    Exit status: 0 trained, 2 usage error, 3 the loss diverged (NaN/inf), 4 another torchrun rank failed,
-    130 stopped by Ctrl-C (under torchrun also SIGTERM). Launched by torchrun (torchrun --nproc_per_node N
-    -m akd_edge ...) it trains data-parallel, data.batch_size being the global batch (docs/DISTRIBUTED.md).
-    """
     flags = with_flags(overrides, device, data_dir)
     if resume:
         given = {

@@ -19,6 +19,7 @@ from torch import nn
 
 from akd_edge.attacks.suite import AA_NAME, AttackSpec, ConfigAttack
 from akd_edge.config import AttackConfig
+from akd_edge.core.env import model_device
 from akd_edge.core.interval import REPORTED_N
 from akd_edge.evaluation.engine import evaluate_dataset
 from akd_edge.models.mode import eval_mode
@@ -26,16 +27,11 @@ from akd_edge.models.mode import eval_mode
 log = logging.getLogger(__name__)
 
 
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def latency_ms(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30) -> float:
     """Median wall time (ms) of one forward pass on a single image, timed as ``akd-edge verify`` times."""
     from akd_edge.core.ort import measure_latency
 
-    device = _device(model)
+    device = model_device(model)
 
     def run(x: Any) -> torch.Tensor:
         with eval_mode(model), torch.inference_mode():
@@ -52,7 +48,7 @@ def pgd_accuracy(
 ) -> dict[str, Any]:
     """Clean and ``attack_cfg`` accuracy with 95% intervals, its random starts seeded by ``seed`` (the same
     before and after pruning)."""
-    device = _device(model)
+    device = model_device(model)
     attack = ConfigAttack(attack_cfg)
     fork = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork):
@@ -92,7 +88,7 @@ def autoattack_accuracy(
     from akd_edge.data import iterate_batches
 
     subset = dataset.subset(np.arange(min(n, len(dataset)))) if n else dataset
-    device = _device(model)
+    device = model_device(model)
     first, _, _ = next(iterate_batches(subset, 1, device=device))
     with eval_mode(model), torch.no_grad():
         classes = model(first).shape[1]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from akd_edge.core.env import model_device
 from akd_edge.core.errors import UsageError
 from akd_edge.models.mode import eval_mode
 from akd_edge.models.pruned import plain_history
@@ -107,14 +108,9 @@ class PruneSpec:
 # pruner construction
 
 
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
     """The tracing input of the dependency graph: one image of ``input_shape`` on the model's device."""
-    return torch.zeros(1, *(int(v) for v in input_shape), device=_device(model))
+    return torch.zeros(1, *(int(v) for v in input_shape), device=model_device(model))
 
 
 def resolve_keep(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:

@@ -17,6 +17,7 @@ from akd_edge.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 VERSIONED = ("akd-edge", "torch", "numpy", "onnx", "onnxruntime", "torch-pruning", "pyautoattack", "matplotlib")
 
@@ -42,6 +43,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} asked for, but MPS is not available; use auto or cpu")
     return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device ``model``'s parameters are on (CPU for a model without parameters)."""
+    import torch
+
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def package_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:

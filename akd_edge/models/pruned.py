@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from akd_edge.core.env import model_device
 from akd_edge.core.errors import CheckpointError
 from akd_edge.models.mode import eval_mode
 
@@ -83,8 +84,7 @@ def rebuild_pruned(model: nn.Module, pruning: dict[str, Any]) -> nn.Module:
             f"the checkpoint's pruning entry is not an akd-edge pruning history (expected format {FORMAT!r})"
         )
     history, shape = _history(pruning), _example_shape(pruning)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
     example = torch.zeros(*shape, device=device)
     try:
         with eval_mode(model), torch.enable_grad():

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from akd_edge.core.env import model_device
 from akd_edge.core.errors import ConfigError
 from akd_edge.core.registry import Registry, check_code_allowed
 from akd_edge.models.normalize import Normalize, NormalizedModel
@@ -218,8 +219,7 @@ def model_info(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """
     from akd_edge.models.mode import eval_mode
 
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = model_device(model)
     example = torch.zeros(1, *(int(v) for v in input_shape), device=device)
     macs: list[int] = []
     hooks = [

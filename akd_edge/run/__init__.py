@@ -2,7 +2,7 @@
 
 :func:`run_pipeline` plans the stages (:mod:`~akd_edge.run.plan`), takes the run's folder
 (:mod:`~akd_edge.run.root`), and runs each stage through the Python API unless
-:mod:`~akd_edge.run.state` says its output is current (:mod:`~akd_edge.run.command`).
+:mod:`~akd_edge.run.ledger` says its output is current (:mod:`~akd_edge.run.command`).
 """
 
 from akd_edge.run.command import PipelineCallbacks, run_pipeline

@@ -5,7 +5,7 @@ compression ``compress/<model>/`` (built in ``work/<model>/`` and moved into pla
 ``export/<model>/`` (built beside it by the exporter, published when its checks pass), verification the
 ``verify`` section of that folder's report.json, and the report ``report/``. A stage never deletes what an
 earlier stage wrote, and replaces its own earlier output only with a finished new one, so a failure or a
-kill leaves every finished stage as it was; the next run skips those (:mod:`akd_edge.run.state`) and
+kill leaves every finished stage as it was; the next run skips those (:mod:`akd_edge.run.ledger`) and
 continues with the first one that did not finish (a distillation from its last checkpoint).
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 from akd_edge.config import Recipe, load_recipe, to_dict
 from akd_edge.core import files
 from akd_edge.core.errors import UsageError
+from akd_edge.run.ledger import FORMAT, PipelineState, digest
 from akd_edge.run.plan import PipelineOptions, Stage, plan_stages
 from akd_edge.run.root import (
     claim_root,
@@ -30,7 +31,6 @@ from akd_edge.run.root import (
     teacher_digests,
     teacher_file,
 )
-from akd_edge.run.state import FORMAT, PipelineState, digest
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The stages, in order: distill the student; compress it at each ``--prune`` ratio; export and verify the
 student, each pruned student and each teacher that can be exported; write the report. Every stage has a key
-(``export/<model>``) under which :mod:`akd_edge.run.state` records it, and a model name that is a plain
+(``export/<model>``) under which :mod:`akd_edge.run.ledger` records it, and a model name that is a plain
 name (:func:`akd_edge.core.files.check_name`): it names the stage's folder.
 """
 

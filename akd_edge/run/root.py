@@ -20,7 +20,7 @@ from typing import Any
 from akd_edge.config import Recipe, load_recipe, read_toml, to_dict
 from akd_edge.core import files
 from akd_edge.core.errors import ConfigError, UsageError
-from akd_edge.run.state import PipelineState
+from akd_edge.run.ledger import PipelineState
 
 KIND = "pipeline"
 IGNORED = ("description", "expected")

@@ -49,7 +49,7 @@ from akd_edge.models import model_info
 from akd_edge.models.checkpoint import FORMAT, model_only, save_atomic
 from akd_edge.train.accel import DeviceSums, SpeedPlan, as_input, mark_step, plan_settings, step_autocast
 from akd_edge.train.parts import resolve_parts, run_arch
-from akd_edge.train.records import Dynamics, append_metrics, epoch_record, eval_record, run_summary, train_stats
+from akd_edge.train.records import DynamicsRecorder, append_metrics, epoch_record, eval_record, run_summary, train_stats
 from akd_edge.train.rng import RunRng
 from akd_edge.train.rundir import RunDir, claim_folder, open_run_dir, write_recipe
 from akd_edge.train.state import TrainState, fresh_sums, read_last, resume_state_of
@@ -125,7 +125,7 @@ class Trainer:
         self._stop = False  # data-parallel: the ranks agreed to stop
         self.sync_every = 1 if self.device.type == "cpu" else 25
         """Batches between reads of the running totals: each read waits for the GPU, so not every step there."""
-        self.dynamics = Dynamics()
+        self.dynamics = DynamicsRecorder()
         self._ddp: nn.Module | None = None
         self._restore_bn: Any = None
 
@@ -243,7 +243,7 @@ class Trainer:
             st.sums = fresh_sums()
             st.dyn_row = {}
         if r.train.record_dynamics and not st.dyn_row:
-            st.dyn_row = Dynamics.new_row(len(self.train_set))
+            st.dyn_row = DynamicsRecorder.new_row(len(self.train_set))
         self.cb.on_epoch_start(st.epoch + 1, r.train.epochs, self.order.steps, st.batch)
         assert self.task is not None
         self.task.set_progress(st.epoch / r.train.epochs)  # epoch-dependent objectives (IAD's warm-up)
@@ -257,7 +257,7 @@ class Trainer:
             st.sums["time"] += time.perf_counter() - t0
             st.sums["n"] += size
             if r.train.record_dynamics:
-                Dynamics.record(st.dyn_row, self.model, x, y, idx, correct)
+                DynamicsRecorder.record(st.dyn_row, self.model, x, y, idx, correct)
             st.batch += 1
             save = bool(r.train.checkpoint_every) and st.batch % r.train.checkpoint_every == 0
             local_stop = self.group is None and self.sigint.requested  # a rank's own request waits for the next sync

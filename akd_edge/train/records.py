@@ -78,9 +78,10 @@ def kept_metrics(run_dir: Path, epochs_done: int) -> str | None:
     return "".join(line + "\n" for line in kept)
 
 
-class Dynamics:
-    """Per-image learning events: for every epoch, which training images the student got right, clean and under
-    the training attack. The current epoch's row travels in the checkpoint; past epochs go to dynamics.npz."""
+class DynamicsRecorder:
+    """Collects the per-image learning events while a run trains: for every epoch, which training images the
+    student got right, clean and under the training attack. The current epoch's row travels in the checkpoint;
+    past epochs go to dynamics.npz, which :class:`akd_edge.metrics.forgetting.Dynamics` reads back."""
 
     def __init__(self) -> None:
         self.epochs: dict[str, list[np.ndarray]] = {"clean": [], "adv": []}

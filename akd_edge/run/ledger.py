@@ -1,4 +1,5 @@
-"""``pipeline.json``: which stages of ``akd-edge run`` finished, from which inputs, with which outputs.
+"""The stage ledger of ``akd-edge run``, kept in ``pipeline.json``: which stages finished, from which inputs, with
+which outputs.
 
 A stage is recorded only once it has finished, with the SHA-256 of a canonical JSON of its inputs (the
 hashes of the files it read and its settings) and the SHA-256 of the files it wrote. It is skipped next time
