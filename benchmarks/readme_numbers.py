@@ -195,9 +195,13 @@ def _points(fraction: float) -> str:
 
 
 def study_diff(name: str, variant: str, base: str, metric: str) -> str:
-    """``+2.7``: ``variant``'s mean ``metric`` minus ``base``'s, in points."""
+    """``+2.7``: ``variant``'s mean ``metric`` minus ``base``'s, in points, over the seeds both have (a seed
+    evaluated for one variant only would otherwise move the difference by its own luck)."""
     ours, theirs = _study_values(name, variant, metric), _study_values(name, base, metric)
-    return _points(statistics.fmean(ours.values()) - statistics.fmean(theirs.values()))
+    seeds = sorted(ours.keys() & theirs.keys())
+    if not seeds:
+        raise KeyError(f"benchmarks/results/{name}.json: {variant} and {base} share no seed")
+    return _points(statistics.fmean(ours[s] - theirs[s] for s in seeds))
 
 
 def study_seed_diffs(name: str, variant: str, base: str, metric: str) -> str:
