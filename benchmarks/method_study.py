@@ -2,7 +2,7 @@
 """A resumable study: a grid of training runs (variant x seed), each evaluated with the one evaluation engine.
 
     python benchmarks/method_study.py run benchmarks/studies/fmnist-screen.toml [--jobs N] [--only at,akd-a09]
-        [--seeds 0,1] [--eval-only] [--dry-run] [--attacks pgd,aa-fast] [--n 1000] [--eval-batch 1000] [--set KEY=VALUE ...]
+        [--seeds 0,1] [--eval-only] [--retrain] [--dry-run] [--attacks pgd,aa-fast] [--n 1000] [--eval-batch 1000] [--set KEY=VALUE ...]
     python benchmarks/method_study.py report fmnist-screen            # markdown table + robust-vs-clean plot
 
 A study spec (TOML, ``benchmarks/studies/NAME.toml``) names a base recipe, overrides for every cell, the
@@ -11,7 +11,8 @@ the cell's seed). Every cell is an
 ordinary run directory, ``<runs>/<study>/<variant>/seed<k>/`` (default ``runs/studies``), trained by
 :func:`akd_edge.train.loop.train_run`; so a killed study resumes: a cell with ``summary.json`` is finished
 (its recipe is checked against the spec), one with ``last.pt`` continues, one killed before its first
-checkpoint starts again, a missing one starts. A finished cell is evaluated on the test split by
+checkpoint starts again, a missing one starts. A cell whose run directory is gone (a fresh checkout) but
+whose results are complete is kept; ``--retrain`` trains it again, to evaluate it with other attacks. A finished cell is evaluated on the test split by
 :func:`akd_edge.evaluate` (clean and the attacks asked for, every figure with its settings and n) unless
 the results file already holds its figures for the same training run and evaluation settings.
 
@@ -306,7 +307,8 @@ def _finished_elsewhere(task: dict[str, Any]) -> bool:
     an earlier session finished instead of training them again)."""
     run_dir, previous = Path(task["run_dir"]), task.get("previous") or {}
     return (
-        not run_dir.exists()
+        not task.get("retrain")
+        and not run_dir.exists()
         and previous.get("status") == "done"
         and previous.get("overrides") == task["overrides"]
         and previous.get("eval", {}).get("settings") == task["eval"]
@@ -406,6 +408,7 @@ def _tasks(study: Study, cells: list[Cell], args: argparse.Namespace, results: d
             "overrides": recipe_overrides(study, cell, args.device),
             "eval": settings,
             "eval_only": args.eval_only,
+            "retrain": args.retrain,
             "device": args.device,
             "previous": results["cells"].get(cell.key),
         }
@@ -672,6 +675,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--only", default="", help="comma-separated variants to run")
     run.add_argument("--seeds", default="", help="comma-separated seeds (default: the spec's)")
     run.add_argument("--eval-only", action="store_true", help="evaluate finished cells, train nothing")
+    run.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train again the finished cells whose run directory is gone (their kept results are replaced)",
+    )
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.add_argument("--attacks", default="", help="override the spec's eval attacks (pgd,aa-fast,aa-standard)")
     run.add_argument("--n", type=int, default=None, help="override the spec's number of test images (0 = all)")

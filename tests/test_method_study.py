@@ -128,6 +128,22 @@ def test_rerun_redoes_only_what_is_missing(study: dict[str, Path]) -> None:
     assert "trades/seed1: done (kept)" in done.stderr
 
 
+def test_retrain_trains_a_kept_cell_again(study: dict[str, Path]) -> None:
+    # trades/seed1's run directory is gone (test_rerun_redoes_only_what_is_missing) and its results kept:
+    # --retrain brings the run back, so that it can be evaluated with other attacks
+    runs, results_path = study["runs"], study["results"]
+    if (runs / "tiny" / "trades" / "seed1").exists():
+        shutil.rmtree(runs / "tiny" / "trades" / "seed1")
+    old = json.loads(results_path.read_text())["cells"]["trades/seed1"]
+    common = [*study["common"], "--only", "trades", "--seeds", "1"]
+    dry = _run(study["tmp"], "run", str(study["spec"]), "--retrain", "--dry-run", *common)
+    assert "trades/seed1: train" in dry.stdout
+    _run(study["tmp"], "run", str(study["spec"]), "--retrain", *common)
+    assert (runs / "tiny" / "trades" / "seed1" / "summary.json").is_file()
+    new = json.loads(results_path.read_text())["cells"]["trades/seed1"]
+    assert new["status"] == "done" and new["train"]["summary_mtime_ns"] != old["train"]["summary_mtime_ns"]
+
+
 def test_eval_batch_is_used_and_recorded(study: dict[str, Path]) -> None:
     results = study["tmp"] / "results" / "batch16.json"
     common = ["--runs", str(study["runs"]), "--results", str(results)]
