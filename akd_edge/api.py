@@ -323,7 +323,7 @@ def export(source: str | Path, out: str | Path | None = None, **options: Any) ->
 def verify(folder: str | Path, **options: Any) -> dict[str, Any]:
     """Attack the exported ONNX files under onnxruntime; returns the report's ``verify`` section.
 
-    Keyword arguments as :func:`~akd_edge.verify.command.verify_export` (``n``, ``eps``, ``data``...).
+    Keyword arguments as :func:`~akd_edge.verify.command.verify_exports` (``n``, ``eps``, ``data``, ``threads``...).
     """
     from akd_edge.verify.command import verify_export
 

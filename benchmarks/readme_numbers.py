@@ -101,6 +101,41 @@ def user_path(name: str = "user_path") -> str:
     return "\n".join(lines)
 
 
+VERIFY_VARIANTS = {
+    "before": "before: torch's and onnxruntime's thread pools in one process",
+    "one process": "now, `--threads 1`: one process of one thread",
+    "workers": "now, the default: a worker process of one thread per CPU",
+}
+
+
+def verify_speed(name: str = "verify_speed") -> str:
+    """``akd-edge verify`` before and after, side by side in one run (``benchmarks/verify_speed.py``)."""
+    result = _bench_results(name)
+    runs, settings = result["runs"], result["settings"]
+    before = statistics.median(r["seconds"] for r in runs["before"]) if runs.get("before") else None
+    lines = [
+        "| verify | runs | median wall time | speed vs before | load average (1 min) at start / end |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant, found in runs.items():
+        if not found:
+            continue
+        median = statistics.median(r["seconds"] for r in found)
+        ratio = f"{before / median:.2f}x" if before and variant != "before" else ""
+        start, end = (statistics.median(r["load_average"][i][0] for r in found) for i in (0, 1))
+        described = VERIFY_VARIANTS.get(variant, variant)
+        lines.append(f"| {described} | {len(found)} | {_seconds(median)} | {ratio} | {start:.1f} / {end:.1f} |")
+    models = [found[0]["models"] for found in runs.values() if found]
+    same = "identical in every variant" if all(m == models[0] for m in models) else "NOT identical across variants"
+    lines += [
+        "",
+        f"{_machine(result['machine'])}; {result['created']}. {settings['n']:,} test images, Square "
+        f"{settings['square_queries']:,} queries, transfer AutoAttack {settings['transfer']}, no latency. "
+        f"Accuracies (clean, transfer, Square, robust, per model): {same}.",
+    ]
+    return "\n".join(lines)
+
+
 def int8_speed(name: str = "export_latency") -> str:
     """fp32 against int8 per model, timed in one run (``benchmarks/export_latency.py``), with the machine and load."""
     result = _bench_results(name)
@@ -605,6 +640,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "demo": demo,
     "user-path": user_path,
     "int8-speed": int8_speed,
+    "verify-speed": verify_speed,
     "recipes-table": recipes_table,
     "study-table": study_table,
     "label-curve": label_curve,

@@ -2,10 +2,11 @@
 
 The steps, as a new user takes them: the demo distillation (``make demo``: ``fmnist-demo``, then its PGD-20
 on 1,000 test images), ``akd-edge export`` of that student (fp32 and int8 timed side by side), ``akd-edge
-verify`` of 1,000 test images, and ``akd-edge run fmnist-quickstart --prune 0.5`` with each of its stages
-timed (distill, prune, export, verify, report). Each step's wall time is printed and saved with the machine:
-CPU model, AVX2 / AVX-512 / AMX flags, cores, and the load average before and after it (a shared machine
-slows every figure; compare figures only between quiet runs).
+verify`` of 1,000 test images (with verify's own split: clean, transfer, Square per model, latency; verify
+before and after side by side is ``benchmarks/verify_speed.py``), and ``akd-edge run fmnist-quickstart
+--prune 0.5`` with each of its stages timed (distill, prune, export, verify, report). Each step's wall time
+is printed and saved with the machine: CPU model, AVX2 / AVX-512 / AMX flags, cores, and the load average
+before and after it (a shared machine slows every figure; compare figures only between quiet runs).
 
     python benchmarks/user_path.py                    # the whole path (tens of minutes on 2 cores)
     python benchmarks/user_path.py --skip-run         # demo, export and verify only
@@ -112,7 +113,14 @@ def verify_step(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     verify = api.verify(work / "export", n=args.n, square_queries=args.square_queries, transfer=args.transfer)
     robust = {name: res.get("robust_acc") for name, res in verify["models"].items()}
-    return {"n": args.n, "square_queries": args.square_queries, "transfer": args.transfer, "robust_acc": robust}
+    return {
+        "n": args.n,
+        "square_queries": args.square_queries,
+        "transfer": args.transfer,
+        "robust_acc": robust,
+        "workers": verify["settings"].get("workers"),
+        "timings_s": verify.get("timings_s"),
+    }
 
 
 def run_step(work: Path, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:

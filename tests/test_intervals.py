@@ -75,12 +75,12 @@ def test_library_defaults_are_at_least_1000_images() -> None:
     from akd_edge.compress.command import EvalSpec
     from akd_edge.compress.measure import autoattack_accuracy, measure
     from akd_edge.evaluation.command import EvalOptions
-    from akd_edge.verify.command import verify_export
+    from akd_edge.verify.command import verify_exports
 
     assert REPORTED_N >= 1000
     assert EvalOptions().n >= 1000
     assert EvalSpec().n >= 1000 and EvalSpec().aa_n >= 1000
-    assert inspect.signature(verify_export).parameters["n"].default >= 1000
+    assert inspect.signature(verify_exports).parameters["n"].default >= 1000
     assert inspect.signature(measure).parameters["aa_n"].default >= 1000
     assert inspect.signature(autoattack_accuracy).parameters["n"].default >= 1000
 

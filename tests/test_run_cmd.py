@@ -105,7 +105,10 @@ def test_run_all_stages_then_a_failure_then_continue_without_redoing(
 ) -> None:
     recipe = write_toml(tmp_path / "tiny.toml", recipe_dict(tmp_path / "runs", teacher))
     root = tmp_path / "runs" / "tiny-pipeline"
-    real_verify = akd_edge.api.verify
+    real_verify, real_export = akd_edge.api.verify, akd_edge.api.export
+    # the int8 files are kept whatever their agreement with fp32: the tiny model's logits are nearly tied, so
+    # whether int8 flips one of 48 decisions depends on the CPU's int8 kernels (the gate: tests/test_export.py)
+    monkeypatch.setattr(akd_edge.api, "export", lambda *a, **k: real_export(*a, **k, keep_failed_int8=True))
 
     def failing_verify(folder: Any, **kwargs: Any) -> Any:
         if Path(folder).name == "tiny-pruned-0.5":

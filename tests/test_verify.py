@@ -57,9 +57,8 @@ def save_checkpoint(model: nn.Module, path: Path) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A trained tiny student exported with int8; returns (export folder, checkpoint)."""
+def train_tiny(epochs: int) -> nn.Module:
+    """A cnn-student trained briefly (Adam, seed 0) on SYNTH's training images, in eval mode."""
     from akd_edge.data import get_loader
 
     torch.manual_seed(0)
@@ -68,11 +67,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     y = torch.from_numpy(data.train.labels)
     model = create_model("cnn-student", num_classes=10, input_shape=SHAPE, mean=[0.5], std=[0.25])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(4):
+    for _ in range(epochs):
         for idx in torch.randperm(len(x)).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A trained tiny student exported with int8; returns (export folder, checkpoint)."""
+    model = train_tiny(epochs=4)
     root = tmp_path_factory.mktemp("verify")
     ckpt = save_checkpoint(model.eval(), root / "tiny.pt")
     folder, _ = export_checkpoint(ckpt, root / "export", calib=200)
@@ -158,19 +164,21 @@ def test_worst_case_is_per_sample_over_the_attacks(
     exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Square and transfer fool different samples: the worst case loses both, below either attack alone."""
-    from akd_edge.verify import command as verify_command
+    from akd_edge.verify import attacks as verify_attacks
+    from akd_edge.verify import transfer as verify_transfer
 
     folder, _ = exported
     models = [OrtClassifier.load(folder / name) for name in ("model.onnx", "model.int8.onnx")]
 
-    def fake_transfer(ckpt, data, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        x = data.images.astype(np.float32) / 255
-        correct = np.logical_and.reduce([m.correct(x, data.labels) for m in models])
+    def fake_transfer(model, images, labels, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        x = images.astype(np.float32) / 255
+        correct = np.logical_and.reduce([m.correct(x, labels) for m in models])
         second = np.flatnonzero(correct)[1]  # the second sample every model gets right falls to transfer only
         x_adv = x.copy()
-        x_adv[second] = _fooling(lambda v: np.stack([m.predict(v) for m in models]).sum(0), x, data.labels[second])
-        assert not any(m.correct(x_adv[second : second + 1], data.labels[second : second + 1]) for m in models)
-        return x_adv, {"version": "fake"}, None
+        x_adv[second] = _fooling(lambda v: np.stack([m.predict(v) for m in models]).sum(0), x, labels[second])
+        assert not any(m.correct(x_adv[second : second + 1], labels[second : second + 1]) for m in models)
+        return x_adv, {"version": "fake"}
+        yield  # a job of no tasks
 
     def fake_square(predict, x, y, **kwargs):  # noqa: ANN001, ANN003, ANN202
         result = run_square(predict, x, y, **{**kwargs, "n_queries": 1, "eps": 1e-9})
@@ -181,8 +189,8 @@ def test_worst_case_is_per_sample_over_the_attacks(
         )
         return result
 
-    monkeypatch.setattr(verify_command, "_transfer", fake_transfer)
-    monkeypatch.setattr(verify_command, "_square_runner", lambda queries: fake_square)
+    monkeypatch.setattr(verify_transfer, "transfer_job", fake_transfer)
+    monkeypatch.setattr(verify_attacks, "square_runner", lambda queries: fake_square)
     verify = verify_export(folder, data_dir=SYNTH, n=40, latency=False, write=False)
     for res in verify["models"].values():
         clean_n = round(res["clean_acc"] * 40)

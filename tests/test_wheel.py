@@ -2,7 +2,7 @@
 
 The wheel is built offline from a copy of the sources (no build isolation: setuptools comes from this
 environment, and the shared checkout gets no build/ or egg-info), installed non-editable into a fresh venv
-that borrows torch and the other dependencies from the system site-packages, and run from a temp folder so
+that borrows torch and the other dependencies from the system site-packages (or from the venv the tests run in), and run from a temp folder so
 the repository is not on sys.path. About 40 s on 2 CPU cores.
 """
 
@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = (root / "dist").glob("akd_edge-*.whl")
     _run([sys.executable, "-m", "venv", "--system-site-packages", root / "venv"], root)
     bin_dir = root / "venv" / "bin"
+    if sys.prefix != sys.base_prefix:  # the tests run in a venv: its packages, not the system's, are the deps
+        site = _run([bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root)
+        ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+        (Path(site.stdout.strip()) / "_test_deps.pth").write_text("".join(f"{path}\n" for path in ours))
     _run([bin_dir / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], root)
     return bin_dir
 

@@ -175,45 +175,67 @@ def run_autoattack_report(
     x = x.detach().to(device).float()
     y = y.detach().to(device).long()
     start = time.perf_counter()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with _collect_warnings() as collect, eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
+        logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        n_classes = logits.shape[1]
+        if n_classes < min_classes(version):
+            raise UsageError(
+                f"the targeted attacks of AutoAttack need at least 4 classes, the model has {n_classes}; "
+                "use version='square' (or PGD)"
+            )
+        clean = logits.argmax(1) == y
+        adversary = _build(model, norm, eps, seed, n_queries, n_classes, device)
+        x_adv = x.clone()
+        robust = clean.clone()
+        per_attack: dict[str, torch.Tensor] = {}
+        for attack in attacks:
+            pool = clean if individual else robust
+            idx = pool.nonzero().flatten()
+            flags = clean.clone() if individual else robust.clone()
+            if len(idx):
+                adv_sub, fooled = _attack_subset(adversary, attack, x[idx], y[idx], batch_size)
+                hit = idx[fooled]
+                flags[hit] = False
+                newly = robust[hit]  # keep the first successful example of each sample
+                x_adv[hit[newly]] = adv_sub[fooled][newly]
+                robust[hit] = False
+            log.debug("%s: robust %d/%d", attack, int(flags.sum()), len(flags))
+            per_attack[attack] = flags.cpu()
+    for message in collect.messages:
+        log.warning("AutoAttack check: %s", message)
+    return AutoAttackResult(
+        x_adv=x_adv.detach(),
+        clean=clean.cpu(),
+        per_attack=per_attack,
+        robust=robust.cpu(),
+        settings=autoattack_settings(version, norm, eps, seed, n_queries, n_classes, individual, len(x)),
+        warnings=collect.messages,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@contextlib.contextmanager
+def _collect_warnings() -> Iterator[_Collect]:
+    """Within the block, the warnings of AutoAttack's checks are collected (its INFO/DEBUG lines dropped)."""
     collect = _Collect()
     aa_logger = logging.getLogger("auto-attack")
     aa_logger.addHandler(collect)
     aa_level = aa_logger.level
     aa_logger.setLevel(logging.WARNING)  # its INFO/DEBUG progress lines are noise here; warnings are kept
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
-            logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-            n_classes = logits.shape[1]
-            if n_classes < min_classes(version):
-                raise UsageError(
-                    f"the targeted attacks of AutoAttack need at least 4 classes, the model has {n_classes}; "
-                    "use version='square' (or PGD)"
-                )
-            clean = logits.argmax(1) == y
-            adversary = _build(model, norm, eps, seed, n_queries, n_classes, device)
-            x_adv = x.clone()
-            robust = clean.clone()
-            per_attack: dict[str, torch.Tensor] = {}
-            for attack in attacks:
-                pool = clean if individual else robust
-                idx = pool.nonzero().flatten()
-                flags = clean.clone() if individual else robust.clone()
-                if len(idx):
-                    adv_sub, fooled = _attack_subset(adversary, attack, x[idx], y[idx], batch_size)
-                    hit = idx[fooled]
-                    flags[hit] = False
-                    newly = robust[hit]  # keep the first successful example of each sample
-                    x_adv[hit[newly]] = adv_sub[fooled][newly]
-                    robust[hit] = False
-                log.debug("%s: robust %d/%d", attack, int(flags.sum()), len(flags))
-                per_attack[attack] = flags.cpu()
+        yield collect
     finally:
         aa_logger.removeHandler(collect)
         aa_logger.setLevel(aa_level)
-    for message in collect.messages:
-        log.warning("AutoAttack check: %s", message)
-    settings = {
+
+
+def autoattack_settings(
+    version: str, norm: str, eps: float, seed: int, n_queries: int, n_classes: int, individual: bool, n: int
+) -> dict[str, Any]:
+    """The settings of one AutoAttack run, as its results record them."""
+    attacks = VERSIONS[version]
+    return {
         "attack": "autoattack",
         "version": version,
         "attacks": list(attacks),
@@ -225,17 +247,39 @@ def run_autoattack_report(
         "restarts": 1,
         "n_target_classes": min(9, n_classes - 1),
         "individual": individual,
-        "n_samples": len(x),
+        "n_samples": n,
     }
-    return AutoAttackResult(
-        x_adv=x_adv.detach(),
-        clean=clean.cpu(),
-        per_attack=per_attack,
-        robust=robust.cpu(),
-        settings=settings,
-        warnings=collect.messages,
-        seconds=time.perf_counter() - start,
-    )
+
+
+def autoattack_batch(
+    model: nn.Module,
+    attack: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    seed: int,
+    n_classes: int,
+    n_queries: int = 5000,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One attack of AutoAttack on one batch, as :func:`run_autoattack_report` runs each batch of its cascade:
+    ``(x_adv, fooled bool [N], warnings of AutoAttack's checks)``.
+
+    Every image of ``x`` is attacked, as one batch: pass the images still robust, at most the cascade's batch
+    size at a time. Each batch reseeds the attack, so the cascade's result is rebuilt exactly from its batches
+    run in any order, in any process (:func:`akd_edge.verify.transfer.transfer_job` does).
+    """
+    from akd_edge.models.mode import eval_mode
+
+    _check_args(norm, eps, "standard", n_queries, max(len(x), 1))
+    device = _device_of(model, None)
+    x, y = x.detach().to(device).float(), y.detach().to(device).long()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with _collect_warnings() as collect, eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
+        adversary = _build(model, norm, eps, seed, n_queries, n_classes, device)
+        x_adv, fooled = _attack_subset(adversary, attack, x, y, len(x))
+    return x_adv.detach(), fooled.cpu(), collect.messages
 
 
 def run_autoattack(
@@ -344,15 +388,18 @@ def run_square(
     onnxruntime session wrapped as a tensor-to-tensor function will do). Samples misclassified without
     attack are left alone. The images go through in batches of ``batch_size``, each attacked with the same
     ``seed``, as AutoAttack's ``run_standard_evaluation`` does: beyond the inputs and the results, memory
-    depends on the batch, not on ``len(x)``. ``rescale_schedule`` stretches the schedule of square sizes
-    (tuned for 10000 queries) over ``n_queries``; AutoAttack's ``standard`` runs 5000 queries without it.
-    The caller's torch RNG is left as it was. Per-sample query counts are not reported: ``perturb`` does not
-    return them.
+    depends on the batch, not on ``len(x)``, and a batch's result does not depend on the others (attacking
+    ``x[256:512]`` alone gives the same examples as the second batch of ``x``). ``rescale_schedule`` stretches
+    the schedule of square sizes (tuned for 10000 queries) over ``n_queries``; AutoAttack's ``standard`` runs
+    5000 queries without it. The random numbers come from a generator of the attack's own, seeded as
+    ``perturb`` seeds torch's (:mod:`akd_edge.attacks.seeded_square`): the examples are those of ``SquareAttack.perturb``, and
+    torch's global RNG is never read or changed, so attacks may run on several threads at once. Per-sample
+    query counts are not reported: ``perturb`` does not return them.
     """
     import pyautoattack
-    from pyautoattack.square import SquareAttack
 
     from akd_edge.attacks.pgd import check_unit_range
+    from akd_edge.attacks.seeded_square import perturb, square_class
 
     _check_args(norm, eps, "square", n_queries, batch_size)
     _check_square_args(loss, p_init, n_restarts, x, y)
@@ -361,7 +408,7 @@ def run_square(
     check_unit_range(x)
     start = time.perf_counter()
     model = _Predict(predict)
-    attack = SquareAttack(
+    attack = square_class()(
         model,
         norm=NORMS[norm],
         n_queries=n_queries,
@@ -378,19 +425,18 @@ def run_square(
     clean = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     robust = clean.clone()
     total = math.ceil(len(x) / batch_size) * n_queries
-    fork_devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices), torch.no_grad(), _quiet():
+    with torch.no_grad(), _quiet():
         for batch, lo in enumerate(range(0, len(x), batch_size)):
             xb, yb = x[lo : lo + batch_size], y[lo : lo + batch_size]
-            correct = model(xb).argmax(1) == yb
+            correct = model(xb).max(1)[1] == yb
             clean[lo : lo + len(xb)] = correct
             if correct.any():
-                if progress is not None:  # perturb: one call for accuracy, one for the start, one per iteration
-                    done, first = batch * n_queries, model.calls + 2
+                if progress is not None:  # the attack: one call for the start, one per iteration
+                    done, first = batch * n_queries, model.calls + 1
                     model.on_call = lambda done=done, first=first: progress(
                         done + min(max(model.calls - first, 0), n_queries), total
                     )
-                x_adv[lo : lo + len(xb)] = attack.perturb(xb, yb)
+                x_adv[lo : lo + len(xb)] = perturb(attack, xb, yb, correct)
                 model.on_call = None
                 robust[lo : lo + len(xb)] = correct & (model(x_adv[lo : lo + len(xb)]).argmax(1) == yb)
             if progress is not None:
@@ -398,7 +444,7 @@ def run_square(
     log.debug("square %s eps=%g: robust %d/%d", norm, eps, int(robust.sum()), len(x))
     settings = {
         "attack": "square",
-        "implementation": f"pyautoattack {pyautoattack.__version__} SquareAttack",
+        "implementation": f"pyautoattack {pyautoattack.__version__} SquareAttack (random numbers from its own generator)",
         "norm": norm,
         "eps": eps,
         "n_queries": n_queries,

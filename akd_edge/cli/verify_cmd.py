@@ -81,6 +81,14 @@ def _print_verify(folder: Path, verify: dict[str, Any]) -> None:
     transfer = settings["transfer"]
     if transfer.get("skipped"):
         console.print(f"transfer attack skipped: {transfer['skipped']}", highlight=False)
+    for name, res in verify["models"].items():
+        if res.get("same_file_as"):
+            other = escape(str(res["same_file_as"]))
+            console.print(f"{escape(name)} is bit-identical to {other}: attacked once, same results", highlight=False)
+    wall, workers = verify.get("timings_s", {}).get("attacks_wall_s"), settings.get("workers")
+    if wall is not None:
+        where = "in one process" if workers == 1 else f"on {workers} worker processes"
+        console.print(f"attacks: {wall:,.0f} s {where}", highlight=False)
     for warning in verify["warnings"]:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     _print_latency(verify)
@@ -195,7 +203,7 @@ def _print_replay(folder: Path, replay: dict[str, Any]) -> None:
     help="Attack nothing: replay the worst-case examples the last verify kept (replay.npz) on every other "
     "onnxruntime provider and optimisation level here, and record the results in report.json.",
 )
-@threads_option("torch and onnxruntime")
+@threads_option("the attacks (as many worker processes of one thread each; 0: one per CPU) and of --replay")
 @seed_option("the attacks")
 @click.option("--json", "as_json", is_flag=True, help="Print the verify section (or the replay) as JSON on stdout.")
 @user_errors
@@ -224,7 +232,9 @@ def verify_cmd(
     for the transfer examples) need torch; without it only --square-queries 0 --transfer none runs (clean
     accuracy and latency). Results go into the folder's report.json and MODEL_CARD.md, each accuracy with
     its 95% Wilson interval; the worst-case example of each image goes into replay.npz. The default 1000
-    images (500 before) give intervals of about +-3 points; the attacks' time grows in proportion.
+    images (500 before) give intervals of about +-3 points; the attacks' time grows in proportion. The
+    attacks run batch by batch on one worker process per CPU (--threads), with the examples one process
+    would make.
     """
     if replay:
         _replay(Path(folder), threads, as_json)

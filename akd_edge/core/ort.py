@@ -75,25 +75,39 @@ class OrtClassifier:
 
     @classmethod
     def load(
-        cls, path: str | Path, threads: int = 0, providers: list[Any] | None = None, level: str | None = None
+        cls,
+        path: str | Path,
+        threads: int = 0,
+        providers: list[Any] | None = None,
+        level: str | None = None,
+        *,
+        content: bytes | None = None,
     ) -> OrtClassifier:
         """Open ``path`` on the CPU provider (or ``providers``, in order of preference); ``threads`` = 0 lets
-        onnxruntime choose; ``level``: a ``GraphOptimizationLevel`` name (default ``ORT_ENABLE_ALL``)."""
+        onnxruntime choose; ``level``: a ``GraphOptimizationLevel`` name (default ``ORT_ENABLE_ALL``).
+
+        ``content``: the file's bytes, read (and hashed) earlier: the session is built from them and ``path``
+        only names the model. With ``threads`` = 1 the session runs on the calling thread, with no thread
+        pool spinning between calls (verify's attack workers, one per CPU).
+        """
         import onnxruntime as ort
 
         path = Path(path)
-        if not path.is_file():
+        if content is None and not path.is_file():
             raise ModelFileError(f"model file {path} does not exist; run `akd-edge export` to create it")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if threads == 1:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if level is not None:
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         if path.suffix == ".ort":  # replay the CPU fusions akd-edge saved in its own .ort files, as an app would
             options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
         try:
-            session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+            model = str(path) if content is None else content
+            session = ort.InferenceSession(model, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelFileError(
