@@ -1,6 +1,7 @@
 """Time the README's path on the machine at hand, step by step, and publish it: ``benchmarks/results/user_path.json``.
 
-The steps, as a new user takes them: the demo distillation (``make demo``: ``fmnist-demo``, then its PGD-20
+The steps, as a new user takes them: with ``--fresh-demo``, ``make demo`` itself on the committed tree in a new
+venv (creating it, installing, distilling); the demo distillation (``make demo``: ``fmnist-demo``, then its PGD-20
 on 1,000 test images), ``akd-edge export`` of that student (fp32 and int8 timed side by side), ``akd-edge
 verify`` of 1,000 test images (with verify's own split: clean, transfer, Square per model, latency; verify
 before and after side by side is ``benchmarks/verify_speed.py``), and ``akd-edge run fmnist-quickstart
@@ -10,13 +11,17 @@ before and after it (a shared machine slows every figure; compare figures only b
 
     python benchmarks/user_path.py                    # the whole path (tens of minutes on 2 cores)
     python benchmarks/user_path.py --skip-run         # demo, export and verify only
+    python benchmarks/user_path.py --fresh-demo --skip-run   # first `make demo` in a new venv, as a new user
     python benchmarks/user_path.py --quick --out /tmp/path.json   # tiny settings on synthetic data (tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +42,7 @@ QUICK_SET = [
 ]
 """``--quick``: the recipes on synthetic 28x28 images (the shipped teacher still runs), one epoch."""
 STEPS = {
+    "fresh": "make demo on a fresh copy of the committed tree, in a new venv (venv, install, distillation)",
     "demo": f"demo distillation (make demo: {DEMO})",
     "export": "akd-edge export of the demo student",
     "verify": "akd-edge verify of the demo export",
@@ -50,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--square-queries", type=int, default=1000, help="queries of verify's Square attack")
     parser.add_argument("--transfer", default="fast", help="verify's transfer AutoAttack version, or none")
     parser.add_argument("--skip-run", action="store_true", help="leave out `akd-edge run fmnist-quickstart`")
+    parser.add_argument(
+        "--fresh-demo",
+        action="store_true",
+        help="first time `make demo` as a new user runs it: the committed tree (git archive HEAD) in a new venv",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings on synthetic data (for tests)")
     parser.add_argument("--work", type=Path, help="folder for the runs and exports (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
@@ -85,6 +96,27 @@ def timed(name: str, step: Callable[[], dict[str, Any]], steps: dict[str, Any]) 
     steps[name] = {"seconds": round(time.perf_counter() - start, 1), "load_average": [before, load_average()], **result}
     print(f"{STEPS[name]}: {steps[name]['seconds']:,.1f} s (load average {before} -> {load_average()})", flush=True)
     return steps[name]
+
+
+def fresh_demo_step(work: Path) -> dict[str, Any]:
+    """`make demo` on the committed tree (``git archive HEAD``, as a fresh clone has it) with a new venv: the
+    venv, the installs (pip from this machine's cache and registries) and the demo distillation, timed as one."""
+    root, clone, venv = Path(__file__).resolve().parents[1], work / "clone", work / "venv"
+    clone.mkdir(parents=True)
+    tree = subprocess.run(["git", "-C", str(root), "archive", "HEAD"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(clone)], input=tree, check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    python = shutil.which("python3", path=env.get("PATH")) or "python3"
+    start = time.perf_counter()
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, env=env)
+    made = subprocess.run(
+        ["make", "-C", str(clone), "demo", f"PYTHON={venv / 'bin' / 'python'}"], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if made.returncode != 0:
+        raise SystemExit(f"make demo failed ({made.returncode}):\n{made.stdout[-2000:]}\n{made.stderr[-2000:]}")
+    summary = json.loads((clone / "runs" / DEMO / "summary.json").read_text())
+    return {"make_demo_s": round(seconds, 1), "train_time_s": round(summary["train_time_s"], 1)}
 
 
 def demo_step(work: Path, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
@@ -154,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     steps = {
+        "fresh": lambda: fresh_demo_step(work),
         "demo": lambda: demo_step(work, args, overrides),
         "export": lambda: export_step(work),
         "verify": lambda: verify_step(work, args),
@@ -162,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for name, step in steps.items():
-            if name == "run" and args.skip_run:
+            if (name == "run" and args.skip_run) or (name == "fresh" and not args.fresh_demo):
                 continue
             timed(name, step, payload["steps"])
             payload["load_average_end"] = load_average()
