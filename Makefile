@@ -41,7 +41,7 @@ web-deps:
 ## The demo recipe (fmnist-demo: 2 epochs, the teacher's outputs computed once) trains once: run again, it says
 ## the student is trained and what comes next; an interrupted demo is resumed (akd-edge distill --reuse).
 demo: install
-	akd-edge distill --recipe fmnist-demo --reuse
+	$(PYTHON) -m akd_edge distill --recipe fmnist-demo --reuse
 	@echo "The full quickstart (4 epochs, the README's figures) is one command away: akd-edge distill --recipe fmnist-quickstart"
 
 ## The browser test may not skip under `make test` (or CI): `make test AKD_EDGE_REQUIRE_BROWSER=` lets it.
