@@ -96,7 +96,12 @@ def user_path(name: str = "user_path") -> str:
         f"{_machine(result['machine'])}, torch {result['machine']['torch']}, onnxruntime "
         f"{result['machine']['onnxruntime']}; {result['created']}. Verify: {settings['n']:,} test images, Square "
         f"{settings['square_queries']:,} queries, transfer AutoAttack {settings['transfer']}. The demo student: "
-        f"{test['clean_acc']:.1%} clean / {test['robust_acc']:.1%} PGD-{test['attack']['steps']} on {test['n']:,} test images.",
+        f"{test['clean_acc']:.1%} clean / {test['robust_acc']:.1%} PGD-{test['attack']['steps']} on {test['n']:,} test images."
+        + "".join(
+            f" Not timed this time: {result['steps_described'][k]}."
+            for k in result["steps_described"]
+            if k not in result["steps"]
+        ),
     ]
     return "\n".join(lines)
 
