@@ -1,27 +1,24 @@
 #!/usr/bin/env bash
-# One lent GPU session's work for issues 9 and 10, inside a fixed time budget (the device tool lends 15 minutes
-# a session). The plan is the next session's; `git log -p benchmarks/gpu_session.sh` shows what earlier ones ran
-# (2026-11-27, commit 9203ca0: the wide teacher, the fmnist-budget AT and wide-teacher cells, CIFAR throughput;
-# commit 11e3254: fmnist-long, the width-2 students, AutoAttack standard on every cell, MobileNetV2 compile;
-# commit 893448e: CUDA graphs at batch 128, the fmnist-budget levers' seed 0).
+# One lent GPU session's work, inside a fixed time budget (the device tool lends 15 minutes a session). The plan
+# is the next session's; `git log -p benchmarks/gpu_session.sh` shows what earlier ones ran (2026-11-27, commits
+# 9203ca0, 11e3254 and 893448e: issues 9 and 10, the fmnist-budget, fmnist-long and fmnist-screen cells).
 #
-#   1. alone on the GPU, until PHASE_A s (issue 9's follow-up): `akd-edge distill` of the quickstart recipe with
-#      CUDA graphs and without (same validation figures expected), then MobileNetV2 and ResNet-18 AKD at batch 512 with
-#      torch.compile's CUDA graphs (train.compile_mode = "reduce-overhead"), beside the plain eager loop, to
-#      decide whether the -b512 recipes should use them (compile default: 2,416 img/s for MobileNetV2);
-#   2. then, under CUDA MPS, issue 10's levers: the shipped configuration at alpha 0.3 (`akd-a03-t2`, where the
-#      wide teacher tied AT; the CPU's partial cells resume), seeds 1-2 of the teacher ensemble, a wide-teacher
-#      run that keeps its per-epoch weights and then the checkpoint-ensemble cells, and the quickstart screen's
-#      seeds 0-9 with AutoAttack standard on 2,000 images (the wide teacher is trained first where runs/ did
-#      not survive);
+# This plan: issue 22's fmnist-fewlabel grid, every cell trained and evaluated with AutoAttack standard on 2,000
+# test images, the processes sharing the GPU under CUDA MPS:
+#   1. the teachers trained on the 2,000 labels only (fmnist-fewlabel-teachers, seeds 0-2), then the cells that
+#      need them (akd-rest-own, seeds 0-2);
+#   2. beside them, the AKD cells on the shipped teacher (akd-2k, akd-rest: seeds 0-2) and the label sweep
+#      (at-1k, rst-rest-1k, at-5k, rst-rest-5k, akd-all: seed 0);
+#   each group trains with the PGD-20 screen into fmnist-fewlabel.json (--retrain: cells whose run directory did
+#   not survive are trained again), then AutoAttack standard into fmnist-fewlabel-aa.json;
 #   3. at LIMIT - 25 s everything still running is stopped (cells keep last.pt and resume later);
 #   4. results JSONs, logs and run directories (without per-epoch checkpoints) land in $OUT (at most 8 files).
 #
-# Prepare here (fills .gpu/, ignored by git: the data, the wheels' contents, and the run directories the
-# evaluations need, without the resumable state of finished cells, so the carry stays under 64 MiB):
+# Prepare here (fills .gpu/, ignored by git: the data, the wheels' contents, and the run directories that exist,
+# without the resumable state of finished cells, so the carry stays under 64 MiB):
 #     PREP=1 bash benchmarks/gpu_session.sh
 # Run (device tool):  LIMIT=575 bash benchmarks/gpu_session.sh   carry [".gpu"], timeout 600 s.
-# Afterwards here: copy $OUT/*.json to benchmarks/results/, `tar xzf runs.tgz`, `method_study.py report ...`.
+# Afterwards here: copy $OUT/*.json to benchmarks/results/, `tar xzf runs.tgz`, `python benchmarks/readme_numbers.py`.
 # Smoke check on the CPU (tiny settings, seconds per cell):
 #     mkdir -p /tmp/gpu-smoke/results && SMOKE=1 DEV=cpu LIMIT=300 OUT=/tmp/gpu-smoke-out bash benchmarks/gpu_session.sh
 set -u
@@ -41,18 +38,13 @@ if [ "${PREP:-0}" = 1 ]; then  # here, before the call: what travels in .gpu
     rm -rf .gpu/site/examples .gpu/runs
     mkdir -p .gpu/runs/studies
     # finished cells travel without last.pt (optimiser state for resuming); unfinished ones keep it
-    # (runs/ is not committed: where it did not survive, the session trains the wide teacher again first)
-    for cells in runs/studies/fmnist-budget runs/studies/fmnist-screen/at runs/studies/fmnist-screen/akd-a09-t2; do
+    # (runs/ is not committed: cells whose run directory did not survive are trained again, --retrain)
+    for cells in runs/studies/fmnist-fewlabel runs/studies/fmnist-fewlabel-teachers; do
         [ -d "$cells" ] && tar cf - --exclude='*/epochs' "$cells" | tar xf - -C .gpu
     done
     for summary in .gpu/runs/studies/*/*/*/summary.json; do
         [ -f "$summary" ] && rm -f "$(dirname "$summary")/last.pt"
     done
-    if [ -f runs/teachers/fmnist-teacher-wide/best.pt ]; then
-        mkdir -p .gpu/runs/teachers/fmnist-teacher-wide
-        cp -p runs/teachers/fmnist-teacher-wide/{best.pt,summary.json,recipe.toml,metrics.jsonl,.akd-edge.json} \
-            .gpu/runs/teachers/fmnist-teacher-wide/
-    fi
     du -sh .gpu
     exit 0
 fi
@@ -71,42 +63,13 @@ N=2000
 SETS=()
 if [ "$SMOKE" = 1 ]; then
     RUNS=/tmp/gpu-smoke/studies RESULTS=/tmp/gpu-smoke/results N=100
-    SETS=(--set train.epochs=1 --set data.train_subset=256 --set eval.val_samples=64)
+    SETS=(--set train.epochs=1 --set data.train_subset=256 --set data.labeled=128 --set eval.val_samples=64)
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/session.log"
 $PY -c "import torch, pyautoattack, torch_pruning, akd_edge; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     2>&1 | tee -a "$OUT/session.log"
 
-# 1. Issue 9's follow-up, alone on the GPU: each configuration in its own process (its compile included), beside the
-# plain eager loop of the same step in the same process.
-PHASE_A=${PHASE_A:-300}
-# first, `akd-edge distill` itself with CUDA graphs (the benchmark above times the step, not the command):
-# the quickstart recipe for 2 epochs compiled with reduce-overhead and eager, validation figures side by side
-if [ "$PHASE_A" -gt 0 ]; then
-    for mode in reduce-overhead eager; do
-        graphs=()
-        [ "$mode" = eager ] || graphs=(--set train.compile=true --set train.compile_mode="$mode")
-        timeout $((PHASE_A - (SECONDS - T0))) $PY -m akd_edge distill -r fmnist-quickstart --device "$DEV" \
-            --set train.epochs=2 "${SETS[@]}" "${graphs[@]}" --out "/tmp/graphs-$mode" >"$LOGS/distill-$mode.log" 2>&1
-        log "distill ($mode) exit $?: $(grep -h -m1 -o 'val clean / robust (best).*' "$LOGS/distill-$mode.log")"
-    done
-fi
-TINY=() BATCH="batch 512"
-[ "$SMOKE" = 1 ] && TINY=(--tiny) BATCH="batch 4"  # --tiny: batch 4, one step
-: >"$OUT/throughput.md"
-for config in "mobilenetv2|--channels-last --compile-mode reduce-overhead" \
-    "resnet18|--channels-last --compile-mode reduce-overhead"; do
-    room=$((PHASE_A - (SECONDS - T0)))
-    [ "$room" -gt 40 ] || break
-    model=${config%%|*} options=${config#*|}
-    log "throughput $model $options (GPU otherwise idle; at most $room s)"
-    # shellcheck disable=SC2086  # options is a list of flags
-    timeout "$room" $PY benchmarks/train_throughput.py --suite cifar --device "$DEV" --plain --batches 20 \
-        --match "$model" --match "$BATCH" $options "${TINY[@]}" >>"$OUT/throughput.md" 2>>"$LOGS/throughput.log"
-    log "throughput $model $options exit $?"
-done
-
-# 2. Issue 10's levers, sharing the GPU under CUDA MPS
+# The cells share the GPU under CUDA MPS
 if [ "$DEV" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
@@ -129,33 +92,25 @@ study() {  # study NAME LOGNAME ARGS...: one method_study invocation in its own 
     echo $! >>"$LOGS/groups"  # setsid in a background job keeps its pid: the pid is the process group
     wait $!
 }
-wide_teacher() {  # wide_teacher DIR: train fmnist-teacher-wide into DIR (about 2 min), in its own process group
-    setsid $PY -m akd_edge train-teacher -r fmnist-teacher-wide --device "$DEV" --out "$1" "${SETS[@]}" \
-        >"$LOGS/teacher-$(basename "$1").log" 2>&1 &
-    echo $! >>"$LOGS/groups"
-    wait $!
-    log "teacher $1 exit $?"
+grid() {  # grid LOGNAME STUDY-ARGS...: train with the PGD-20 screen, then AutoAttack standard on $N test images
+    local logname=$1
+    shift
+    study fmnist-fewlabel "$logname" --retrain "$@" --results "$RESULTS/fmnist-fewlabel.json"
+    log "$logname: training and screen exit $?"
+    study fmnist-fewlabel "$logname" --eval-only "$@" --attacks pgd,aa-standard --n "$N" \
+        --results "$RESULTS/fmnist-fewlabel-aa.json"
+    log "$logname: AutoAttack exit $? (143 or 137: stopped at the deadline)"
 }
 
-TEACHER=runs/teachers/fmnist-teacher-wide
-TEACHER_EP=runs/teachers/fmnist-teacher-wide-ep
-(
-    if [ ! -f "$TEACHER/best.pt" ]; then  # runs/ did not survive: train the wide teacher again
-        log "no $TEACHER/best.pt: training the wide teacher first"
-        wide_teacher "$TEACHER"
-    fi
-    log "training starts"
-    study fmnist-budget levers --only akd-a03-t2,akd-ens-a09-t2 --seeds 0,1,2 \
-        --attacks pgd,aa-standard --n "$N" --jobs 6 --results "$RESULTS/fmnist-budget-aa.json"
+(  # the teachers on the 2,000 labels, then the cells distilled from them
+    study fmnist-fewlabel-teachers teachers --retrain --seeds 0,1,2 --jobs 3 \
+        --results "$RESULTS/fmnist-fewlabel-teachers.json"
+    log "teachers exit $?"
+    # the spec names the teachers' folder under runs/studies: the smoke check (other --runs) stops here
+    [ "$SMOKE" = 1 ] || grid own --only akd-rest-own --seeds 0,1,2 --jobs 3
 ) &
-(  # the checkpoint ensemble needs a wide-teacher run that kept its per-epoch weights
-    [ -f "$TEACHER_EP/epochs/epoch-015.pt" ] || [ "$SMOKE" = 1 ] || wide_teacher "$TEACHER_EP"
-    [ "$SMOKE" = 1 ] || study fmnist-budget ckens --only akd-ckens-a09-t2 --attacks pgd,aa-standard \
-        --n "$N" --jobs 3 --results "$RESULTS/fmnist-budget-aa.json"
-) &
-# the quickstart setting against AT: seeds 0-4 (trained on the CPU, carried) and 5-9, AutoAttack standard on 2,000
-study fmnist-screen screen --only at,akd-a09-t2 --seeds 0,1,2,3,4,5,6,7,8,9 --attacks pgd,aa-standard --n "$N" \
-    --jobs 4 --results "$RESULTS/fmnist-screen-aa.json" &
+grid shipped --only akd-2k,akd-rest --seeds 0,1,2 --jobs 6 &
+grid sweep --only at-1k,rst-rest-1k,at-5k,rst-rest-5k,akd-all --seeds 0 --jobs 5 &
 while [ "$(left)" -gt 25 ] && [ -n "$(jobs -r)" ]; do
     sleep 2
 done
@@ -170,7 +125,7 @@ stop_all KILL
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
 
-for f in fmnist-budget fmnist-budget-aa fmnist-screen-aa; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
+for f in fmnist-fewlabel fmnist-fewlabel-aa fmnist-fewlabel-teachers; do [ -e "$RESULTS/$f.json" ] && cp "$RESULTS/$f.json" "$OUT/"; done
 tar czf "$OUT/runs.tgz" --exclude='*/epochs' "$RUNS" 2>>"$OUT/session.log"
 tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>>"$OUT/session.log"
 ls -la "$OUT" >>"$OUT/session.log"
