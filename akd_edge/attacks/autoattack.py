@@ -49,6 +49,10 @@ ProgressFn = Callable[[int, int], None]
 """``progress(done, total)`` in Square iterations over all batches (approximate: counted from model calls)."""
 
 
+STANDARD_QUERIES = 5000
+"""Square's queries in AutoAttack's published ``standard`` version."""
+
+
 def min_classes(version: str) -> int:
     """Classes a model needs for ``version``: the targeted attacks need at least 4."""
     return 4 if any(attack in TARGETED for attack in VERSIONS[version]) else 2
@@ -107,7 +111,8 @@ def _build(
     return adversary
 
 
-def _check_args(norm: str, eps: float, version: str, n_queries: int, batch_size: int) -> None:
+def check_args(norm: str, eps: float, version: str, n_queries: int, batch_size: int) -> None:
+    """A UsageError for a norm, version, eps, query count or batch size AutoAttack cannot run with."""
     if norm not in NORMS:
         raise UsageError(f"AutoAttack norm {norm!r} is not supported; use one of {', '.join(NORMS)}")
     if version not in VERSIONS:
@@ -155,7 +160,7 @@ def run_autoattack_report(
     version: str = "standard",
     seed: int = 0,
     batch_size: int = 500,
-    n_queries: int = 5000,
+    n_queries: int = STANDARD_QUERIES,
     device: str | torch.device | None = None,
     individual: bool = False,
 ) -> AutoAttackResult:
@@ -169,7 +174,7 @@ def run_autoattack_report(
     """
     from akd_edge.models.mode import eval_mode
 
-    _check_args(norm, eps, version, n_queries, batch_size)
+    check_args(norm, eps, version, n_queries, batch_size)
     device = _device_of(model, device)
     attacks = VERSIONS[version]
     x = x.detach().to(device).float()
@@ -261,7 +266,7 @@ def autoattack_batch(
     eps: float,
     seed: int,
     n_classes: int,
-    n_queries: int = 5000,
+    n_queries: int = STANDARD_QUERIES,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One attack of AutoAttack on one batch, as :func:`run_autoattack_report` runs each batch of its cascade:
     ``(x_adv, fooled bool [N], warnings of AutoAttack's checks)``.
@@ -272,7 +277,7 @@ def autoattack_batch(
     """
     from akd_edge.models.mode import eval_mode
 
-    _check_args(norm, eps, "standard", n_queries, max(len(x), 1))
+    check_args(norm, eps, "standard", n_queries, max(len(x), 1))
     device = _device_of(model, None)
     x, y = x.detach().to(device).float(), y.detach().to(device).long()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -292,7 +297,7 @@ def run_autoattack(
     version: str = "standard",
     seed: int = 0,
     batch_size: int = 500,
-    n_queries: int = 5000,
+    n_queries: int = STANDARD_QUERIES,
     device: str | torch.device | None = None,
     individual: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -401,7 +406,7 @@ def run_square(
     from akd_edge.attacks.pgd import check_unit_range
     from akd_edge.attacks.seeded_square import perturb, square_class
 
-    _check_args(norm, eps, "square", n_queries, batch_size)
+    check_args(norm, eps, "square", n_queries, batch_size)
     _check_square_args(loss, p_init, n_restarts, x, y)
     x = x.detach().float()
     y = y.detach().long().to(x.device)

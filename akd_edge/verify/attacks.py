@@ -224,7 +224,6 @@ def attack_exports(
     on_progress: ProgressFn | None,
 ) -> list[Attacks]:
     """Every attack of every export (with its transfer source checkpoint, "" for none), each run once."""
-    square_runner(options["square_queries"])
     plan, many = _Plan(), len(exports) > 1
     transfers = [_plan_transfer(plan, export, source, options, many) for export, source in exports]
     squares = [_plan_square(plan, export, options, many) for export, _ in exports]

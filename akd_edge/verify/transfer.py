@@ -173,10 +173,10 @@ def transfer_job(
     :func:`run_autoattack_report` on the whole set. ``source``: the checkpoint ``model`` was loaded
     from, which workers load themselves (else ``model`` goes to them with every task).
     """
-    from akd_edge.attacks.autoattack import VERSIONS, _check_args, autoattack_settings, min_classes
+    from akd_edge.attacks.autoattack import STANDARD_QUERIES, VERSIONS, autoattack_settings, check_args, min_classes
     from akd_edge.models.mode import eval_mode
 
-    _check_args(norm, eps, version, 5000, batch_size)
+    check_args(norm, eps, version, STANDARD_QUERIES, batch_size)
     start = time.perf_counter()
     x = torch.from_numpy(as_float_images(images))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -210,7 +210,7 @@ def transfer_job(
     for message in warnings:
         log.warning("AutoAttack check: %s", message)
     info = {
-        **autoattack_settings(version, norm, eps, seed, 5000, n_classes, False, len(x)),
+        **autoattack_settings(version, norm, eps, seed, STANDARD_QUERIES, n_classes, False, len(x)),
         "torch_clean_acc": float(clean.float().mean()),
         "torch_robust_acc": float(robust.float().mean()),
         "seconds": round(time.perf_counter() - start, 1),
