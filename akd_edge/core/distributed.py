@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N -m akd_edge distill ...`` starts N processes with ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` set. The command joins the process group (:func:`join`: NCCL for CUDA tensors, gloo for CPU
 ones, with a timeout) and the library finds it with :func:`current`. Gradients are averaged by PyTorch's own
-``DistributedDataParallel`` (:func:`data_parallel`); this module only moves bookkeeping between ranks: loss
+``DistributedDataParallel`` (:mod:`akd_edge.train.parallel`, with SyncBatchNorm and per-rank seeds); this module only moves bookkeeping between ranks: loss
 sums, the stop flag, evaluation flags, RNG states, the resume state, and the word that a rank failed.
 
 When a rank dies the others stop in the next collective: gloo notices a closed connection at once, otherwise the
@@ -309,52 +309,3 @@ def leave() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def rank_seed(seed: int, *words: int) -> int:
-    """A seed for torch derived from ``seed`` and ``words`` (a rank, an epoch...): independent streams per rank."""
-    import numpy as np
-
-    state = np.random.SeedSequence([seed % 2**63, *words]).generate_state(2, np.uint32)
-    return int(state[0]) << 32 | int(state[1])
-
-
-def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel (gradients averaged in backward; rank 0's buffers broadcast
-    before each forward). The wrapper holds the same parameters; save and attack through ``model`` itself."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, output_device=device.index if ids else None)
-
-
-def check_sync_bn(device: torch.device) -> None:
-    """Refuse ``train.sync_bn`` where PyTorch's SyncBatchNorm cannot run (it needs CUDA tensors)."""
-    if device.type != "cuda":
-        raise ConfigError(
-            f"train.sync_bn=true: PyTorch's SyncBatchNorm runs on GPUs only, this run is on {device}; "
-            "set train.sync_bn=false (BatchNorm statistics are then per rank)"
-        )
-
-
-def use_sync_batchnorm(model: nn.Module, device: torch.device) -> Callable[[], None]:
-    """Replace ``model``'s BatchNorm layers by SyncBatchNorm, in place; returns what puts them back.
-
-    The replacements share the layers' parameters and buffers; putting the originals back copies the trained
-    values into them, so the model keeps its own classes (for pruning, export and checkpoints) after training.
-    """
-    check_sync_bn(device)
-    swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-                sync = nn.SyncBatchNorm.convert_sync_batchnorm(child)
-                setattr(parent, name, sync)
-                swaps.append((parent, name, child, sync))
-
-    def restore() -> None:
-        for parent, name, original, sync in swaps:
-            original.load_state_dict(sync.state_dict())
-            setattr(parent, name, original)
-
-    return restore

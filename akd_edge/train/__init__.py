@@ -5,6 +5,6 @@ what it stands on, each resolved once and handed down: ``parts`` (data, student,
 ``order`` (each epoch's image order), ``rng`` (the run's own random stream), ``state`` (what a resume restores),
 ``task`` (the speed plan and the objective built on it), ``records`` (metrics.jsonl, dynamics, summary.json),
 ``validate`` (the early-stopping check), ``stops`` (Ctrl-C, divergence), ``rundir`` (the run's folder),
-``schedule`` and ``accel``. Import the submodule you need; nothing is imported here, so ``import akd_edge``
+``parallel`` (DDP, SyncBatchNorm and rank seeds under torchrun), ``schedule`` and ``accel``. Import the submodule you need; nothing is imported here, so ``import akd_edge``
 does not load torch.
 """

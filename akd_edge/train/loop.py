@@ -41,13 +41,14 @@ from torch import nn
 
 from akd_edge.attacks import build_attack
 from akd_edge.config import Recipe, to_dict
-from akd_edge.core.distributed import Group, check_sync_bn, current, rank_device, rank_seed, use_sync_batchnorm
+from akd_edge.core.distributed import Group, current, rank_device
 from akd_edge.core.files import write_json_atomic, write_text_atomic
 from akd_edge.data import DatasetSplits, iterate_batches
 from akd_edge.methods import Task
 from akd_edge.models import model_info
 from akd_edge.models.checkpoint import FORMAT, model_only, save_atomic
 from akd_edge.train.accel import DeviceSums, SpeedPlan, as_input, mark_step, plan_settings, step_autocast
+from akd_edge.train.parallel import check_sync_bn, rank_seed, use_sync_batchnorm
 from akd_edge.train.parts import resolve_parts, run_arch
 from akd_edge.train.records import DynamicsRecorder, append_metrics, epoch_record, eval_record, run_summary, train_stats
 from akd_edge.train.rng import RunRng

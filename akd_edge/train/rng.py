@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from akd_edge.core.distributed import rank_seed
+from akd_edge.train.parallel import rank_seed
 
 if TYPE_CHECKING:
     from akd_edge.core.distributed import Group

@@ -12,7 +12,7 @@ from torch import nn
 
 from akd_edge.attacks import TrainingAttack
 from akd_edge.config import Recipe, TrainConfig
-from akd_edge.core.distributed import Group, data_parallel
+from akd_edge.core.distributed import Group
 from akd_edge.data import ImageDataset
 from akd_edge.methods import METHODS, Task
 from akd_edge.teachers import CleanTeacherCache
@@ -24,6 +24,7 @@ from akd_edge.train.accel import (
     default_plan,
     prepare_student,
 )
+from akd_edge.train.parallel import data_parallel
 
 log = logging.getLogger(__name__)
 
