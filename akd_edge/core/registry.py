@@ -54,24 +54,48 @@ class Registry(Generic[F]):
 # Names a recipe may use, checked without importing the families (which import torch).
 
 
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
 def method_files() -> tuple[str, ...]:
     """The built-in objectives, read off the file names of ``akd_edge/methods/`` (one file per objective, named
     after it): adding an objective is adding its file; nothing is imported."""
-    folder = Path(__file__).resolve().parent.parent / "methods"
+    folder = _PACKAGE / "methods"
     return tuple(sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base")))
+
+
+MODEL_DECORATOR = "register_model"
+"""The decorator an architecture file of ``akd_edge/models/`` registers its factories with."""
+
+
+def model_files() -> dict[str, tuple[str, ...]]:
+    """The built-in architectures by file: ``{file stem: names}``, read off the ``@register_model("name", ...)``
+    decorators of ``akd_edge/models/*.py`` without importing them (they import torch). Adding a model is adding
+    its file: :mod:`akd_edge.models` imports every file listed here."""
+    import ast
+
+    found: dict[str, tuple[str, ...]] = {}
+    for path in sorted((_PACKAGE / "models").glob("*.py")):
+        names = [
+            deco.args[0].value
+            for node in ast.parse(path.read_text(encoding="utf-8")).body
+            if isinstance(node, ast.FunctionDef | ast.ClassDef)
+            for deco in node.decorator_list
+            if isinstance(deco, ast.Call)
+            and isinstance(deco.func, ast.Name)
+            and deco.func.id == MODEL_DECORATOR
+            and deco.args
+            and isinstance(deco.args[0], ast.Constant)
+            and isinstance(deco.args[0].value, str)
+        ]
+        if names:
+            found[path.stem] = tuple(names)
+    return found
 
 
 BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
     "method": method_files(),
-    "model": (
-        "cnn-student",
-        "cnn-teacher",
-        "mobilenetv2",
-        "preact-resnet18",
-        "resnet18",
-        "wrn-28-10",
-        "wrn-34-10",
-    ),
+    "model": tuple(sorted(name for names in model_files().values() for name in names)),
     "dataset": ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "mnist", "svhn", "synthetic"),
 }
 """The names akd-edge registers, by family; a test keeps them equal to the registries."""

@@ -1,7 +1,10 @@
 """The model zoo: ``create_model(name, ...)`` builds a registered architecture (or ``module:factory``)
-behind a normalisation layer, so every model takes images in [0, 1]."""
+behind a normalisation layer, so every model takes images in [0, 1]. An architecture is one file here whose
+factories carry ``@register_model("name", ...)``: it is found by that decorator and imported below."""
 
-from akd_edge.models import cnn, mobilenetv2, resnet, wrn  # noqa: F401  (register the architectures)
+import importlib
+
+from akd_edge.core.registry import model_files
 from akd_edge.models.normalize import Normalize, NormalizedModel
 from akd_edge.models.zoo import (
     MODELS,
@@ -14,6 +17,9 @@ from akd_edge.models.zoo import (
     register_model,
     resolve_factory,
 )
+
+for _file in model_files():  # each architecture file registers its factories
+    importlib.import_module(f"{__name__}.{_file}")
 
 __all__ = [
     "MODELS",
