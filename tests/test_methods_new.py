@@ -316,3 +316,49 @@ def test_each_objective_is_one_file_named_after_it() -> None:
     assert set(method_files()) == set(METHODS.names())
     for name in method_files():
         assert METHODS.get(name).__module__ == f"akd_edge.methods.{name}"
+
+
+def test_contributing_objective_example_is_one_file(tmp_path):
+    """CONTRIBUTING.md's worked objective, added as one file to a copy of the package: recipes accept it without
+    torch, ``akd-edge methods`` lists it and its loss runs, with no other file edited."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    example = re.search(
+        r"```python\n# akd_edge/methods/mart.py\n(.*?)```", (root / "CONTRIBUTING.md").read_text(), re.S
+    )
+    assert example, "CONTRIBUTING.md lost its worked objective example"
+    shutil.copytree(root / "akd_edge", tmp_path / "akd_edge", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "akd_edge" / "methods" / "mart.py").write_text(example.group(1))
+    check = textwrap.dedent(
+        """
+        import sys
+        from akd_edge.core.registry import BUILTIN_NAMES, validate_names
+        from akd_edge.config import MethodConfig, load_recipe
+        assert "mart" in BUILTIN_NAMES["method"] and "torch" not in sys.modules
+        validate_names(load_recipe("fmnist-quickstart", ["method.name=mart"]))
+        import torch
+        from akd_edge.methods import create_task
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        attack = lambda m, x, y, **kw: (x + 0.01).clamp(0, 1)
+        task = create_task(MethodConfig(name="mart"), model, attack)
+        out = task(torch.rand(2, 1, 2, 2), torch.tensor([0, 2]))
+        out["loss"].backward()
+        print(bool(torch.isfinite(out["loss"])), model[1].weight.grad is not None)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "akd_edge", "methods"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "mart" in listed.stdout, listed.stderr
