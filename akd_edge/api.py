@@ -15,8 +15,10 @@ call only), the global random state (every call runs in a forked RNG, so the cal
 advanced or reseeded) and signal handlers (Ctrl-C raises KeyboardInterrupt as usual; the run's last
 checkpoint stays and ``resume=True`` continues it). They log through ``logging`` and print nothing.
 
-Each ``akd-edge`` command calls its function here (``akd-edge run`` calls :func:`akd_edge.run.run_pipeline`,
-which is built on them): the command parses its flags, calls the function and renders what it returns.
+Each ``akd-edge`` command calls its function here (``verify --replay`` :func:`replay`, ``eval --dynamics`` and
+``--teacher-gap`` :func:`dynamics` and :func:`teacher_gap`; ``akd-edge run`` calls
+:func:`akd_edge.run.run_pipeline`, which sits above this module and is built on its functions): the command
+parses its flags, calls the function and renders what it returns.
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ if TYPE_CHECKING:
 __all__ = [
     "compress",
     "distill",
+    "dynamics",
     "evaluate",
     "export",
     "load_data",
     "load_model",
     "load_test_data",
+    "replay",
     "report",
+    "teacher_gap",
     "train_teacher",
     "verify",
 ]
@@ -56,11 +61,17 @@ DEFAULT_TEACHER_RECIPE = "fmnist-teacher"
 def _isolated(threads: int, what: str = "threads") -> Iterator[None]:
     """Thread count for the block only (``what`` names the setting in a refusal), and the caller's RNG state put
     back afterwards: the CPU's and, in a single process, every CUDA device's (under torchrun each rank's device
-    state is the training loop's to keep, and no rank touches the other ranks' devices)."""
-    import torch
+    state is the training loop's to keep, and no rank touches the other ranks' devices). Where torch cannot be
+    imported (``verify`` on onnxruntime alone) there is no such state, and the block runs as it is."""
+    from akd_edge.core.env import check_threads, torch_threads
 
+    try:
+        import torch
+    except ImportError:
+        check_threads(threads, what)
+        yield
+        return
     from akd_edge.core.distributed import current
-    from akd_edge.core.env import torch_threads
 
     cuda = torch.cuda.is_available() and current() is None
     devices = list(range(torch.cuda.device_count())) if cuda else []
@@ -286,6 +297,51 @@ def evaluate(
     return EvalResults(results)
 
 
+def teacher_gap(
+    source: str | Path,
+    *,
+    eps: float | None = None,
+    norm: str | None = None,
+    attacks: Sequence[str] = ("pgd",),
+    threads: int = 0,
+    out: str | Path | None = None,
+    **options: Any,
+) -> tuple[dict[str, Any], Path]:
+    """A distilled student (run directory or checkpoint) and its recipe's teachers, on the same images and attacks.
+
+    Arguments as :func:`evaluate` takes them for a run (other keyword arguments are
+    :class:`~akd_edge.evaluation.command.EvalOptions` fields). Writes ``teacher_gap.json`` into ``out`` (default:
+    the run directory or the checkpoint's folder); returns its record (each model's scores and the gap in
+    accuracy per evaluation) and its path. A student whose recipe records no teachers is a UsageError.
+    """
+    from akd_edge.evaluation.command import EvalOptions
+    from akd_edge.evaluation.teacher_gap import teacher_gap as evaluate_gap
+
+    opts = EvalOptions(attacks=tuple(attacks), norm=norm, eps=eps, **options)
+    with _isolated(threads):
+        return evaluate_gap(source, opts, out_dir=out)
+
+
+def dynamics(
+    runs: Sequence[str | Path],
+    *,
+    names: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    plots: bool = True,
+    **options: Any,
+) -> tuple[dict[str, Any], Path]:
+    """The training dynamics of one run (its ``dynamics.npz``), or two compared set by set (AT against AKD...).
+
+    ``names`` label the runs (default: their folders' names). Writes ``dynamics.json``, ``dynamics_samples.npz``
+    and, with ``plots``, ``dynamics.png`` into ``out`` (default: the first run directory); returns the record and
+    its path. Other keyword arguments as :func:`~akd_edge.evaluation.dynamics.evaluate_dynamics` takes them
+    (``late_fraction``, ``min_forgets``). Reads saved records only: no model runs, torch is not needed.
+    """
+    from akd_edge.evaluation.dynamics import evaluate_dynamics
+
+    return evaluate_dynamics(runs, names=names, out_dir=out, plots=plots, **options)
+
+
 def compress(
     source: str | Path, *, ratio: float | None = None, threads: int = 0, **options: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -320,15 +376,42 @@ def export(source: str | Path, out: str | Path | None = None, **options: Any) ->
         return export_checkpoint(source, out, **options)
 
 
-def verify(folder: str | Path, **options: Any) -> dict[str, Any]:
+def verify(folder: str | Path, *, factory: str | None = None, **options: Any) -> dict[str, Any]:
     """Attack the exported ONNX files under onnxruntime; returns the report's ``verify`` section.
 
-    Keyword arguments as :func:`~akd_edge.verify.command.verify_exports` (``n``, ``eps``, ``data``, ``threads``...).
+    Keyword arguments as :func:`~akd_edge.verify.command.verify_exports` (``n``, ``eps``, ``data``, ``threads``,
+    ``on_stage``, ``on_progress``...). ``factory``: the trusted ``module:factory`` that rebuilds a transfer
+    checkpoint of your own architecture (importing it runs its code). Without torch installed, only
+    ``square_queries=0, transfer="none"`` runs (clean accuracy and latency).
     """
     from akd_edge.verify.command import verify_export
 
-    with _isolated(0):
+    with _isolated(0), _trusting(factory):
         return verify_export(folder, **options)
+
+
+def _trusting(factory: str | None) -> contextlib.AbstractContextManager[None]:
+    """Let verify's torch side rebuild the transfer checkpoint with ``factory`` (torch imported only then)."""
+    if factory is None:
+        return contextlib.nullcontext()
+    from akd_edge.verify.transfer import trusting_factory
+
+    return trusting_factory(factory)
+
+
+def replay(
+    folder: str | Path, *, threads: int = 0, write: bool = True, on_stage: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Replay the worst-case examples the last :func:`verify` kept (replay.npz) on every other onnxruntime
+    provider and optimisation level of this machine; returns report.json's ``verify.replay`` section, a result
+    per runtime and model, and records it there unless ``write=False``.
+
+    Attacks nothing and needs only onnxruntime. ``threads``: onnxruntime's threads (0: its default);
+    ``on_stage(text)`` hears of each runtime as it starts.
+    """
+    from akd_edge.verify.command import replay_export
+
+    return replay_export(folder, threads=threads, write=write, on_stage=on_stage)
 
 
 def report(

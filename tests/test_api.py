@@ -167,10 +167,64 @@ def test_api_functions_keep_their_names_when_their_packages_load() -> None:
     assert all(callable(getattr(ae, name)) for name in ae.__all__ if name != "__version__")
     assert ae.compress is ae.api.compress and ae.export is ae.api.export and ae.verify is ae.api.verify
     assert ae.report is ae.api.report
+    importlib.import_module("akd_edge.run.command")
+    assert callable(ae.run) and ae.run.__module__ == "akd_edge"
 
 
 def test_the_package_exports_every_api_function() -> None:
     import akd_edge
     from akd_edge import api
 
-    assert set(akd_edge.__all__) == {"__version__", *api.__all__}
+    assert set(akd_edge.__all__) == {"__version__", "run", *api.__all__}
+
+
+class _Reached(Exception):
+    """Raised by a stand-in API function: the command got as far as calling it."""
+
+
+COMMANDS = [
+    (["train-teacher"], "train_teacher", {"resume": False}),
+    (["distill", "--out", "runs/s"], "distill", {"run_dir": "runs/s"}),
+    (["eval", "runs/s", "--attack", "aa-fast"], "evaluate", {"attacks": ("aa-fast",), "write": True}),
+    (["eval", "runs/s", "--teacher-gap", "--n", "32"], "teacher_gap", {"n": 32, "attacks": ("pgd",)}),
+    (["eval", "--dynamics", "runs/a", "runs/b", "--names", "a,b"], "dynamics", {"names": ["a", "b"]}),
+    (["compress", "runs/s", "--ratio", "0.5"], "compress", {"ratio": 0.5}),
+    (["export", "runs/s", "--no-int8"], "export", {"int8": False}),
+    (["verify", "export/s", "--n", "200", "--model-factory", "m:f"], "verify", {"n": 200, "factory": "m:f"}),
+    (["verify", "export/s", "--replay", "--threads", "1"], "replay", {"threads": 1}),
+    (["report", "runs/s", "--title", "t"], "report", {"title": "t"}),
+    (["run", "fmnist-quickstart", "--prune", "0.5", "--n", "200"], "run", {"out": None}),
+]
+
+
+@pytest.mark.parametrize(("args", "function", "expected"), COMMANDS, ids=[" ".join(c[0][:2]) for c in COMMANDS])
+def test_each_command_calls_its_api_function(
+    args: list[str], function: str, expected: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One implementation of each command: the CLI parses its flags and calls ``akd_edge.api.<function>`` (``run``:
+    ``akd_edge.run``, built on them one floor up: its stages call these, tests/test_run_cmd.py)."""
+    from click.testing import CliRunner
+
+    from akd_edge.cli.main import cli
+
+    calls: list[dict[str, object]] = []
+
+    def reached(*positional: object, **keywords: object) -> None:
+        calls.append(keywords)
+        raise _Reached
+
+    monkeypatch.setattr(ae if function == "run" else ae.api, function, reached)
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, _Reached), result.output
+    (keywords,) = calls
+    assert {key: keywords[key] for key in expected} == expected
+
+
+def test_dynamics_analyses_a_run_and_refuses_labels_that_do_not_match(tmp_path: Path) -> None:
+    record = np.array([[0, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=np.uint8)
+    np.savez(tmp_path / "dynamics.npz", clean=np.ones_like(record), adv=record)
+    report, path = ae.dynamics([tmp_path], names=["at"], plots=False)
+    assert path == tmp_path / "dynamics.json" and report["names"] == ["at"]
+    assert report["summaries"]["at"]["adv"]["sets"]["never_learned"]["count"] == 1
+    with pytest.raises(UsageError, match="--names gives 2 labels for 1 runs"):
+        ae.dynamics([tmp_path], names=["at", "akd"])

@@ -321,21 +321,10 @@ def test_each_objective_is_one_file_named_after_it() -> None:
 def test_contributing_objective_example_is_one_file(tmp_path):
     """CONTRIBUTING.md's worked objective, added as one file to a copy of the package: recipes accept it without
     torch, ``akd-edge methods`` lists it and its loss runs, with no other file edited."""
-    import os
-    import re
-    import shutil
-    import subprocess
-    import sys
     import textwrap
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    example = re.search(
-        r"```python\n# akd_edge/methods/mart.py\n(.*?)```", (root / "CONTRIBUTING.md").read_text(), re.S
-    )
-    assert example, "CONTRIBUTING.md lost its worked objective example"
-    shutil.copytree(root / "akd_edge", tmp_path / "akd_edge", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "akd_edge" / "methods" / "mart.py").write_text(example.group(1))
+    from conftest import run_with_contributing_example
+
     check = textwrap.dedent(
         """
         import sys
@@ -354,11 +343,7 @@ def test_contributing_objective_example_is_one_file(tmp_path):
         print(bool(torch.isfinite(out["loss"])), model[1].weight.grad is not None)
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done, listed = run_with_contributing_example(tmp_path, "akd_edge/methods/mart.py", check, "methods")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"]
-    listed = subprocess.run(
-        [sys.executable, "-m", "akd_edge", "methods"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
     assert listed.returncode == 0 and "mart" in listed.stdout, listed.stderr

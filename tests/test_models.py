@@ -292,19 +292,8 @@ def test_torch_pruning_removes_channels_and_keeps_the_output(name, shape):
 def test_a_model_is_one_file(tmp_path):
     """CONTRIBUTING.md's worked example, added as one file to a copy of the package: recipes accept the name
     without torch, ``akd-edge models`` lists it and ``create_model`` builds it, with no other file edited."""
-    import re
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
+    from conftest import run_with_contributing_example
 
-    root = Path(__file__).resolve().parent.parent
-    example = re.search(
-        r"```python\n# akd_edge/models/tinynet.py\n(.*?)```", (root / "CONTRIBUTING.md").read_text(), re.S
-    )
-    assert example, "CONTRIBUTING.md lost its worked model example"
-    shutil.copytree(root / "akd_edge", tmp_path / "akd_edge", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "akd_edge" / "models" / "tinynet.py").write_text(example.group(1))
     check = textwrap.dedent(
         """
         import sys
@@ -318,11 +307,7 @@ def test_a_model_is_one_file(tmp_path):
         print(tuple(create_model("tinynet", num_classes=10, input_shape=(1, 28, 28))(torch.rand(2, 1, 28, 28)).shape))
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    done, listed = run_with_contributing_example(tmp_path, "akd_edge/models/tinynet.py", check, "models")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(2, 10)"
-    listed = subprocess.run(
-        [sys.executable, "-m", "akd_edge", "models"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
     assert listed.returncode == 0 and "tinynet" in listed.stdout, listed.stderr

@@ -157,6 +157,20 @@ def test_replay_cli_prints_a_table_per_runtime_and_records_them(folder: Path) ->
     assert _report(folder)["files"]["replay.npz"]["sha256"] == files.sha256_file(folder / "replay.npz")
 
 
+def test_api_replay_returns_the_section_and_writes_only_when_asked(folder: Path) -> None:
+    import akd_edge as ae
+
+    before = (folder / "report.json").read_bytes()
+    stages: list[str] = []
+    section = ae.replay(folder, threads=1, write=False, on_stage=stages.append)
+    assert (folder / "report.json").read_bytes() == before, "write=False wrote report.json"
+    assert len(stages) == len(section["runtimes"]) - 1 and all("replaying 64 examples on" in s for s in stages)
+    for models in section["runtimes"].values():
+        assert models["model.onnx"]["verdict"] == "matches"
+    assert ae.replay(folder, threads=1)["runtimes"].keys() == section["runtimes"].keys()
+    assert _report(folder)["verify"]["replay"]["runtimes"].keys() == section["runtimes"].keys()
+
+
 def test_a_changed_missing_or_pickled_replay_file_is_refused(folder: Path, tmp_path: Path) -> None:
     report = _report(folder)
     data = bytearray((folder / "replay.npz").read_bytes())

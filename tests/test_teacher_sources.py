@@ -371,11 +371,11 @@ def test_student_of_the_onnx_teacher_validates_as_the_torch_teachers_student(
 def test_teacher_gap_compares_student_and_teacher_on_the_same_images(
     torch_student: Path, onnx_student: Path, tmp_path: Path
 ) -> None:
-    from akd_edge.evaluation.command import EvalOptions
-    from akd_edge.evaluation.teacher_gap import teacher_gap
+    import akd_edge as ae
 
-    options = EvalOptions(n=32, steps=2, plots=False)
-    report, path = teacher_gap(torch_student, options, out_dir=tmp_path / "torch")
+    rng = torch.get_rng_state()
+    report, path = ae.teacher_gap(torch_student, n=32, steps=2, plots=False, out=tmp_path / "torch")
+    assert torch.equal(torch.get_rng_state(), rng), "the caller's global RNG was advanced"
     student, teacher = report["scores"]["student"], report["scores"]["teacher"]
     for scores in (student, teacher):
         assert scores["clean"]["n"] == scores["pgd"]["n"] == 32

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from akd_edge.core.env import forked_rng
 from akd_edge.core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -172,16 +173,13 @@ def run_autoattack_report(
     classified sample (costlier) and ``per_attack[name]`` is robustness to that attack alone; this is
     what a gradient-masking check (black box beating white box) needs.
     """
-    from akd_edge.models.mode import eval_mode
-
     check_args(norm, eps, version, n_queries, batch_size)
     device = _device_of(model, device)
     attacks = VERSIONS[version]
     x = x.detach().to(device).float()
     y = y.detach().to(device).long()
     start = time.perf_counter()
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with _collect_warnings() as collect, eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
+    with _attacking(model, device) as collect:
         logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         n_classes = logits.shape[1]
         if n_classes < min_classes(version):
@@ -235,6 +233,16 @@ def _collect_warnings() -> Iterator[_Collect]:
         aa_logger.setLevel(aa_level)
 
 
+@contextlib.contextmanager
+def _attacking(model: nn.Module, device: torch.device) -> Iterator[_Collect]:
+    """The block an AutoAttack run needs: the model in eval mode, no autograd graph, torch's random state put
+    back afterwards (AutoAttack reseeds it) and the warnings of its checks collected."""
+    from akd_edge.models.mode import eval_mode
+
+    with _collect_warnings() as collect, eval_mode(model), forked_rng(device), torch.no_grad():
+        yield collect
+
+
 def autoattack_settings(
     version: str, norm: str, eps: float, seed: int, n_queries: int, n_classes: int, individual: bool, n: int
 ) -> dict[str, Any]:
@@ -275,13 +283,10 @@ def autoattack_batch(
     size at a time. Each batch reseeds the attack, so the cascade's result is rebuilt exactly from its batches
     run in any order, in any process (:func:`akd_edge.verify.transfer.transfer_job` does).
     """
-    from akd_edge.models.mode import eval_mode
-
     check_args(norm, eps, "standard", n_queries, max(len(x), 1))
     device = _device_of(model, None)
     x, y = x.detach().to(device).float(), y.detach().to(device).long()
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with _collect_warnings() as collect, eval_mode(model), torch.random.fork_rng(devices=fork_devices), torch.no_grad():
+    with _attacking(model, device) as collect:
         adversary = _build(model, norm, eps, seed, n_queries, n_classes, device)
         x_adv, fooled = _attack_subset(adversary, attack, x, y, len(x))
     return x_adv.detach(), fooled.cpu(), collect.messages

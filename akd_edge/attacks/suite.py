@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from akd_edge.attacks import build_attack
+from akd_edge.attacks.autoattack import STANDARD_QUERIES
 from akd_edge.attacks.pgd import pgd
+from akd_edge.core.env import forked_rng
 from akd_edge.core.errors import UsageError
 from akd_edge.models.mode import eval_mode
 
@@ -55,7 +57,7 @@ class AttackSpec:
     """PGD random restarts; a sample must survive all of them."""
     step_size: float = 0.0
     """PGD step size; 0 means 2.5 * eps / steps (Madry et al.)."""
-    n_queries: int = 5000
+    n_queries: int = STANDARD_QUERIES
     """Square attack query budget (in ``aa-standard`` and ``square``)."""
     seed: int = 0
 
@@ -212,9 +214,8 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackS
     best_x = x.detach().clone()
     best_score = torch.full((len(x),), -math.inf, device=x.device)
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
     for restart in range(spec.restarts):
-        with torch.random.fork_rng(devices=devices):
+        with forked_rng(x.device):
             torch.manual_seed(batch_seed(spec.seed, batch, restart))
             x_adv = pgd(
                 model,

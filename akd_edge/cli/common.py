@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.core.errors import UsageError
 from akd_edge.core.files import DISK_FULL
 
@@ -202,6 +203,17 @@ def calib_option() -> Option:
         show_default=True,
         type=click.IntRange(min=0),
         help="Training images that calibrate int8.",
+    )
+
+
+def finetune_epochs_option(flag: str, after: str) -> Option:
+    """``--epochs`` of compress, ``--prune-epochs`` of run: robust fine-tuning epochs ``after`` pruning."""
+    return click.option(
+        flag,
+        default=FINETUNE_EPOCHS,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help=f"Robust fine-tuning epochs {after} (0 = prune only).",
     )
 
 

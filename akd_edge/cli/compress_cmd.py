@@ -14,6 +14,7 @@ from rich.table import Table
 from akd_edge.cli.common import (
     console,
     device_option,
+    finetune_epochs_option,
     model_factory_option,
     n_option,
     out,
@@ -25,12 +26,7 @@ from akd_edge.cli.common import (
 )
 from akd_edge.cli.launch import distributed_command
 from akd_edge.cli.progress import StepCallbacks
-from akd_edge.compress import FINETUNE_EPOCHS
-from akd_edge.core.interval import REPORTED_N, format_interval
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+from akd_edge.core.interval import REPORTED_N, format_interval, format_percent
 
 
 def _change(before: float | None, after: float | None, *, relative: bool) -> str:
@@ -45,8 +41,8 @@ def _accuracy_rows(table: Table, label: str, before: dict[str, Any], after: dict
     """An accuracy row (before, after, change) and, under it, the 95% interval of each side."""
     table.add_row(
         label,
-        _pct(before.get(f"{key}_acc")),
-        _pct(after.get(f"{key}_acc")),
+        format_percent(before.get(f"{key}_acc")),
+        format_percent(after.get(f"{key}_acc")),
         _change(before.get(f"{key}_acc"), after.get(f"{key}_acc"), relative=False),
     )
     table.add_row(
@@ -140,13 +136,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     metavar="MODULE",
     help="Module name never pruned, as in model.named_modules() (repeatable); the classifier is always kept.",
 )
-@click.option(
-    "--epochs",
-    default=FINETUNE_EPOCHS,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Robust fine-tuning epochs after each step (0 = prune only).",
-)
+@finetune_epochs_option("--epochs", "after each step")
 @set_option("the source run's recipe for fine-tuning")
 @which_option("Checkpoint of the run to prune")
 @model_factory_option()

@@ -34,11 +34,11 @@ from akd_edge.cli.common import (
 )
 from akd_edge.cli.launch import distributed_command
 from akd_edge.core.errors import UsageError
-from akd_edge.core.interval import REPORTED_N, format_interval, interval_of
+from akd_edge.core.interval import REPORTED_N, format_interval, format_percent, interval_of
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+    return format_percent(value, unit="")
 
 
 def _ci(entry: dict[str, Any]) -> str:
@@ -312,24 +312,19 @@ def eval_cmd(
 
 def _dynamics(sources: tuple[str, ...], names: str | None, out_dir: str | None, *, plots: bool) -> None:
     """``--dynamics``: analyse one run's training dynamics, or compare two, and print the tables."""
-    from akd_edge.evaluation.dynamics import evaluate_dynamics
+    from akd_edge import api
 
     labels = [v.strip() for v in names.split(",")] if names else None
-    if labels is not None and len(labels) != len(sources):
-        raise UsageError(f"--names gives {len(labels)} labels for {len(sources)} runs")
-    report, path = evaluate_dynamics(sources, names=labels, out_dir=out_dir, plots=plots)
+    report, path = api.dynamics(sources, names=labels, out=out_dir, plots=plots)
     print_dynamics(report)
     console.print(written_line(path, report), highlight=False, soft_wrap=True)
 
 
 def _teacher_gap(source: str, threads: int, out_dir: str | None, **options: Any) -> None:
     """``--teacher-gap``: the student and its recipe's teachers on the same images and attacks."""
-    from akd_edge.core.env import torch_threads
-    from akd_edge.evaluation.command import EvalOptions
-    from akd_edge.evaluation.teacher_gap import teacher_gap
+    from akd_edge import api
 
-    with torch_threads(threads):
-        report, path = teacher_gap(source, EvalOptions(**options), out_dir=out_dir)
+    report, path = api.teacher_gap(source, threads=threads, out=out_dir, **options)
     print_gap(report)
     console.print(written_line(path, report), highlight=False, soft_wrap=True)
 

@@ -25,10 +25,7 @@ from akd_edge.cli.common import (
     user_errors,
     which_option,
 )
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+from akd_edge.core.interval import format_percent
 
 
 def _mark(passed: bool) -> str:
@@ -45,15 +42,15 @@ def _print_export(folder: Path, report: dict[str, Any]) -> None:
         f"torch vs onnxruntime ({parity['n']} images)",
         _mark(parity["passed"]),
         f"max |diff| {parity['max_abs_logit_diff']:.2e} <= {parity['max_abs_logit_diff_threshold']:.0e}, "
-        f"argmax {_pct(parity['argmax_agreement'])} >= {_pct(parity['argmax_agreement_threshold'])}",
+        f"argmax {format_percent(parity['argmax_agreement'])} >= {format_percent(parity['argmax_agreement_threshold'])}",
     )
     if "int8_agreement" in checks:
         agree = checks["int8_agreement"]
         table.add_row(
             f"fp32 vs int8 (test split, {agree['n']} images)",
             _mark(agree["passed"]) + ("" if agree.get("kept", True) else "\n[bold]int8 not written[/]"),
-            f"agreement {_pct(agree['argmax_agreement'])} >= {_pct(agree['threshold'])}; clean fp32 "
-            f"{_pct(agree['fp32_clean_acc'])}, int8 {_pct(agree['int8_clean_acc'])}",
+            f"agreement {format_percent(agree['argmax_agreement'])} >= {format_percent(agree['threshold'])}; clean fp32 "
+            f"{format_percent(agree['fp32_clean_acc'])}, int8 {format_percent(agree['int8_clean_acc'])}",
         )
     if "int8_speed" in checks:
         speed = checks["int8_speed"]

@@ -22,6 +22,7 @@ from akd_edge.cli.common import (
     console,
     data_dir_option,
     device_option,
+    finetune_epochs_option,
     make_progress,
     n_option,
     out,
@@ -36,7 +37,6 @@ from akd_edge.cli.common import (
 )
 from akd_edge.cli.progress import StepCallbacks
 from akd_edge.cli.tables import models_table
-from akd_edge.compress import FINETUNE_EPOCHS
 from akd_edge.core.interval import REPORTED_N
 from akd_edge.run.command import PipelineCallbacks
 
@@ -136,13 +136,7 @@ def timing_table(timings: list[dict[str, Any]]) -> Table:
 )
 @set_option()
 @out_option("Pipeline folder", "<run.out_dir>/<run.name>-pipeline")
-@click.option(
-    "--prune-epochs",
-    default=FINETUNE_EPOCHS,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Robust fine-tuning epochs after pruning (0 = prune only).",
-)
+@finetune_epochs_option("--prune-epochs", "after pruning")
 @n_option("that verify attacks (and compress compares on)", REPORTED_N, all_when_zero=False)
 @square_queries_option("verify's Square")
 @transfer_option()
@@ -186,8 +180,9 @@ def run_cmd(
       akd-edge run fmnist-quickstart --prune 0.5
       akd-edge run fmnist-quickstart --prune 0.3,0.5 --no-int8 --set train.epochs=1 --n 500
     """
+    import akd_edge
     from akd_edge.export import ExportCheckFailed
-    from akd_edge.run import PipelineOptions, parse_ratios, run_pipeline
+    from akd_edge.run import PipelineOptions, parse_ratios
     from akd_edge.train.stops import Diverged
 
     options = PipelineOptions(
@@ -205,7 +200,7 @@ def run_cmd(
     again = "run the same command again to continue where it stopped"
     try:
         with _quiet_unless_verbose(), _Display() as display:
-            result = run_pipeline(
+            result = akd_edge.run(
                 recipe,
                 overrides=with_flags(overrides, device, data_dir),
                 options=options,

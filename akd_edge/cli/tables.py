@@ -7,9 +7,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Column, Table
 
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+from akd_edge.core.interval import format_percent
 
 
 def models_table(data: dict[str, Any], title: str) -> Table:
@@ -22,8 +20,8 @@ def models_table(data: dict[str, Any], title: str) -> Table:
             escape(m["label"]),
             f"{m['bytes'] / 1024:.1f} KiB" if m["bytes"] else "-",
             f"{m['p50_ms']:.3f}" if m["p50_ms"] is not None else "-",
-            _pct(m["accuracy"].get("clean")),
-            _pct(m["accuracy"].get("robust")) if m["verified"] else f"[yellow]{escape(m['status'])}[/]",
+            format_percent(m["accuracy"].get("clean"), 1),
+            format_percent(m["accuracy"].get("robust"), 1) if m["verified"] else f"[yellow]{escape(m['status'])}[/]",
             front or "-",
         )
     return table

@@ -6,7 +6,6 @@ onnxruntime (plus click and rich) installed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from pathlib import Path
@@ -45,15 +44,6 @@ def _with_ci(res: dict[str, Any], key: str) -> str:
 def _model_column(width: int) -> dict[str, Any]:
     """The model column never cuts a file name (``model.int8.onnx``): the other columns fold instead."""
     return {"no_wrap": True, "min_width": width}
-
-
-def _trusting(factory: str | None) -> contextlib.AbstractContextManager[None]:
-    """Let verify's torch side rebuild the transfer checkpoint with ``factory`` (torch imported only then)."""
-    if factory is None:
-        return contextlib.nullcontext()
-    from akd_edge.verify.transfer import trusting_factory
-
-    return trusting_factory(factory)
 
 
 def _names_width(names: Any) -> int:
@@ -239,11 +229,12 @@ def verify_cmd(
     if replay:
         _replay(Path(folder), threads, as_json)
         return
-    from akd_edge.verify.command import verify_export
+    from akd_edge import api
 
-    with _trusting(model_factory), TaskProgress(console, "verify") as progress:
-        verify = verify_export(
+    with TaskProgress(console, "verify") as progress:
+        verify = api.verify(
             folder,
+            factory=model_factory,
             data=data,
             data_dir=data_dir,
             n=n,
@@ -268,10 +259,10 @@ def verify_cmd(
 
 def _replay(folder: Path, threads: int, as_json: bool) -> None:
     """``verify --replay``: the stored examples on every other runtime here, a table per runtime."""
-    from akd_edge.verify.command import replay_export
+    from akd_edge import api
 
     with TaskProgress(console, "verify --replay") as progress:
-        section = replay_export(folder, threads=threads, on_stage=progress.stage)
+        section = api.replay(folder, threads=threads, on_stage=progress.stage)
     if as_json:
         click.echo(json.dumps(section, indent=2))
     else:

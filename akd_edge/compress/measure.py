@@ -19,7 +19,7 @@ from torch import nn
 
 from akd_edge.attacks.suite import AA_NAME, AttackSpec, ConfigAttack
 from akd_edge.config import AttackConfig
-from akd_edge.core.env import model_device
+from akd_edge.core.env import forked_rng, model_device
 from akd_edge.core.interval import REPORTED_N
 from akd_edge.evaluation.engine import evaluate_dataset
 from akd_edge.models.mode import eval_mode
@@ -50,8 +50,7 @@ def pgd_accuracy(
     before and after pruning)."""
     device = model_device(model)
     attack = ConfigAttack(attack_cfg)
-    fork = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork):
+    with forked_rng(device):
         torch.manual_seed(seed)
         run = evaluate_dataset(
             model, dataset, [attack], batch_size=batch_size, device=device, calibration=False, checks=False

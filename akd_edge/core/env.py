@@ -53,6 +53,14 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def forked_rng(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """torch's random state of the CPU and of ``device`` (when a GPU) put back when the block ends: what the block
+    draws (an attack's seeded random starts) leaves the caller's random numbers as they were."""
+    import torch
+
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def package_versions(names: tuple[str, ...] = VERSIONED) -> dict[str, str | None]:
     """Python's and each package's installed version (None when not installed), for reports."""
     versions: dict[str, str | None] = {"python": platform.python_version()}

@@ -49,6 +49,11 @@ def format_interval(ci: Sequence[float | None] | None, digits: int = 1) -> str:
     return f"[{100 * ci[0]:.{digits}f}, {100 * ci[1]:.{digits}f}]"
 
 
+def format_percent(value: float | None, digits: int = 2, *, unit: str = "%", missing: str = "-") -> str:
+    """``68.50%``: a fraction as a percentage with ``digits`` decimals, or ``missing`` when there is none."""
+    return missing if value is None else f"{100 * float(value):.{digits}f}{unit}"
+
+
 def format_accuracy(acc: float | None, ci: Sequence[float | None] | None, digits: int = 2) -> str:
     """``68.50% [65.6, 71.3]``: an accuracy with its 95% interval (``-`` when there is no accuracy)."""
     if acc is None:

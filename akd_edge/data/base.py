@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -102,6 +104,26 @@ class Loader(Protocol):
 
 DATASETS: Registry[Loader] = Registry("dataset")
 """Dataset name -> loader; filled by the modules of this package (``akd-edge datasets`` lists them)."""
+
+
+def read_parts(
+    name: str,
+    folder: Path,
+    parts: tuple[str, ...],
+    read_part: Callable[[str], ImageDataset],
+    class_names: tuple[str, ...],
+) -> LoadedData:
+    """Each of ``parts`` read from ``folder`` with ``read_part``, logged with the time reading took."""
+    start = time.perf_counter()
+    loaded = {part: read_part(part) for part in parts}
+    log.info(
+        "%s: read %s from %s in %.2f s",
+        name,
+        {p: len(d) for p, d in loaded.items()},
+        folder,
+        time.perf_counter() - start,
+    )
+    return LoadedData(class_names, source=str(folder), **loaded)
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

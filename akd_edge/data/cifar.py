@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import builtins
 import io
-import logging
 import pickle
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,8 @@ import numpy as np
 
 from akd_edge.core.errors import DataError
 from akd_edge.data import locate
-from akd_edge.data.base import DATASETS, ImageDataset, LoadedData
+from akd_edge.data.base import DATASETS, ImageDataset, LoadedData, read_parts
 from akd_edge.data.download import SOURCES, fetch_dataset_files
-
-log = logging.getLogger(__name__)
 
 
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -136,17 +132,14 @@ def load_cifar(
             name, [f"{u}/{f}" for u in source.urls for f in source.files], then=" and unpack it there (tar xzf)"
         ),
     )
-    start = time.perf_counter()
     class_names = tuple(_text(n) for n in _get(safe_unpickle(folder / meta_file), names_key, folder / meta_file))
-    loaded = {part: _concat([read_batch(folder / f, label_key) for f in files[part]]) for part in parts}
-    log.info(
-        "%s: read %s from %s in %.2f s",
+    return read_parts(
         name,
-        {p: len(d) for p, d in loaded.items()},
         folder,
-        time.perf_counter() - start,
+        parts,
+        lambda part: _concat([read_batch(folder / f, label_key) for f in files[part]]),
+        class_names,
     )
-    return LoadedData(class_names, source=str(folder), **loaded)
 
 
 @DATASETS.register("cifar10", help="CIFAR-10: 50k/10k colour 32x32 images, 10 classes (python pickle batches)")

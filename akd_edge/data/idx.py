@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import logging
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 
 from akd_edge.core.errors import DataError
 from akd_edge.data import locate
-from akd_edge.data.base import DATASETS, ImageDataset, LoadedData
+from akd_edge.data.base import DATASETS, ImageDataset, LoadedData, read_parts
 from akd_edge.data.download import SOURCES, fetch_dataset_files
-
-log = logging.getLogger(__name__)
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -114,16 +110,7 @@ def load_idx_dataset(
         fetch=lambda target: fetch_dataset_files(name, [s + ".gz" for s in stems], target),
         how_to_get=locate.how_to_get(name, SOURCES[name].urls),
     )
-    start = time.perf_counter()
-    loaded = {part: _read_part(folder, *FILES[part]) for part in parts}
-    log.info(
-        "%s: read %s from %s in %.2f s",
-        name,
-        {p: len(d) for p, d in loaded.items()},
-        folder,
-        time.perf_counter() - start,
-    )
-    return LoadedData(class_names, source=str(folder), **loaded)
+    return read_parts(name, folder, parts, lambda part: _read_part(folder, *FILES[part]), class_names)
 
 
 @DATASETS.register("fashion-mnist", help="Zalando Fashion-MNIST: 60k/10k grey 28x28 clothing images, 10 classes")

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
 from akd_edge.core.errors import DataError
 from akd_edge.data import locate
-from akd_edge.data.base import DATASETS, ImageDataset, LoadedData
+from akd_edge.data.base import DATASETS, ImageDataset, LoadedData, read_parts
 from akd_edge.data.download import SOURCES, fetch_dataset_files
-
-log = logging.getLogger(__name__)
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
@@ -50,9 +46,6 @@ def svhn(data_dir: str = "", *, parts: tuple[str, ...] = ("train", "test"), down
         fetch=lambda target: fetch_dataset_files("svhn", names, target),
         how_to_get=locate.how_to_get("svhn", SOURCES["svhn"].urls),
     )
-    start = time.perf_counter()
-    loaded = {part: read_mat(folder / FILES[part]) for part in parts}
-    log.info(
-        "svhn: read %s from %s in %.2f s", {p: len(d) for p, d in loaded.items()}, folder, time.perf_counter() - start
+    return read_parts(
+        "svhn", folder, parts, lambda part: read_mat(folder / FILES[part]), tuple(str(d) for d in range(10))
     )
-    return LoadedData(tuple(str(d) for d in range(10)), source=str(folder), **loaded)

@@ -51,11 +51,12 @@ class EvalOptions:
     n: int = REPORTED_N
     """Test images (the first n; 0 = all; a smaller test split is used whole)."""
     batch_size: int = 250
-    steps: int = 20
-    restarts: int = 1
-    step_size: float = 0.0
-    n_queries: int = 5000
-    seed: int = 0
+    steps: int = AttackSpec.steps
+    """PGD steps; this and the attack settings below default to :class:`~akd_edge.attacks.suite.AttackSpec`'s."""
+    restarts: int = AttackSpec.restarts
+    step_size: float = AttackSpec.step_size
+    n_queries: int = AttackSpec.n_queries
+    seed: int = AttackSpec.seed
     eps_curve: tuple[float, ...] = ()
     """Epsilons of the robust-accuracy curve (PGD with the settings above); empty = no curve."""
     calibration: bool = True

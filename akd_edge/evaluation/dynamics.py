@@ -40,6 +40,8 @@ def evaluate_dynamics(
 
     from akd_edge.metrics.forgetting import analyze, compare, load_dynamics, per_sample
 
+    if names is not None and len(names) != len(runs):
+        raise UsageError(f"--names gives {len(names)} labels for {len(runs)} runs")
     if len(runs) not in (1, 2):
         raise UsageError(f"--dynamics takes one run (analysis) or two runs (comparison), got {len(runs)}")
     records = [load_dynamics(run) for run in runs]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from akd_edge.core import files
-from akd_edge.core.interval import format_accuracy, interval_of
+from akd_edge.core.interval import format_accuracy, format_percent, interval_of
 
 REPORT_NAME = "report.json"
 CARD_NAME = "MODEL_CARD.md"
@@ -60,7 +60,7 @@ def read_report(folder: str | Path) -> dict[str, Any] | None:
 
 def format_pct(value: Any) -> str:
     """A fraction as a percentage with two decimals, or n/a."""
-    return "n/a" if value is None else f"{100 * float(value):.2f}%"
+    return format_percent(value, missing="n/a")
 
 
 def _acc_ci(res: dict[str, Any], key: str, n: Any) -> str:

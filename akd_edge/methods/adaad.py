@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -10,8 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from akd_edge.methods.base import METHODS, Task, Teacher, kl_to_probs
-
-log = logging.getLogger(__name__)
 
 
 class StudentWithTeacher(nn.Module):
@@ -72,14 +69,11 @@ class AdaptiveAdversarialDistillation(Task):
 
     name = "adaad"
     needs_teacher = True
+    fixed_temperature = True
     teacher_needs_grad = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.cfg.temperature != 1.0:
-            log.warning(
-                "adaad uses temperature 1 as in the paper; method.temperature=%s is ignored", self.cfg.temperature
-            )
         assert self.teacher is not None
         self.pair = StudentWithTeacher(self.model, self.teacher)
 

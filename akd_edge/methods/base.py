@@ -7,6 +7,7 @@ training loop serves them all (as timm's ``task/distillation.py``). ``METHODS`` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -19,6 +20,8 @@ from akd_edge.core.registry import Registry
 
 if TYPE_CHECKING:
     from akd_edge.config import MethodConfig
+
+log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Attack = Callable[..., torch.Tensor]
@@ -47,6 +50,9 @@ class Task:
     teacher_needs_grad: ClassVar[bool] = False
     """Whether the objective differentiates the teacher's output with respect to its input (AdaAD's attack);
     the loop then runs the teacher with autograd (parameters stay frozen)."""
+    fixed_temperature: ClassVar[bool] = False
+    """Whether the objective uses temperature 1 as its paper does; ``method.temperature`` is then ignored, with a
+    warning when it is set otherwise."""
     name: ClassVar[str] = ""
 
     def __init__(
@@ -60,6 +66,10 @@ class Task:
             raise MissingTeacherError(
                 f"method {self.name!r} distils a teacher but none was given: add a [[teachers]] section "
                 "to the recipe (for example path = 'builtin:fmnist-teacher') or use method.name = 'at'"
+            )
+        if self.fixed_temperature and cfg.temperature != 1.0:
+            log.warning(
+                "%s uses temperature 1 as in the paper; method.temperature=%s is ignored", self.name, cfg.temperature
             )
         self.model = model
         self.attack = attack

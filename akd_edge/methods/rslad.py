@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import torch
 
 from akd_edge.config import MethodConfig
 from akd_edge.methods.base import METHODS, Task, kl_to_probs
-
-log = logging.getLogger(__name__)
 
 ADV_WEIGHT = 5.0 / 6.0
 """Weight of the adversarial KL term, fixed as in the paper (the clean term gets 1 - ADV_WEIGHT)."""
@@ -27,13 +22,7 @@ class RobustSoftLabelDistillation(Task):
 
     name = "rslad"
     needs_teacher = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.cfg.temperature != 1.0:
-            log.warning(
-                "rslad uses temperature 1 as in the paper; method.temperature=%s is ignored", self.cfg.temperature
-            )
+    fixed_temperature = True
 
     @classmethod
     def teacher_sees_clean(cls, cfg: MethodConfig) -> bool:

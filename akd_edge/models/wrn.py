@@ -9,28 +9,15 @@ from torch import nn
 
 from akd_edge.core.errors import ConfigError
 from akd_edge.models.layers import check_input, global_pool, init_weights
+from akd_edge.models.resnet import PreActBlock
 from akd_edge.models.zoo import register_model
 
 
-class WideBlock(nn.Module):
-    """Pre-activation block; the 1x1 projection (when shapes change) reads the activated input, as in TRADES."""
+class WideBlock(PreActBlock):
+    """Pre-activation block; the 1x1 projection (when shapes change) reads the activated input, as in TRADES.
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        same = in_ch == out_ch and stride == 1
-        self.shortcut = None if same else nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu1(self.bn1(x))
-        identity = x if self.shortcut is None else self.shortcut(pre)
-        out = self.conv2(self.relu2(self.bn2(self.conv1(pre))))
-        return out + identity
+    It is ResNet's :class:`~akd_edge.models.resnet.PreActBlock` under the name WRN checkpoints and exports know.
+    """
 
 
 class WideResNet(nn.Module):
