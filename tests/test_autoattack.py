@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from akd_edge.attacks.autoattack import run_autoattack, run_autoattack_report, run_square
+from akd_edge.attacks.autoattack import run_autoattack_report, run_square
 from akd_edge.core.errors import DataError, UsageError
+
+
+def run_autoattack(*args, **kwargs):
+    """``(x_adv, per_attack)`` of :func:`run_autoattack_report`."""
+    result = run_autoattack_report(*args, **kwargs)
+    return result.x_adv, result.per_attack
 
 
 def prototype_model(

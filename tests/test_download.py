@@ -216,8 +216,8 @@ def test_mirror_argument_and_env_replace_the_official_urls(monkeypatch: pytest.M
 
 def test_the_checksum_table_covers_every_downloadable_file() -> None:
     from akd_edge.data.cifar import cifar10  # noqa: F401  (registers loaders)
-    from akd_edge.data.idx import FILES as IDX_FILES
-    from akd_edge.data.svhn import FILES as SVHN_FILES
+    from akd_edge.data.idx import IDX_FILES
+    from akd_edge.data.svhn import SVHN_FILES
 
     for name in ("fashion-mnist", "mnist"):
         assert set(dl.SOURCES[name].files) == {f"{s}.gz" for stems in IDX_FILES.values() for s in stems}

@@ -109,7 +109,7 @@ def test_engine_refuses_an_empty_stream(model_and_data) -> None:
 
 
 def test_compress_measure_matches_validate_and_the_autoattack_wrapper(model_and_data) -> None:
-    from akd_edge.attacks.autoattack import run_autoattack
+    from akd_edge.attacks.autoattack import run_autoattack_report
     from akd_edge.compress.measure import autoattack_accuracy, pgd_accuracy
 
     model, dataset = model_and_data
@@ -129,7 +129,9 @@ def test_compress_measure_matches_validate_and_the_autoattack_wrapper(model_and_
     # AutoAttack: the numbers of the previous implementation (one wrapper call on the first n images, seed 0).
     aa = autoattack_accuracy(model, dataset, norm="linf", eps=0.3, version="fast", n=12, seed=0, batch_size=16)
     x, y, _ = next(iterate_batches(dataset.subset(list(range(12))), 12))
-    _, per_attack = run_autoattack(model, x, y, norm="linf", eps=0.3, version="fast", seed=0, batch_size=16)
+    per_attack = run_autoattack_report(
+        model, x, y, norm="linf", eps=0.3, version="fast", seed=0, batch_size=16
+    ).per_attack
     robust = int(torch.stack(list(per_attack.values())).all(0).sum())
     assert aa == {"aa_acc": robust / 12, "aa_ci95": wilson_interval(robust, 12), "aa_n": 12, "aa_version": "fast"}
 

@@ -17,7 +17,7 @@ from akd_edge.cli.main import cli
 from akd_edge.config import TeacherSpec, load_recipe, read_toml, to_dict
 from akd_edge.core.errors import ConfigError
 from akd_edge.models import model_info
-from akd_edge.models.checkpoint import FORMAT, load_checkpoint, load_model, save_atomic
+from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, save_atomic
 from akd_edge.train.loop import Callbacks, train_run
 from akd_edge.train.rundir import recipe_changes
 
@@ -187,7 +187,7 @@ def test_a_checkpoint_naming_this_never_imports_it(runs: Path, tmp_path: Path) -
     ckpt = load_checkpoint(runs / "student")
     ckpt["arch"] = {**ckpt["arch"], "name": "this:x"}
     path = tmp_path / "this.pt"
-    save_atomic({k: v for k, v in ckpt.items() if k != "path"} | {"format": FORMAT}, path)
+    save_atomic({k: v for k, v in ckpt.items() if k != "path"} | {"format": CHECKPOINT_FORMAT}, path)
     sys.modules.pop("this", None)
     for args in (["eval", str(path), "-n", "8"], ["export", str(path), "--out", str(tmp_path / "e"), "--no-int8"]):
         result = run(*args)

@@ -12,7 +12,7 @@ import torch
 
 from akd_edge.core.errors import CheckpointError, ConfigError
 from akd_edge.models import create_model
-from akd_edge.models.checkpoint import FORMAT, build_model, load_model, save_atomic
+from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, build_model, load_model, save_atomic
 from akd_edge.models.zoo import MAX_PARAMS
 
 SHAPE = (1, 12, 12)
@@ -22,7 +22,7 @@ def _ckpt(name: str = "cnn-student", **arch: object) -> dict:
     model = create_model("cnn-student", num_classes=3, input_shape=SHAPE, width=0.25)
     base = {"name": name, "kwargs": {"width": 0.25}, "num_classes": 3, "input_shape": list(SHAPE)}
     return {
-        "format": FORMAT,
+        "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "arch": {**base, "mean": [0.5], "std": [0.25], **arch},
         "path": "crafted.pt",

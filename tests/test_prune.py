@@ -14,7 +14,7 @@ from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channe
 from akd_edge.compress.search import search_ratio
 from akd_edge.core.errors import CheckpointError, UsageError
 from akd_edge.models import create_model, get_classifier, model_info
-from akd_edge.models.checkpoint import FORMAT, load_model, save_atomic
+from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, load_model, save_atomic
 from akd_edge.models.pruned import pruning_record, rebuild_pruned
 
 STUDENTS = {
@@ -48,7 +48,7 @@ def save_pruned(model: nn.Module, name: str, history: list, path: Path) -> Path:
         "std": [0.3] * shape[0],
     }
     ckpt = {
-        "format": FORMAT,
+        "format": CHECKPOINT_FORMAT,
         "model": model.state_dict(),
         "arch": arch,
         "data": {"name": "synthetic", "class_names": [str(i) for i in range(CLASSES)]},

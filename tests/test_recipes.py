@@ -12,7 +12,7 @@ from akd_edge.config import RECIPES_DIR, ModelConfig, TeacherSpec, load_recipe, 
 from akd_edge.data import iterate_batches
 from akd_edge.methods import METHODS
 from akd_edge.models import create_model
-from akd_edge.models.checkpoint import FORMAT, save_atomic
+from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, save_atomic
 from akd_edge.train.loop import Trainer
 
 RECIPES = shipped_recipes()
@@ -70,7 +70,15 @@ def _tiny_teacher(path: Path, shape: tuple[int, int, int], classes: int) -> str:
         "std": [0.25] * shape[0],
     }
     save_atomic(
-        {"format": FORMAT, "model": model.state_dict(), "arch": arch, "data": {}, "threat": {}, "role": "teacher"}, path
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "arch": arch,
+            "data": {},
+            "threat": {},
+            "role": "teacher",
+        },
+        path,
     )
     return str(path)
 

@@ -31,7 +31,7 @@ from akd_edge.export import export_checkpoint
 from akd_edge.verify import attacks as verify_attacks
 from akd_edge.verify import transfer as verify_transfer
 from akd_edge.verify.command import verify_export, verify_exports
-from akd_edge.verify.pool import Task, run_jobs
+from akd_edge.verify.pool import PoolTask, run_jobs
 
 
 def official_square(predict: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int, **settings: Any) -> torch.Tensor:
@@ -204,8 +204,8 @@ def counting_task(value: int, fail: bool, progress: Any) -> int:
 
 
 def two_steps(values: list[int], fail_at: int | None) -> Any:
-    first = yield [Task(counting_task, (v, v == fail_at), 2) for v in values]
-    second = yield [Task(counting_task, (sum(first), False), 2)]
+    first = yield [PoolTask(counting_task, (v, v == fail_at), 2) for v in values]
+    second = yield [PoolTask(counting_task, (sum(first), False), 2)]
     return first, second
 
 

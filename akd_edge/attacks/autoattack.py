@@ -41,12 +41,13 @@ VERSIONS: dict[str, tuple[str, ...]] = {
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
 BLACK_BOX = ("square",)
 TARGETED = ("apgd-t", "fab-t")
-NORMS = {"linf": "Linf", "l2": "L2"}
+AUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2"}
+"""The norms AutoAttack and Square run with: the recipe's name -> pyautoattack's spelling."""
 SQUARE_LOSSES = ("margin", "ce")
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 """``predict(x float32 [N, C, H, W] in [0, 1]) -> logits [N, classes]``; no gradients needed."""
-ProgressFn = Callable[[int, int], None]
+SquareProgressFn = Callable[[int, int], None]
 """``progress(done, total)`` in Square iterations over all batches (approximate: counted from model calls)."""
 
 
@@ -103,7 +104,7 @@ def _build(
     """An AutoAttack object with the ``standard`` version's settings (the published ones)."""
     from pyautoattack import AutoAttack
 
-    adversary = AutoAttack(model, norm=NORMS[norm], eps=eps, version="standard", seed=seed, device=device)
+    adversary = AutoAttack(model, norm=AUTOATTACK_NORMS[norm], eps=eps, version="standard", seed=seed, device=device)
     adversary.verbose = False
     adversary.square.n_queries = n_queries
     targets = min(9, n_classes - 1)  # the published 9 target classes need 10 classes or more
@@ -114,8 +115,8 @@ def _build(
 
 def check_args(norm: str, eps: float, version: str, n_queries: int, batch_size: int) -> None:
     """A UsageError for a norm, version, eps, query count or batch size AutoAttack cannot run with."""
-    if norm not in NORMS:
-        raise UsageError(f"AutoAttack norm {norm!r} is not supported; use one of {', '.join(NORMS)}")
+    if norm not in AUTOATTACK_NORMS:
+        raise UsageError(f"AutoAttack norm {norm!r} is not supported; use one of {', '.join(AUTOATTACK_NORMS)}")
     if version not in VERSIONS:
         raise UsageError(f"AutoAttack version {version!r} is unknown; use one of {', '.join(VERSIONS)}")
     if eps <= 0:
@@ -292,41 +293,6 @@ def autoattack_batch(
     return x_adv.detach(), fooled.cpu(), collect.messages
 
 
-def run_autoattack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    norm: str = "linf",
-    eps: float,
-    version: str = "standard",
-    seed: int = 0,
-    batch_size: int = 500,
-    n_queries: int = STANDARD_QUERIES,
-    device: str | torch.device | None = None,
-    individual: bool = False,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """AutoAttack: ``(x_adv, per_attack)``; see :func:`run_autoattack_report` for the flags' meaning.
-
-    The worst-case robustness per sample is ``per_attack[last]`` (cascade) or the AND of all entries
-    (either mode); ``model(x_adv).argmax(1) == y`` gives the same flags.
-    """
-    result = run_autoattack_report(
-        model,
-        x,
-        y,
-        norm=norm,
-        eps=eps,
-        version=version,
-        seed=seed,
-        batch_size=batch_size,
-        n_queries=n_queries,
-        device=device,
-        individual=individual,
-    )
-    return result.x_adv, result.per_attack
-
-
 @dataclass
 class SquareResult:
     """What one :func:`run_square` run produced, on the device of its inputs."""
@@ -390,7 +356,7 @@ def run_square(
     rescale_schedule: bool = True,
     n_restarts: int = 1,
     batch_size: int = 256,
-    progress: ProgressFn | None = None,
+    progress: SquareProgressFn | None = None,
 ) -> SquareResult:
     """The official Square attack (``pyautoattack``'s ``SquareAttack``), untargeted, on any ``predict``.
 
@@ -420,7 +386,7 @@ def run_square(
     model = _Predict(predict)
     attack = square_class()(
         model,
-        norm=NORMS[norm],
+        norm=AUTOATTACK_NORMS[norm],
         n_queries=n_queries,
         eps=eps,
         p_init=p_init,

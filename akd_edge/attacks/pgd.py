@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from akd_edge.config.schema import NORMS
 from akd_edge.core.errors import DataError
 from akd_edge.models.mode import eval_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-NORMS = ("linf", "l2")
+"""``loss_fn(logits, y) -> scalar`` that an attack maximises (default: cross-entropy)."""
 _TINY = 1e-12
 
 

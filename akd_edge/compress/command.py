@@ -14,7 +14,7 @@ alone claims the output folder and writes to it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from akd_edge.compress.finetune import finetune_recipe, objective_loss, trusted_
 from akd_edge.compress.measure import measure
 from akd_edge.compress.output import claim_out
 from akd_edge.compress.prune import PruneSpec, accumulate_gradients, conv_channels, prune_model, resolve_keep
+from akd_edge.core.callbacks import StageFn
 from akd_edge.core.distributed import Group, current, rank_device
 from akd_edge.core.errors import CheckpointError, UsageError
 from akd_edge.core.files import copy_atomic, mark, write_json_atomic
@@ -34,8 +35,8 @@ from akd_edge.models.pruned import pruning_record
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = "akd-edge-compress/1"
-Stage = Callable[[str], None]
+COMPRESS_REPORT_FORMAT = "akd-edge-compress/1"
+"""``format`` of the report.json of a compress output folder."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class _Compression:
         device: str | None,
         evaluation: EvalSpec,
         callbacks: Any,
-        on_stage: Stage | None,
+        on_stage: StageFn | None,
         factory: str | None = None,
         teacher_factory: str | None = None,
     ) -> None:
@@ -268,8 +269,7 @@ class _Compression:
         import numpy as np
 
         from akd_edge.config import to_dict
-        from akd_edge.models.checkpoint import FORMAT as CKPT_FORMAT
-        from akd_edge.models.checkpoint import save_atomic
+        from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, save_atomic
         from akd_edge.train.rundir import write_recipe
         from akd_edge.train.validate import validate
 
@@ -296,7 +296,7 @@ class _Compression:
             return
         meta = self.meta
         ckpt = {
-            "format": CKPT_FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "arch": meta["arch"],
             "data": meta.get("data", {}),
@@ -324,7 +324,7 @@ class _Compression:
 
         recipe, attack, ev = self.recipe, self.recipe.eval.attack, self.evaluation
         return {
-            "format": REPORT_FORMAT,
+            "format": COMPRESS_REPORT_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": {
                 "checkpoint": str(self.meta["path"]),
@@ -378,7 +378,7 @@ def compress_run(
     device: str | None = None,
     evaluation: EvalSpec | None = None,
     callbacks: Any = None,
-    on_stage: Stage | None = None,
+    on_stage: StageFn | None = None,
     factory: str | None = None,
     teacher_factory: str | None = None,
 ) -> dict[str, Any]:

@@ -149,3 +149,9 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
         means.append(float(mean))
         stds.append(std)
     return tuple(means), tuple(stds)
+
+
+def seeded_rng(*words: int) -> np.random.Generator:
+    """numpy's generator seeded by ``words`` (the seed, a stream tag, the epoch...; any ints, taken mod 2**63):
+    the same words give the same numbers on every machine, and a tag of its own keeps each use's stream apart."""
+    return np.random.default_rng([w % 2**63 for w in words])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from akd_edge.data.base import ImageDataset
+from akd_edge.data.base import ImageDataset, seeded_rng
 
 if TYPE_CHECKING:
     import torch
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 PAD = 4
 """Zero padding of the random crop, in pixels."""
 _ORDER, _AUGMENT = 0x0D, 0xA6  # stream tags, so order and augmentation never share random numbers
-
-
-def _rng(*words: int) -> np.random.Generator:
-    return np.random.default_rng([w % 2**63 for w in words])
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -36,7 +32,7 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
 
 def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     """Sample indices of one epoch: ``0..n-1``, or a permutation that depends only on ``(seed, epoch)``."""
-    return _rng(_ORDER, seed, epoch).permutation(n) if shuffle else np.arange(n)
+    return seeded_rng(_ORDER, seed, epoch).permutation(n) if shuffle else np.arange(n)
 
 
 _LABELED, _UNLABELED = 0x1A, 0x0A
@@ -58,8 +54,8 @@ def mixed_order(n_labeled: int, n: int, batch_size: int, fraction: float, *, see
         )
     free = batch_size - per_batch
     batches = -(-n_unlabeled // free)
-    unlabeled = n_labeled + _rng(_ORDER, _UNLABELED, seed, epoch).permutation(n_unlabeled)
-    rng = _rng(_ORDER, _LABELED, seed, epoch)
+    unlabeled = n_labeled + seeded_rng(_ORDER, _UNLABELED, seed, epoch).permutation(n_unlabeled)
+    rng = seeded_rng(_ORDER, _LABELED, seed, epoch)
     passes = -(-batches * per_batch // n_labeled)
     labeled = np.concatenate([rng.permutation(n_labeled) for _ in range(passes)])
     parts = []
@@ -164,7 +160,7 @@ def _host_batches(
             rows, idx = (lo, hi, len(idx)), idx[lo:hi]
         images = ds.images[idx]
         if augment:
-            images = augment_batch(images, _rng(_AUGMENT, seed, epoch, batch), rows)
+            images = augment_batch(images, seeded_rng(_AUGMENT, seed, epoch, batch), rows)
         if device.type == "cpu":  # numpy converts single-threaded: no OpenMP stalls on a busy machine
             x = torch.from_numpy(np.divide(images, np.float32(255.0), dtype=np.float32))
         else:

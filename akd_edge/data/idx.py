@@ -27,10 +27,11 @@ FASHION_CLASSES = (
 )
 DIGITS = tuple(str(d) for d in range(10))
 
-FILES = {
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+"""The IDX files (images, labels) of each split, without the ``.gz`` they may carry."""
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -100,7 +101,7 @@ def load_idx_dataset(
     name: str, class_names: tuple[str, ...], data_dir: str, parts: tuple[str, ...], download: bool
 ) -> LoadedData:
     """Find (or download) the IDX files of ``parts`` and read them."""
-    stems = [stem for part in parts for stem in FILES[part]]
+    stems = [stem for part in parts for stem in IDX_FILES[part]]
     required = [(stem + ".gz", stem) for stem in stems]
     folder = locate.resolve(
         name,
@@ -110,7 +111,7 @@ def load_idx_dataset(
         fetch=lambda target: fetch_dataset_files(name, [s + ".gz" for s in stems], target),
         how_to_get=locate.how_to_get(name, SOURCES[name].urls),
     )
-    return read_parts(name, folder, parts, lambda part: _read_part(folder, *FILES[part]), class_names)
+    return read_parts(name, folder, parts, lambda part: _read_part(folder, *IDX_FILES[part]), class_names)
 
 
 @DATASETS.register("fashion-mnist", help="Zalando Fashion-MNIST: 60k/10k grey 28x28 clothing images, 10 classes")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from akd_edge.core.errors import ConfigError, DataError
-from akd_edge.data.base import DATASETS, DatasetSplits, ImageDataset, Loader, channel_stats
+from akd_edge.data.base import DATASETS, DatasetSplits, ImageDataset, Loader, channel_stats, seeded_rng
 from akd_edge.data.unlabeled import choose_labeled, load_unlabeled, without_labels
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ def list_datasets() -> list[tuple[str, str]]:
     return [(name, DATASETS.help(name)) for name in DATASETS.names()]
 
 
-def _rng(*words: int) -> np.random.Generator:
-    return np.random.default_rng([w % 2**63 for w in words])
-
-
 def split_train_val(
     labels: np.ndarray, val_size: int, seed: int, *, stratify: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +41,7 @@ def split_train_val(
     n = len(labels)
     if not 0 <= val_size < n:
         raise ConfigError(f"data.val_size={val_size} must be in [0, {n}) for a training set of {n} images; lower it")
-    order = _rng(seed, 0x5E1).permutation(n)
+    order = seeded_rng(seed, 0x5E1).permutation(n)
     if not stratify or val_size == 0:
         return order[val_size:], order[:val_size]
     classes, counts = np.unique(labels, return_counts=True)

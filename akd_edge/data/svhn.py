@@ -11,7 +11,8 @@ from akd_edge.data import locate
 from akd_edge.data.base import DATASETS, ImageDataset, LoadedData, read_parts
 from akd_edge.data.download import SOURCES, fetch_dataset_files
 
-FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+"""The ``.mat`` file of each split."""
 
 
 def read_mat(path: Path) -> ImageDataset:
@@ -37,7 +38,7 @@ def read_mat(path: Path) -> ImageDataset:
 
 @DATASETS.register("svhn", help="SVHN cropped digits: 73k/26k colour 32x32 house-number images, 10 classes")
 def svhn(data_dir: str = "", *, parts: tuple[str, ...] = ("train", "test"), download: bool = False) -> LoadedData:
-    names = [FILES[part] for part in parts]
+    names = [SVHN_FILES[part] for part in parts]
     folder = locate.resolve(
         "svhn",
         [(n,) for n in names],
@@ -47,5 +48,5 @@ def svhn(data_dir: str = "", *, parts: tuple[str, ...] = ("train", "test"), down
         how_to_get=locate.how_to_get("svhn", SOURCES["svhn"].urls),
     )
     return read_parts(
-        "svhn", folder, parts, lambda part: read_mat(folder / FILES[part]), tuple(str(d) for d in range(10))
+        "svhn", folder, parts, lambda part: read_mat(folder / SVHN_FILES[part]), tuple(str(d) for d in range(10))
     )

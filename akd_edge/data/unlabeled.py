@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from akd_edge.core.errors import DataError
-from akd_edge.data.base import ImageDataset
+from akd_edge.data.base import ImageDataset, seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def choose_labeled(labels: np.ndarray, n: int, seed: int, num_classes: int) -> n
             f"data.labeled={n} must be between 1 and {total - 1}: the training pool has {total} images after "
             "validation and data.train_subset; lower data.labeled or use 0 for all"
         )
-    order = np.random.default_rng([_LABELED_STREAM, seed % 2**63]).permutation(total)
+    order = seeded_rng(_LABELED_STREAM, seed).permutation(total)
     quota = [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
     chosen: list[int] = []
     skipped: list[int] = []

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = "akd-edge-eval/1"
+EVAL_FORMAT = "akd-edge-eval/1"
+"""``format`` of eval.json."""
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,11 @@ def evaluate(
     model, meta = load_model(source, options.which, options.device, options.factory)
     if not write:
         return _report(model, meta, source, options, progress), None
-    with output_folder(out_dir, default_out_dir(source), "eval.json", FORMAT, PLOT_FILES) as out:
+    with output_folder(out_dir, default_out_dir(source), "eval.json", EVAL_FORMAT, PLOT_FILES) as out:
         report = _report(model, meta, source, options, progress)
-        check_own_outputs(out, "eval.json", FORMAT, PLOT_FILES)  # again: the user may have put a file there meanwhile
+        check_own_outputs(
+            out, "eval.json", EVAL_FORMAT, PLOT_FILES
+        )  # again: the user may have put a file there meanwhile
         report["plots"] = _plots(report, out, meta["arch"]["name"]) if options.plots else {}
         report["seconds"] = time.perf_counter() - started
         path = write_json_atomic(out / "eval.json", report)
@@ -251,7 +254,7 @@ def _report(
     )
     results = results_on(model, dataset, options, norm, eps, progress)
     return {
-        "format": FORMAT,
+        "format": EVAL_FORMAT,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": str(source),
         "checkpoint": {key: meta.get(key) for key in ("path", "role", "epoch", "threat", "val")}

@@ -18,7 +18,8 @@ from akd_edge.core.files import output_folder, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = "akd-edge-dynamics/1"
+DYNAMICS_FORMAT = "akd-edge-dynamics/1"
+"""``format`` of dynamics.json."""
 
 
 def evaluate_dynamics(
@@ -58,14 +59,16 @@ def evaluate_dynamics(
             "names": labels,
             "summaries": {labels[0]: analyze(records[0], late_fraction=late_fraction, min_forgets=min_forgets)},
         }
-    report = {"format": FORMAT, "runs": [str(r) for r in runs], **report, "versions": package_versions()}
+    report = {"format": DYNAMICS_FORMAT, "runs": [str(r) for r in runs], **report, "versions": package_versions()}
     arrays = {
         f"{label}/{key}": value
         for label, record in zip(labels, records, strict=True)
         for key, value in per_sample(record, late_fraction=late_fraction, min_forgets=min_forgets).items()
     }
     default = first if first.is_dir() else first.parent
-    with output_folder(out_dir, default, "dynamics.json", FORMAT, ("dynamics.png", "dynamics_samples.npz")) as out:
+    with output_folder(
+        out_dir, default, "dynamics.json", DYNAMICS_FORMAT, ("dynamics.png", "dynamics_samples.npz")
+    ) as out:
         if plots:
             from akd_edge.evaluation import plots as plotting
 

@@ -23,7 +23,8 @@ from akd_edge.evaluation.engine import evaluate_model
 
 log = logging.getLogger(__name__)
 
-FORMAT = "akd-edge-teacher-gap/1"
+TEACHER_GAP_FORMAT = "akd-edge-teacher-gap/1"
+"""``format`` of teacher_gap.json."""
 
 
 def _scores(results: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def teacher_gap(
     entries = (meta.get("recipe") or {}).get("teachers") or []
     if not entries:
         raise UsageError(f"{meta['path']} records no teachers in its recipe: --teacher-gap needs a distilled student")
-    with output_folder(out_dir, default_out_dir(source), "teacher_gap.json", FORMAT) as out:
+    with output_folder(out_dir, default_out_dir(source), "teacher_gap.json", TEACHER_GAP_FORMAT) as out:
         arch = meta["arch"]
         specs = [from_dict(TeacherSpec, dict(entry), prefix="teachers") for entry in entries]
         teacher = load_teachers(specs, options.device, tuple(arch["input_shape"]), int(arch["num_classes"]))
@@ -75,7 +76,7 @@ def teacher_gap(
             if scores["teacher"].get(key, {}).get("acc") is not None and not (key == "worst_case" and not_run)
         }
         report = {
-            "format": FORMAT,
+            "format": TEACHER_GAP_FORMAT,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": str(source),
             "student": {"checkpoint": meta["path"], "arch": arch["name"], "epoch": meta.get("epoch")},

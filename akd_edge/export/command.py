@@ -13,14 +13,15 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from akd_edge.core.errors import CheckpointError, DataError, UsageError
+from akd_edge.core.callbacks import StageFn
+from akd_edge.core.errors import CheckpointError, DataError, UsageError, some_names
 from akd_edge.export import folder as export_folder
 from akd_edge.export.agreement import int8_agreement, int8_failure_action, ort_parity, torch_accuracy
 from akd_edge.export.folder import FILES
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from akd_edge.export.web import WebRuntime
 
 log = logging.getLogger(__name__)
-
-StageFn = Callable[[str], None]
 
 
 class ExportCheckFailed(RuntimeError):
@@ -171,10 +170,9 @@ def load_source(source: str | Path, which: str, factory: str | None = None) -> t
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
     ]
     if bad:
-        listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(
-            f"checkpoint {meta.get('path', source)} has NaN or infinite weights ({listed}): the training diverged; "
-            "export an earlier checkpoint (--which) or retrain"
+            f"checkpoint {meta.get('path', source)} has NaN or infinite weights ({some_names(bad)}): the training "
+            "diverged; export an earlier checkpoint (--which) or retrain"
         )
     return model, meta
 

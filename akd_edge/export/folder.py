@@ -29,13 +29,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from akd_edge.core import files
-from akd_edge.core.errors import UsageError
+from akd_edge.core.errors import UsageError, some_names
 from akd_edge.export.card import CARD_NAME, REPLAY_NAME, REPORT_FORMAT, REPORT_NAME
 from akd_edge.export.web import PAGE_FILES, RUNTIME_DIR, RUNTIME_FILES, WEB_DIR
 
 log = logging.getLogger(__name__)
 
-KIND = "export"
+EXPORT_KIND = "export"
+"""The kind in the mark (:func:`akd_edge.core.files.mark`) of an export folder."""
 FILES = {
     "fp32": "model.onnx",
     "int8": "model.int8.onnx",
@@ -77,7 +78,7 @@ def list_in_manifest(folder: Path, name: str) -> None:
     so that a re-export may replace it; a folder without a manifest keeps the names an export writes."""
     mark = files.read_mark(folder)
     listed = (mark or {}).get("files")
-    if mark is None or mark.get("kind") != KIND or not isinstance(listed, list) or name in listed:
+    if mark is None or mark.get("kind") != EXPORT_KIND or not isinstance(listed, list) or name in listed:
         return
     files.write_json_atomic(folder / files.MARK, {**mark, "files": sorted([*listed, name])})
 
@@ -140,13 +141,9 @@ def replaceable(folder: Path) -> str | None:
         return "empty"
     if foreign(folder):
         return None
-    if files.marked_kind(folder) == KIND:
+    if files.marked_kind(folder) == EXPORT_KIND:
         return "export"
     return "legacy export" if _is_legacy_export(folder) else None
-
-
-def _listing(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def check_out(out: Path) -> None:
@@ -159,10 +156,10 @@ def check_out(out: Path) -> None:
     if replaceable(out) is not None:
         return
     kind = files.marked_kind(out)
-    if kind == KIND or _is_legacy_export(out):
+    if kind == EXPORT_KIND or _is_legacy_export(out):
         raise UsageError(
             f"--out {out} is an earlier export that also holds files akd-edge did not write "
-            f"({_listing(foreign(out))}); a re-export replaces the folder whole and never deletes them: move them "
+            f"({some_names(foreign(out))}); a re-export replaces the folder whole and never deletes them: move them "
             "out of the folder, or choose another --out (nothing was changed)"
         )
     what = f"an akd-edge {kind} folder" if kind else "not an earlier akd-edge export"
@@ -178,15 +175,15 @@ def prepare_out(out: Path) -> None:
     files.ensure_writable_dir(out.parent, "--out")
 
 
-def _orphans(out: Path) -> list[Path]:
+def _stale_builds(out: Path) -> list[Path]:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.(partial-{_RANDOM}|old-\d+)")
     return [path for path in out.parent.iterdir() if pattern.fullmatch(path.name)]
 
 
-def remove_orphans(out: Path) -> list[Path]:
+def remove_stale_builds(out: Path) -> list[Path]:
     """Remove the ``.<name>.partial-*`` / ``.<name>.old-*`` folders killed exports left; call holding ``out``'s lock."""
     removed = []
-    for path in _orphans(out):
+    for path in _stale_builds(out):
         if path.is_symlink() or not path.is_dir():
             continue
         if ".old-" in path.name and replaceable(path) not in ("export", "legacy export"):
@@ -199,7 +196,7 @@ def remove_orphans(out: Path) -> list[Path]:
 
 def _seal(tmp: Path) -> None:
     """Record in the finished folder's mark every file it holds: the files a later re-export may replace."""
-    files.mark(tmp, KIND, files=manifest(tmp))
+    files.mark(tmp, EXPORT_KIND, files=manifest(tmp))
 
 
 def publish(tmp: Path, out: Path) -> None:
@@ -244,11 +241,11 @@ def building(out: Path) -> Iterator[Path]:
     created = not out.exists()
     lock = files.FolderLock(out, "export folder").acquire()
     try:
-        remove_orphans(out)
+        remove_stale_builds(out)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
         try:
             os.chmod(tmp, files.dir_mode())  # mkdtemp makes 0700; an export folder gets the usual mode
-            files.mark(tmp, KIND)
+            files.mark(tmp, EXPORT_KIND)
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # a published or kept folder is no longer at tmp

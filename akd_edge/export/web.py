@@ -43,7 +43,8 @@ SAMPLES_FORMAT = "akd-edge-web-samples/1"
 TOLERANCE = FP32_LOGIT_BOUND
 """The largest absolute logit difference between the browser and onnxruntime in Python for an fp32 model; the
 page applies :func:`akd_edge.core.ort.tolerances` (int8 has a bound of its own)."""
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "web"
+WEB_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "web"
+"""The page's own files (:data:`PAGE_FILES`), shipped in the package and copied into each export's web/."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def write_web(folder: Path, models: list[str], samples: Samples, runtime: WebRun
     web = folder / WEB_DIR
     web.mkdir(mode=files.dir_mode())
     for name in PAGE_FILES:
-        files.copy_atomic(ASSETS / name, web / name)
+        files.copy_atomic(WEB_ASSETS / name, web / name)
     document = samples_document(folder, models, samples)
     text = json.dumps(files.json_ready(document), separators=(",", ":"), allow_nan=False)
     files.write_text_atomic(web / "samples.json", text + "\n")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from akd_edge.attacks.pgd import LossFn
 from akd_edge.core.errors import ConfigError
 from akd_edge.core.registry import Registry
 
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Attack = Callable[..., torch.Tensor]
 """``attack(model, x, y, loss_fn=None) -> x_adv`` as built by :func:`akd_edge.attacks.build_attack`."""
 

@@ -27,7 +27,8 @@ from torch import nn
 from akd_edge.core.errors import CheckpointError
 from akd_edge.core.files import write_atomic
 
-FORMAT = "akd-edge/1"
+CHECKPOINT_FORMAT = "akd-edge/1"
+"""``format`` of an akd-edge checkpoint (``.pt``): what :func:`load_checkpoint` accepts."""
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "best", "sums", "dyn_row")
 BUILTIN = {"fmnist-teacher": ASSETS / "fmnist-teacher.pt"}
@@ -77,8 +78,13 @@ def load_checkpoint(source: str | Path, which: str = "best") -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickle with code in it, not a torch file
         raise CheckpointError(f"cannot read checkpoint {path}: {why_unreadable(err)}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "arch" not in ckpt:
-        raise CheckpointError(f"{path} is not an akd-edge checkpoint (expected format {FORMAT!r})")
+    if (
+        not isinstance(ckpt, dict)
+        or ckpt.get("format") != CHECKPOINT_FORMAT
+        or "model" not in ckpt
+        or "arch" not in ckpt
+    ):
+        raise CheckpointError(f"{path} is not an akd-edge checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     ckpt["path"] = str(path)
     return ckpt
 

@@ -21,7 +21,7 @@ from akd_edge.core.env import model_device
 from akd_edge.core.errors import CheckpointError
 from akd_edge.models.mode import eval_mode
 
-FORMAT = "akd-edge-pruning/1"
+PRUNING_FORMAT = "akd-edge-pruning/1"
 """Format tag of the ``pruning`` entry of a checkpoint."""
 
 
@@ -40,7 +40,7 @@ def pruning_record(
     import torch_pruning as tp
 
     return {
-        "format": FORMAT,
+        "format": PRUNING_FORMAT,
         "library": f"torch-pruning {tp.__version__}",
         "example_shape": [1, *(int(v) for v in input_shape)],
         "history": plain_history(history),
@@ -79,9 +79,9 @@ def rebuild_pruned(model: nn.Module, pruning: dict[str, Any]) -> nn.Module:
     """Replay a checkpoint's pruning history on a freshly built (unpruned) ``model``, in place; returns it."""
     import torch_pruning as tp
 
-    if not isinstance(pruning, dict) or pruning.get("format") != FORMAT or "history" not in pruning:
+    if not isinstance(pruning, dict) or pruning.get("format") != PRUNING_FORMAT or "history" not in pruning:
         raise CheckpointError(
-            f"the checkpoint's pruning entry is not an akd-edge pruning history (expected format {FORMAT!r})"
+            f"the checkpoint's pruning entry is not an akd-edge pruning history (expected format {PRUNING_FORMAT!r})"
         )
     history, shape = _history(pruning), _example_shape(pruning)
     device = model_device(model)

@@ -22,7 +22,7 @@ from akd_edge.export.card import REPORT_NAME, recorded_checkpoint
 from akd_edge.export.folder import FILES, ONNX_MODELS
 from akd_edge.report.untrusted import count, fraction, interval, num, obj, read_json, text
 
-PRECISIONS = ("fp32", "int8")
+ONNX_PRECISIONS = ("fp32", "int8")
 """The export's model files that are reported (:data:`akd_edge.export.folder.FILES` names them), by precision."""
 INPUT_FILES = (REPORT_NAME, "summary.json", "recipe.toml", "eval.json", *ONNX_MODELS)
 """The files of a folder that the report reads: a change in any of them makes a report out of date."""
@@ -325,7 +325,7 @@ def _export_rows(source: _Source, run: RunInfo | None) -> list[ModelRow]:
     if recipe is None and source.recipe is not None:
         recipe, recipe_from = source.recipe, source.recipe_from
     entries = []
-    for precision in PRECISIONS:
+    for precision in ONNX_PRECISIONS:
         name = FILES[precision]
         path = source.path / name
         if not path.is_file() or path.is_symlink():

@@ -22,13 +22,15 @@ from akd_edge.report.collect import Collection, collect
 
 log = logging.getLogger(__name__)
 
-KIND = "report"
+REPORT_KIND = "report"
+"""The kind in the mark (:func:`akd_edge.core.files.mark`) of a report folder."""
 FORMAT = "akd-edge-report/1"
+"""``format`` of the report folder's report.json (``akd_edge.report.FORMAT``)."""
 DATA_NAME = "report.json"
 """The collected figures, for machines (and for ``akd-edge run`` to tell whether the report is current)."""
 
 
-def check_out(out: Path) -> None:
+def check_report_out(out: Path) -> None:
     """Refuse (UsageError, nothing touched) an ``out`` that is not missing, empty or an earlier report."""
     files.refuse_symlink(out)
     if out.exists() and not out.is_dir():
@@ -36,7 +38,7 @@ def check_out(out: Path) -> None:
     if not out.exists():
         return
     names = {p.name for p in out.iterdir()} - {files.LOCK}
-    if names and files.marked_kind(out) != KIND:
+    if names and files.marked_kind(out) != REPORT_KIND:
         kind = files.marked_kind(out)
         what = f"an akd-edge {kind} folder" if kind else "a folder that akd-edge did not write"
         raise UsageError(
@@ -114,7 +116,7 @@ def build_report(
     :func:`akd_edge.run.command.timing`), shown as a table.
     """
     out = Path(out)
-    check_out(out)
+    check_report_out(out)
     given = {str(Path(p).resolve()) for p in paths}
     if out.exists() and str(out.resolve()) in given:
         raise UsageError(f"--out {out} is one of the folders to report on; choose another --out")
@@ -124,9 +126,9 @@ def build_report(
         raise UsageError(f"cannot read {err.filename or 'an input file'}: {err.strerror or err}") from None
     files.ensure_writable_dir(out, "--out")
     with files.FolderLock(out, "report folder"):
-        check_out(out)
+        check_report_out(out)
         files.remove_orphans(out)
-        files.mark(out, KIND)
+        files.mark(out, REPORT_KIND)
         plots = _plots(collection, out)
         meta = {
             "title": title or "akd-edge report",

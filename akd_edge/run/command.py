@@ -19,14 +19,14 @@ from typing import Any
 from akd_edge.config import Recipe, load_recipe, to_dict
 from akd_edge.core import files
 from akd_edge.core.errors import UsageError
-from akd_edge.run.ledger import FORMAT, PipelineState, digest
+from akd_edge.run.ledger import PIPELINE_FORMAT, PipelineState, digest
 from akd_edge.run.plan import PipelineOptions, Stage, plan_stages
 from akd_edge.run.root import (
     claim_root,
     clear_ours,
     comparable,
     find_run,
-    publish,
+    publish_stage,
     resumed_recipe,
     teacher_digests,
     teacher_file,
@@ -85,7 +85,7 @@ class _Pipeline:
         from akd_edge import api
 
         digests = teacher_digests(self.recipe)
-        inputs = digest({"format": FORMAT, "recipe": comparable(self.recipe), "teachers": digests})
+        inputs = digest({"format": PIPELINE_FORMAT, "recipe": comparable(self.recipe), "teachers": digests})
         record = self.state.records.get(stage.key)
         found = find_run(self.recipe, digests, Path(record.output) if record else None)
         start = time.perf_counter()
@@ -121,7 +121,7 @@ class _Pipeline:
         assert self.run_dir is not None and stage.ratio is not None
         opts = self.options
         settings = {"ratio": stage.ratio, "epochs": opts.prune_epochs, "steps": opts.prune_steps, "n": opts.n}
-        inputs = digest({"format": FORMAT, "source": files.sha256_file(self.run_dir / "best.pt"), **settings})
+        inputs = digest({"format": PIPELINE_FORMAT, "source": files.sha256_file(self.run_dir / "best.pt"), **settings})
         out = self.root / "compress" / stage.model
         self.sources[stage.model] = (str(out / "best.pt"), "best", None)
         self.folders[stage.model] = out
@@ -141,7 +141,7 @@ class _Pipeline:
             on_stage=self.callbacks.stage_text,
             threads=opts.threads,
         )
-        publish(work, out, "compress")
+        publish_stage(work, out, "compress")
         _point_report_at(out, work)
         self.state.finish(stage.key, inputs, out, ["best.pt"], time.perf_counter() - start)
         return f"wrote {out}"
@@ -158,7 +158,7 @@ class _Pipeline:
             raise UsageError(f"cannot find the checkpoint {checkpoint} to export")
         int8 = self.options.int8 and stage.teacher is None
         settings = {"int8": int8, "calib": self.options.calib, "seed": self.options.seed, "which": which}
-        inputs = digest({"format": FORMAT, "source": files.sha256_file(source_file), **settings})
+        inputs = digest({"format": PIPELINE_FORMAT, "source": files.sha256_file(source_file), **settings})
         out = self.root / "export" / stage.model
         self.exports[stage.model] = out
         if skipped := self._skip(stage, inputs, out):
@@ -186,7 +186,7 @@ class _Pipeline:
         models = {name: files.sha256_file(folder / name) for name in ONNX_MODELS if (folder / name).is_file()}
         opts = self.options
         settings = {"n": opts.n, "square_queries": opts.square_queries, "transfer": opts.transfer, "seed": opts.seed}
-        inputs = digest({"format": FORMAT, "files": models, **settings})
+        inputs = digest({"format": PIPELINE_FORMAT, "files": models, **settings})
         if skipped := self._skip(stage, inputs, folder):
             return skipped
         start = time.perf_counter()
@@ -214,7 +214,7 @@ class _Pipeline:
 
         paths = [*self.folders.values(), *self.exports.values()]
         read = {str(p): _hashes(p) for p in paths}
-        inputs = digest({"format": FORMAT, "version": __version__, "read": read})
+        inputs = digest({"format": PIPELINE_FORMAT, "version": __version__, "read": read})
         out = self.root / "report"
         if skipped := self._skip(stage, inputs, out):
             return skipped

@@ -23,7 +23,7 @@ from akd_edge.core.errors import UsageError
 log = logging.getLogger(__name__)
 
 STATE_NAME = "pipeline.json"
-FORMAT = "akd-edge-pipeline/1"
+PIPELINE_FORMAT = "akd-edge-pipeline/1"
 """Bump when a stage's inputs or outputs change meaning: every stage then runs again."""
 
 
@@ -79,8 +79,10 @@ class PipelineState:
         except UsageError as err:
             log.warning("%s; every stage is checked again", err)
             return
-        if data.get("format") != FORMAT:
-            log.warning("%s has format %r, not %r; every stage runs again", self.path, data.get("format"), FORMAT)
+        if data.get("format") != PIPELINE_FORMAT:
+            log.warning(
+                "%s has format %r, not %r; every stage runs again", self.path, data.get("format"), PIPELINE_FORMAT
+            )
             return
         stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
         for key, value in stages.items():
@@ -122,5 +124,5 @@ class PipelineState:
 
     def save(self) -> None:
         stages = {key: record.__dict__ for key, record in sorted(self.records.items())}
-        payload = {"format": FORMAT, "recipe": self.recipe, "stages": stages, "extra": self.extra}
+        payload = {"format": PIPELINE_FORMAT, "recipe": self.recipe, "stages": stages, "extra": self.extra}
         files.write_json_atomic(self.path, payload)

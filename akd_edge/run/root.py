@@ -22,7 +22,8 @@ from akd_edge.core import files
 from akd_edge.core.errors import ConfigError, UsageError
 from akd_edge.run.ledger import PipelineState
 
-KIND = "pipeline"
+PIPELINE_KIND = "pipeline"
+"""The kind in the mark (:func:`akd_edge.core.files.mark`) of a pipeline folder."""
 IGNORED = ("description", "expected")
 """Recipe keys that do not change what a run computes (beside those :func:`recipe_changes` ignores)."""
 MAX_CANDIDATES = 1000
@@ -54,7 +55,7 @@ def _why_not(path: Path, recipe: dict[str, Any] | None) -> str | None:
     if not {p.name for p in path.iterdir()} - {files.LOCK}:
         return None
     kind = files.marked_kind(path)
-    if kind != KIND:
+    if kind != PIPELINE_KIND:
         what = f"an akd-edge {kind} folder" if kind else "not empty and not an akd-edge pipeline folder"
         return f"{path} is {what}; choose another --out"
     if recipe is not None:
@@ -95,8 +96,8 @@ def claim_root(recipe: Recipe, out: str | Path | None) -> tuple[Path, files.Fold
     try:
         if (why := _why_not(chosen, None if out is not None else current)) is not None:
             raise UsageError(f"--out {why}")  # filled between the check and the lock
-        if files.marked_kind(chosen) != KIND:
-            files.mark(chosen, KIND)
+        if files.marked_kind(chosen) != PIPELINE_KIND:
+            files.mark(chosen, PIPELINE_KIND)
         files.remove_orphans(chosen)
         _write_recipe(recipe, chosen / "recipe.toml")
     except BaseException:
@@ -125,7 +126,7 @@ def clear_ours(path: Path, kind: str) -> None:
     shutil.rmtree(path)
 
 
-def publish(work: Path, out: Path, kind: str) -> None:
+def publish_stage(work: Path, out: Path, kind: str) -> None:
     """Move a finished stage's folder into place; the stale one it replaces (marked ``kind``) goes only then."""
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.with_name(f".{out.name}.old")

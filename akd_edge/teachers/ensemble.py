@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from akd_edge.config import TeacherSpec
-from akd_edge.core.errors import CheckpointError, ConfigError
+from akd_edge.core.errors import CheckpointError, ConfigError, some_names
 from akd_edge.core.files import sha256_file
-from akd_edge.models.checkpoint import FORMAT, RESUME_KEYS, build_model, load_model, why_unreadable
+from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, RESUME_KEYS, build_model, load_model, why_unreadable
 
 if TYPE_CHECKING:
     from akd_edge.data import ImageDataset
@@ -138,7 +138,7 @@ def _load_member(
         model, meta = load_model(spec.path, spec.which, device, spec.factory or None)
     else:  # a file: an akd-edge checkpoint, or the state_dict of the user's own architecture
         content = read_weights(path)
-        if not (isinstance(content, dict) and content.get("format") == FORMAT):
+        if not (isinstance(content, dict) and content.get("format") == CHECKPOINT_FORMAT):
             model = _build_from_weights(spec, path, content, input_shape, num_classes).to(device).eval()
             return model, _weights_record(spec, path)
         if "model" not in content or "arch" not in content:
@@ -228,8 +228,9 @@ def _build_from_weights(
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         raise CheckpointError(
-            f"weights in {path} do not fit {spec.factory}({spec.kwargs}): missing keys {_few(missing)}, "
-            f"unexpected keys {_few(unexpected)}; build the architecture the weights were saved from (factory, kwargs)"
+            f"weights in {path} do not fit {spec.factory}({spec.kwargs}): missing keys {some_names(missing)}, "
+            f"unexpected keys {some_names(unexpected)}; build the architecture the weights were saved from "
+            "(factory, kwargs)"
         )
     model.eval()
     with torch.inference_mode():
@@ -237,12 +238,6 @@ def _build_from_weights(
     if tuple(out.shape) != (2, num_classes):
         raise ConfigError(f"teacher {path} returns shape {list(out.shape)} for 2 images, expected [2, {num_classes}]")
     return model
-
-
-def _few(keys: Sequence[str], n: int = 5) -> str:
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 # -- provenance -------------------------------------------------------------------------------

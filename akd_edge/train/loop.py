@@ -46,7 +46,7 @@ from akd_edge.core.files import write_json_atomic, write_text_atomic
 from akd_edge.data import DatasetSplits, iterate_batches
 from akd_edge.methods import Task
 from akd_edge.models import model_info
-from akd_edge.models.checkpoint import FORMAT, model_only, save_atomic
+from akd_edge.models.checkpoint import CHECKPOINT_FORMAT, model_only, save_atomic
 from akd_edge.train.accel import DeviceSums, SpeedPlan, as_input, mark_step, plan_settings, step_autocast
 from akd_edge.train.parallel import check_sync_bn, rank_seed, use_sync_batchnorm
 from akd_edge.train.parts import resolve_parts, run_arch
@@ -359,7 +359,7 @@ class Trainer:
         rng, ranks = self.rng.for_checkpoint()
         data = self.recipe.data
         return {
-            "format": FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "arch": self.arch,
             "data": {"name": data.name, "data_dir": data.data_dir, "class_names": list(self.splits.class_names)},

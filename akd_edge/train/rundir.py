@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from akd_edge.config import Recipe, load_recipe, parse_override, read_toml, to_dict
-from akd_edge.core.errors import CheckpointError, ConfigError, UsageError
+from akd_edge.core.errors import CheckpointError, ConfigError, UsageError, some_names
 from akd_edge.core.files import (
     LOCK,
     MARK,
@@ -73,11 +73,6 @@ def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
-def _listing(names: set[str]) -> str:
-    shown = sorted(names)
-    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
-
-
 def _files(folder: Path) -> set[str]:
     """The names in ``folder`` other than temp files of killed writers and the lock; epochs/ by file."""
     names = {p.name for p in folder.iterdir() if not _is_temp(p.name)} - {LOCK}
@@ -113,11 +108,11 @@ def _why_not_fresh(path: Path) -> str | None:
     if kind == "run":
         if _never_saved(path):
             return None
-        return f"{path} holds a finished akd-edge run (no last.pt to resume; it has {_listing(names)}); choose another --out"
+        return f"{path} holds a finished akd-edge run (no last.pt to resume; it has {some_names(sorted(names))}); choose another --out"
     if kind is not None:
         return f"{path} is an akd-edge {kind} folder, not a run; choose another --out"
     return (
-        f"{path} is not empty and is not an akd-edge run (it holds {_listing(names)}); "
+        f"{path} is not empty and is not an akd-edge run (it holds {some_names(sorted(names))}); "
         "choose a new or empty folder for --out"
     )
 

@@ -25,20 +25,20 @@ from typing import Any
 
 import numpy as np
 
+from akd_edge.core.callbacks import StageFn
 from akd_edge.core.env import torch_threads
 from akd_edge.core.errors import UsageError
 from akd_edge.core.files import sha256_file
 from akd_edge.core.interval import interval_of
 from akd_edge.core.ort import ModelFileError, OrtClassifier, as_float_images
 from akd_edge.verify.inputs import OpenedExport
-from akd_edge.verify.pool import Job, ProgressFn, Task, plan_workers, run_jobs
+from akd_edge.verify.pool import Job, PoolTask, ProgressFn, plan_workers, run_jobs
 
 SQUARE_BATCH = 256
 """Images per Square batch and per onnxruntime call: the attack's working memory depends on it, not on --n."""
 MIN_PARALLEL_IMAGES = SQUARE_BATCH + 1
 """Fewer test images than this are attacked in this process: starting workers (a few seconds each, to import
 torch) would cost more than they save."""
-StageFn = Callable[[str], None]
 
 
 @dataclass
@@ -123,7 +123,7 @@ def square_job(name: str, path: Path, sha256: str, x: np.ndarray, y: np.ndarray,
     content = path.read_bytes()
     starts = range(0, len(x), SQUARE_BATCH)
     results = yield [
-        Task(
+        PoolTask(
             square_task,
             (name, content, sha256, x[lo : lo + SQUARE_BATCH], y[lo : lo + SQUARE_BATCH], settings),
             settings["n_queries"],

@@ -33,12 +33,13 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from akd_edge.core.callbacks import StageFn
 from akd_edge.core.errors import DataError, UsageError
 from akd_edge.core.files import FolderLock, ensure_writable_dir
 from akd_edge.core.interval import REPORTED_N
@@ -78,7 +79,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TRANSFER_VERSIONS = ("fast", "standard", "none")
-StageFn = Callable[[str], None]
 
 
 def verify_export(folder: str | Path, **options: Any) -> dict[str, Any]:

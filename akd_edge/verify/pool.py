@@ -2,7 +2,7 @@
 
 Square (on an onnxruntime session) and each attack of AutoAttack (on the torch model) work batch by batch, and
 a batch's result depends only on its images and the seed: each batch reseeds the attack's random numbers.
-A batch is a :class:`Task`; a *job* (the transfer examples, Square on one model file) is a generator that
+A batch is a :class:`PoolTask`; a *job* (the transfer examples, Square on one model file) is a generator that
 yields the tasks of one step, receives their results, and yields the next step's or returns its result.
 :func:`run_jobs` runs the tasks of all jobs on ``workers`` processes, so a two-core machine attacks two
 batches at once, and torch's OpenMP threads never wait on onnxruntime's spinning ones (on a busy 2-core
@@ -25,13 +25,13 @@ from typing import Any
 
 ProgressFn = Callable[[str, int, int], None]
 """``on_progress(label, done, total)``, as :func:`akd_edge.verify.command.verify_export` takes it."""
-Job = Generator[list["Task"], list[Any], Any]
+Job = Generator[list["PoolTask"], list[Any], Any]
 """Yields a list of tasks, is sent their results (in the same order), returns the job's result."""
 POLL_S = 0.2
 
 
 @dataclass
-class Task:
+class PoolTask:
     """One batch of one attack: ``fn(*args, progress)`` in a worker, ``progress(done)`` counting up to ``units``."""
 
     fn: Callable[..., Any]
@@ -120,8 +120,8 @@ class _Scheduler:
     def __init__(self, jobs: dict[str, tuple[str, Job, int]], on_progress: ProgressFn | None) -> None:
         self.jobs = {key: _Job(label, gen, expected=units) for key, (label, gen, units) in jobs.items()}
         self.on_progress = on_progress
-        self.ready: list[tuple[int, str, int, Task]] = []
-        self.tasks: dict[int, tuple[str, Task]] = {}
+        self.ready: list[tuple[int, str, int, PoolTask]] = []
+        self.tasks: dict[int, tuple[str, PoolTask]] = {}
         for key in self.jobs:
             self._send(key, None)
 
@@ -145,7 +145,7 @@ class _Scheduler:
         if not step:
             self._send(key, [])
 
-    def next_task(self) -> tuple[int, Task] | None:
+    def next_task(self) -> tuple[int, PoolTask] | None:
         if not self.ready:
             return None
         _, key, uid, task = self.ready.pop(0)

@@ -29,7 +29,7 @@ from torch import nn
 from akd_edge.core.env import torch_threads
 from akd_edge.core.errors import UsageError
 from akd_edge.core.ort import as_float_images, measure_latency
-from akd_edge.verify.pool import Job, Task
+from akd_edge.verify.pool import Job, PoolTask
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def transfer_job(
     for attack in VERSIONS[version]:
         batches = [idx for idx in robust.nonzero().flatten().split(batch_size) if len(idx)]
         results = yield [
-            Task(
+            PoolTask(
                 autoattack_task,
                 (source or model, attack, x[idx].numpy(), y[idx].numpy(), settings),
                 PASSES_PER_BATCH[attack],
