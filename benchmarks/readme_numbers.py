@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 from akd_edge.config import measured_where, recipe_results
 
@@ -131,7 +132,14 @@ def verify_speed(name: str = "verify_speed") -> str:
         described = VERIFY_VARIANTS.get(variant, variant)
         lines.append(f"| {described} | {len(found)} | {_seconds(median)} | {ratio} | {start:.1f} / {end:.1f} |")
     models = [found[0]["models"] for found in runs.values() if found]
-    same = "identical in every variant" if all(m == models[0] for m in models) else "NOT identical across variants"
+    same = "identical in every variant" if all(m == models[0] for m in models) else _accuracy_moves(runs, settings["n"])
+    step = result.get("torch_step")
+    if step and "attack_copy_ms" in step:
+        same += (
+            f". The transfer's forward and input-gradient pass at batch 250 (one thread): {step['micro_ms']:.0f} ms "
+            f"before, {step['attack_copy_ms']:.0f} ms on verify's attack copy (gradients within "
+            f"{step['max_gradient_difference']['attack_copy']:.0e})"
+        )
     lines += [
         "",
         f"{_machine(result['machine'])}; {result['created']}. {settings['n']:,} test images, Square "
@@ -139,6 +147,21 @@ def verify_speed(name: str = "verify_speed") -> str:
         f"Accuracies (clean, transfer, Square, robust, per model): {same}.",
     ]
     return "\n".join(lines)
+
+
+def _accuracy_moves(runs: dict[str, list[dict[str, Any]]], n: int) -> str:
+    """Where the variants' accuracies differ: each differing figure, before -> the others, in images."""
+    first, *others = [(variant, found[0]) for variant, found in runs.items() if found]
+    moves = []
+    for variant, run in others:
+        for model, figures in run["models"].items():
+            for key, value in figures.items():
+                old = first[1]["models"].get(model, {}).get(key)
+                if key.endswith("_acc") and old is not None and old != value:
+                    images = round(abs(value - old) * n)
+                    count = f", {images} image{'s' if images != 1 else ''}"
+                    moves.append(f"{model} {key[:-4]} {100 * old:.1f} -> {100 * value:.1f} ({variant}{count})")
+    return "differ: " + "; ".join(moves) if moves else "identical in every variant"
 
 
 def int8_speed(name: str = "export_latency") -> str:

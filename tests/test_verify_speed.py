@@ -2,7 +2,7 @@
 
 - Square draws from a generator of its own: the examples of pyautoattack's ``SquareAttack.perturb``, bit for bit,
   and a batch attacked alone gives what it gives inside the whole set.
-- The transfer examples, one task per AutoAttack batch (frozen parameters, micro-batched forward passes): the
+- The transfer examples, one task per AutoAttack batch (on the attack copy, micro-batched forward passes): the
   examples of :func:`run_autoattack_report` on the whole set.
 - Worker processes: the same report as one process; a tiny export verified end to end matches the old path
   (whole-set AutoAttack, then the official Square per batch).
@@ -81,8 +81,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
 def test_transfer_batches_rebuild_the_whole_cascade(
     tiny: tuple[nn.Module, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches of 16 (the last one short) as tasks, forward passes 5 images at a time, parameters frozen:
-    the examples AutoAttack gives on the whole set at once."""
+    """Batches of 16 (the last one short) as tasks, forward passes 5 images at a time, on the attack copy:
+    the examples AutoAttack gives on the whole set at once on that copy."""
     model, _ = tiny
     monkeypatch.setattr(verify_transfer, "MICRO_BATCH", 5)
     rng = np.random.default_rng(0)
@@ -95,11 +95,43 @@ def test_transfer_batches_rebuild_the_whole_cascade(
     x_adv, info = results["transfer"]
     assert timings["transfer"].tasks >= 4, "apgd-ce and apgd-t, each in batches of 16"
     whole = run_autoattack_report(
-        model, torch.from_numpy(images / np.float32(255)), torch.from_numpy(labels.astype(np.int64)), **settings
+        verify_transfer.attack_copy(model),
+        torch.from_numpy(images / np.float32(255)),
+        torch.from_numpy(labels.astype(np.int64)),
+        **settings,
     )
     assert np.array_equal(x_adv, whole.x_adv.numpy())
     assert info["torch_robust_acc"] == pytest.approx(float(whole.robust.float().mean()))
-    assert all(p.requires_grad for p in model.parameters()), "the parameters are given back their flags"
+    assert all(p.requires_grad for p in model.parameters()), "the model itself is left as it was"
+
+
+def test_the_attack_copy_computes_the_model_with_its_batchnorms_folded(tiny: tuple[nn.Module, Path]) -> None:
+    """What the transfer attack differentiates: the same logits and input gradients as the model (up to float
+    rounding), no BatchNorm left after a convolution, channels_last weights, nothing trainable; the model is
+    untouched."""
+    import copy
+
+    model = copy.deepcopy(tiny[0]).eval()
+    for module in model.modules():  # statistics far from the identity, so a wrong fold would show
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = verify_transfer.attack_copy(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(p.requires_grad for p in fast.parameters())
+    x = torch.rand(32, *SHAPE, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    grads = []
+    for net in (model, fast):
+        xa = x.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(net(xa), y)
+        grads.append(torch.autograd.grad(loss, xa)[0])
+    torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +165,8 @@ def test_workers_and_one_process_give_the_old_path_results(
     test, _ = load_test_split("synthetic", SYNTH, 60)
     x = torch.from_numpy(test.images.astype(np.float32) / 255)
     y = torch.from_numpy(test.labels.astype(np.int64))
-    transferred = run_autoattack_report(tiny[0], x, y, norm="linf", eps=0.08, version="fast", batch_size=250).x_adv
+    fast = verify_transfer.attack_copy(tiny[0])
+    transferred = run_autoattack_report(fast, x, y, norm="linf", eps=0.08, version="fast", batch_size=250).x_adv
     for name, entry in sections[2]["models"].items():
         session = OrtClassifier.load(export / name)
         square = official_square(
