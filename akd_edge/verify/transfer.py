@@ -99,7 +99,9 @@ class ChannelsLastInput(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+        from akd_edge.train.accel import as_input
+
+        return self.model(as_input(x, channels_last=True))
 
 
 def attack_copy(model: nn.Module) -> nn.Module:
